@@ -1,0 +1,65 @@
+"""The bad-input policy shared by every command that reads samples.
+
+A bad line is counted, reported with its line number and reason (the first
+few on stderr, all of them in ``--bad-lines FILE``), then skipped; with
+``--on-error stop`` the first one stops the run.
+"""
+
+import threading
+
+from . import parse
+
+
+class BadInputStop(Exception):
+    """A run stopped because of bad input (--on-error stop, --max-bad-fraction)."""
+
+
+class BadLineLog:
+    """Counts bad lines, prints the first few, optionally saves them all."""
+
+    def __init__(self, opts, log, source="input"):
+        self.opts = opts
+        self.log = log
+        self.source = source
+        self.count = 0
+        self.by_reason = {}
+        self.first = None
+        self.lock = threading.Lock()
+        self.file = open(opts.bad_lines, "wb") if opts.bad_lines else None
+
+    def add(self, block, parsed):
+        """Record the bad lines of one parsed block."""
+        if not len(parsed.bad_line):
+            return
+        lines = bytes(block.data).split(b"\n")
+        with self.lock:
+            for li, reason, col in zip(parsed.bad_line.tolist(), parsed.bad_reason.tolist(),
+                                       parsed.bad_col.tolist()):
+                line_no = block.first_line + li
+                self.count += 1
+                self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+                raw = lines[li] if li < len(lines) else b""
+                if self.first is None or line_no < self.first[0]:
+                    self.first = (line_no, reason, col)
+                shown = self.opts.max_errors_shown
+                if not self.opts.quiet and self.count <= shown:
+                    text = raw.rstrip(b"\r")[:120].decode("utf-8", "backslashreplace")
+                    self.log("%s line %d: %s (column %d): %s" % (
+                        self.source, line_no, parse.REASONS[reason], col + 1, text))
+                elif not self.opts.quiet and self.count == shown + 1:
+                    self.log("%s: more bad lines; the counts follow at the end%s" % (
+                        self.source, "" if self.file else " (--bad-lines FILE keeps them all)"))
+                if self.file:
+                    self.file.write(b"%d\t%s\t" % (line_no, parse.REASONS[reason].encode()) + raw + b"\n")
+
+    def stop_message(self, what):
+        line_no, reason, col = self.first
+        return "line %d: %s (column %d); stopped (--on-error stop)%s" % (
+            line_no, parse.REASONS[reason], col + 1, what)
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+    def describe(self):
+        return ", ".join("%s: %d" % (parse.REASONS[r], c) for r, c in sorted(self.by_reason.items()))

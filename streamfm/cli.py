@@ -1,0 +1,351 @@
+"""Command line: fm_train, fm_predict, fm_dump (click).
+
+alphaFM's flags keep their single-dash names, meanings and defaults, so
+existing shell scripts keep working; streamfm's own flags are GNU style.
+"""
+
+import os
+import signal
+import sys
+import time
+
+import click
+import numpy as np
+
+from . import ftrl, jit
+from .badlines import BadInputStop
+from .metrics import fmt_int, fmt_metric
+from .model import Model, ModelError, dtype_of, read_model, write_model
+
+EXIT_BAD_INPUT = 3
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def log(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def fail(cmd, msg, code=1):
+    log("%s: error: %s" % (cmd, msg))
+    sys.exit(code)
+
+
+def parse_dim(text, cmd="fm_train"):
+    """alphaFM's -dim 'k0,k1,k' (bias on, linear on, factors)."""
+    parts = text.split(",")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = None
+    if not vals or len(vals) != 3 or vals[2] < 0 or any(v not in (0, 1) for v in vals[:2]):
+        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; k >= 0), got %r" % text)
+    return bool(vals[0]), bool(vals[1]), vals[2]
+
+
+def parse_predict_dim(text):
+    """fm_predict's -dim: alphaFM takes the factor count (8); 1,1,8 is accepted too."""
+    if text is None:
+        return None
+    try:
+        return int(text.split(",")[-1])
+    except ValueError:
+        raise click.BadParameter("expected the number of factors, such as 8 (or 1,1,8), got %r" % text)
+
+
+def _open_input(path):
+    if path in (None, "-"):
+        if sys.stdin is None:
+            raise click.UsageError("no standard input; give --input FILE")
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise click.BadParameter("%s: %s" % (path, e.strerror), param_hint="--input")
+
+
+def _check_writable(path, cmd):
+    """Fail before hours of training, not after, when the model cannot be written."""
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(d):
+        fail(cmd, "cannot write %s: directory %s does not exist" % (path, d))
+    if not os.access(d, os.W_OK):
+        fail(cmd, "cannot write %s: directory %s is not writable" % (path, d))
+    if os.path.isdir(path):
+        fail(cmd, "cannot write %s: it is a directory" % path)
+
+
+def _fmt_seconds(s):
+    return "%.1f s" % s
+
+
+# ---------------------------------------------------------------------------
+# fm_train
+
+_HP_HELP = {
+    "w_alpha": "FTRL alpha (learning rate) of w", "w_beta": "FTRL beta of w",
+    "w_l1": "L1 regularisation of w", "w_l2": "L2 regularisation of w",
+    "v_alpha": "FTRL alpha (learning rate) of v", "v_beta": "FTRL beta of v",
+    "v_l1": "L1 regularisation of v", "v_l2": "L2 regularisation of v",
+    "init_stdev": "standard deviation of the initial v",
+}
+
+
+def _hp_options(f):
+    for name, default in reversed(list(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS))):
+        f = click.option("-" + name, name, type=float, default=default, show_default=True,
+                         help=_HP_HELP[name] + ".")(f)
+    return f
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-m", "model_path", metavar="PATH", help="Where to write the trained model (required).")
+@click.option("-mf", "model_format", type=click.Choice(["txt", "bin"]), default="txt", show_default=True,
+              help="Format of the model written: alphaFM's text, or streamfm's binary (fast to load).")
+@click.option("-dim", "dim", default="1,1,8", show_default=True, metavar="K0,K1,K",
+              help="Use the bias (K0), the linear terms (K1), and K factors; 1,1,0 is logistic regression.")
+@_hp_options
+@click.option("-core", "cores", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker threads (parse and update in parallel; with 1 and a --seed a run is deterministic).")
+@click.option("-im", "init_model", metavar="PATH",
+              help="Continue training from this model (txt or bin, streamfm's or alphaFM's).")
+@click.option("-imf", "init_model_format", type=click.Choice(["txt", "bin"]), default=None,
+              help="Format of -im (accepted for alphaFM scripts; the file's bytes decide).")
+@click.option("-fvs", "fvs", type=click.IntRange(0, 1), default=0, show_default=True,
+              help="Force v to 0 while w is 0 (alphaFM's force_v_sparse).")
+@click.option("-mnt", "mnt", type=click.Choice(["double", "float"]), default="double", show_default=True,
+              help="Number type of the model in memory and on disk (float halves the memory).")
+@click.option("--input", "input_path", metavar="FILE", default=None,
+              help="Read samples from FILE instead of standard input.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the initial v draws (a feature's draw depends only on its name and the seed).")
+@click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="On a bad line: skip it (counted and reported), or stop, write no model and exit 3.")
+@click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=None, metavar="F",
+              help="Stop (no model, exit 3) when more than this fraction of lines is bad.")
+@click.option("--bad-lines", metavar="FILE", default=None,
+              help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
+@click.option("--save-on-interrupt", is_flag=True,
+              help="On SIGINT/SIGTERM, write the model trained so far (default: write nothing, exit non-zero).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
+def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
+             init_stdev, cores, init_model, init_model_format, fvs, mnt, input_path, seed, on_error,
+             max_bad_fraction, bad_lines, save_on_interrupt, quiet):
+    """Train an FM with FTRL on libsvm-style lines from standard input.
+
+    Each line is 'LABEL NAME:VALUE NAME:VALUE ...' (label > 0 is a click).
+    Progress and progressive (score-before-update) logloss and AUC go to
+    stderr.
+
+    \b
+    Examples:
+      cat train.txt | fm_train -m model.txt -dim 1,1,8 -core 2
+      cat hour.txt  | fm_train -im model.txt -m model.new.txt
+    """
+    from .train import Options, train_stream, warm_up
+
+    cmd = "fm_train"
+    if not model_path:
+        raise click.UsageError("-m PATH (where to write the model) is required")
+    k0, k1, k = parse_dim(dim)
+    hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
+    dtype = dtype_of(mnt)
+    _check_writable(model_path, cmd)
+    if bad_lines:
+        _check_writable(bad_lines, cmd)
+    stream = _open_input(input_path)
+    t_load = time.time()
+    try:
+        if init_model:
+            arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
+            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype)
+            del arrays
+            if not quiet:
+                log("%s: continuing %s: %s features, %s samples seen before (%s)" % (
+                    cmd, init_model, fmt_int(model.n_rows - 1), fmt_int(model.samples_seen),
+                    _fmt_seconds(time.time() - t_load)))
+        else:
+            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=1 << 22,
+                          arena_capacity=1 << 25)
+    except (ModelError, ValueError) as e:
+        fail(cmd, str(e))
+    opts = Options(k0=k0, k1=k1, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                   quiet=quiet, bad_lines=bad_lines)
+    warm_up(model, model_format, log, quiet)
+    jit.release_compiler_memory()
+    if input_path is None and sys.stdin.isatty() and not quiet:
+        log("%s: reading samples from the terminal (pipe a file in, or use --input FILE)" % cmd)
+    try:
+        summary = train_stream(model, stream, opts, log)
+    except BadInputStop as e:
+        fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OSError as e:
+        fail(cmd, "reading input: %s" % (e.strerror or e))
+    if summary.interrupted and not save_on_interrupt:
+        log("%s: interrupted (%s) after %s lines; no model written (--save-on-interrupt writes it)"
+            % (cmd, summary.interrupted, fmt_int(summary.lines)))
+        sys.exit(128 + getattr(signal, summary.interrupted))
+    if summary.lines == 0 and not quiet:
+        log("%s: warning: the input was empty; the model holds only the bias" % cmd)
+    t_write = time.time()
+    try:
+        write_model(model, model_path, model_format)
+    except ModelError as e:
+        fail(cmd, str(e))
+    t_write = time.time() - t_write
+    if not quiet:
+        _train_report(cmd, summary, model, model_path, model_format, t_write)
+
+
+def _train_report(cmd, s, model, path, fmt, t_write):
+    rate = s.samples / max(s.seconds, 1e-9)
+    log("%s: %s after %s" % (cmd, "interrupted (%s), model saved" % s.interrupted if s.interrupted else "done",
+                              _fmt_seconds(s.seconds)))
+    log("  lines read           %s" % fmt_int(s.lines))
+    log("  samples trained      %s" % fmt_int(s.samples))
+    log("  bad lines skipped    %s%s" % (fmt_int(s.bad), "  (%s)" % s.bad_description if s.bad else ""))
+    if s.clipped:
+        log("  values clipped       %s  (|value| > 1e9)" % fmt_int(s.clipped))
+    if s.overflow_samples or s.overflow_updates:
+        log("  overflow guarded     %s samples skipped, %s updates skipped (numbers too large)"
+            % (fmt_int(s.overflow_samples), fmt_int(s.overflow_updates)))
+    log("  features in model    %s" % fmt_int(model.n_rows - 1))
+    log("  samples/s            %s" % fmt_int(rate))
+    log("  progressive logloss  %s   auc %s" % (fmt_metric(s.logloss), fmt_metric(s.auc)))
+    log("  model written        %s (%s, %s)" % (path, fmt, _fmt_seconds(t_write)))
+
+
+# ---------------------------------------------------------------------------
+# fm_predict
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-m", "model_path", metavar="PATH", help="Model to predict with (txt or bin; required).")
+@click.option("-mf", "model_format", type=click.Choice(["txt", "bin"]), default=None,
+              help="Format of -m (accepted for alphaFM scripts; the file's bytes decide).")
+@click.option("-dim", "dim", default=None, metavar="K",
+              help="Number of factors the model must have (8, or 1,1,8); checked against the model.")
+@click.option("-core", "cores", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker threads; the output stays in input order.")
+@click.option("-out", "out_path", default="-", show_default=True, metavar="PATH",
+              help="Where to write 'label score' lines ('-' = standard output).")
+@click.option("-mnt", "mnt", type=click.Choice(["double", "float"]), default=None,
+              help="Accepted for alphaFM scripts; the model file says its number type.")
+@click.option("--input", "input_path", metavar="FILE", default=None,
+              help="Read samples from FILE instead of standard input.")
+@click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="On a bad line: skip it (no output line, reported on stderr), or stop and exit 3.")
+@click.option("--bad-lines", metavar="FILE", default=None,
+              help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
+@click.option("--metrics", is_flag=True,
+              help="Print logloss, AUC and calibration (mean prediction vs observed rate) to stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
+def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, on_error, bad_lines,
+               metrics, quiet):
+    """Score libsvm-style lines with an FM model.
+
+    Writes one 'label score' line per valid input line, in input order:
+    the label as 1 or -1 and the score as the predicted probability.
+    Features the model does not know contribute nothing.
+
+    \b
+    Example:
+      cat test.txt | fm_predict -m model.txt -out pred.txt -core 2
+    """
+    from .predict import ServingModel, predict_stream, warm_up
+    from .train import Options
+
+    cmd = "fm_predict"
+    if not model_path:
+        raise click.UsageError("-m PATH (the model) is required")
+    k = parse_predict_dim(dim)
+    stream = _open_input(input_path)
+    if out_path != "-":
+        _check_writable(out_path, cmd)
+    t0 = time.time()
+    try:
+        model = ServingModel.load(model_path, k=k)
+    except (ModelError, ValueError) as e:
+        fail(cmd, str(e))
+    t_load = time.time() - t0
+    warm_up(model, log, quiet)
+    opts = Options(cores=cores, on_error=on_error, quiet=quiet, bad_lines=bad_lines)
+    out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")
+    try:
+        summary = predict_stream(model, stream, out, opts, log, metrics=metrics)
+    except BadInputStop as e:
+        fail(cmd, str(e), EXIT_BAD_INPUT)
+    except BrokenPipeError:
+        sys.exit(1)
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+        else:
+            out.flush()
+    if not quiet:
+        rate = summary.samples / max(summary.seconds, 1e-9)
+        log("%s: %s lines, %s scored, %s bad, %s lines/s (model load %s)" % (
+            cmd, fmt_int(summary.lines), fmt_int(summary.samples), fmt_int(summary.bad),
+            fmt_int(rate), _fmt_seconds(t_load)))
+        if summary.bad:
+            log("  bad lines: %s" % summary.bad_description)
+    if metrics:
+        m = summary.metrics
+        log("%s: samples %s  logloss %s  auc %s  mean prediction %s  observed rate %s" % (
+            cmd, fmt_int(m.samples), fmt_metric(m.logloss), fmt_metric(m.auc),
+            fmt_metric(m.mean_prediction), fmt_metric(m.positive_rate)))
+
+
+# ---------------------------------------------------------------------------
+# fm_dump
+
+
+@click.group(context_settings=CONTEXT)
+def fm_dump():
+    """Inspect and convert FM model files."""
+
+
+def _load_for_dump(path, state=True):
+    try:
+        return read_model(path, state=state)
+    except ModelError as e:
+        fail("fm_dump", str(e))
+
+
+@fm_dump.command("info", context_settings=CONTEXT)
+@click.argument("model_path", metavar="MODEL")
+def dump_info(model_path):
+    """Print a model's shape, sparsity and hyper-parameters."""
+    from .model import detect_format
+
+    try:
+        fmt = detect_format(model_path)
+        arrays = read_model(model_path, state=False)
+    except ModelError as e:
+        fail("fm_dump", str(e))
+    try:
+        full = read_model(model_path, state=True) if arrays.info.get("full", True) else None
+    except ModelError:
+        full = None
+    w = arrays.weights
+    k = arrays.k
+    n = arrays.n_rows - 1
+    nz_w = int(np.count_nonzero(w[1:, 0]))
+    nz_v = int(np.count_nonzero(np.any(w[1:, 1:] != 0, axis=1))) if k else 0
+    print("file          %s" % model_path)
+    print("format        %s%s" % (fmt, "" if full is not None else " (stripped: w and v only)"))
+    print("dim           %d factors" % k)
+    print("dtype         %s" % arrays.info.get("dtype"))
+    print("features      %s" % fmt_int(n))
+    print("non-zero w    %s" % fmt_int(nz_w))
+    print("non-zero v    %s rows" % fmt_int(nz_v))
+    print("bias          %r" % float(w[0, 0]))
+    seen = arrays.info.get("samples_seen")
+    print("samples seen  %s" % (fmt_int(seen) if seen is not None else "unknown (text model)"))
+    hyper = arrays.info.get("hyper")
+    if hyper:
+        print("hyper         %s" % " ".join("%s=%g" % kv for kv in hyper.items()))
+        print("fvs           %d" % int(arrays.info.get("fvs", 0)))
+        print("seed          %s" % arrays.info.get("seed"))
+    else:
+        print("hyper         unknown (text model)")

@@ -1,0 +1,335 @@
+"""FTRL-Proximal for FM, exactly as alphaFM applies it (DESIGN section 4).
+
+State layout, one row per feature (row 0 = bias), columns::
+
+    W | WN | WZ | VN[0..k) | VZ[0..k)
+
+W is the weight the trainer last computed (alphaFM keeps it and -fvs needs
+"was w zero last time"); WN/WZ and VN/VZ are the FTRL accumulators n and z.
+v is not stored: before each use it is recomputed from (VZ, VN), as alphaFM
+does whenever v_n > 0. While v_n is 0, alphaFM's v_z is 0 too and v holds
+the initial (or -fvs re-drawn) random value, so that value is kept in the VZ
+column. A row thus needs 3 + 2k numbers instead of alphaFM's 3 + 3k.
+
+Every expression keeps alphaFM's order of floating-point operations, so a
+float64 run reproduces alphaFM's arithmetic. This module is the one place the
+update lives; training, recall and the model writers all call it.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .metrics import N_METRICS, add_prediction
+
+W, WN, WZ, VN = 0, 1, 2, 3
+
+# hp vector: the FTRL hyper-parameters, in this order.
+HP_NAMES = ("w_alpha", "w_beta", "w_l1", "w_l2", "v_alpha", "v_beta", "v_l1", "v_l2", "init_stdev")
+HP_DEFAULTS = (0.05, 1.0, 0.1, 5.0, 0.05, 1.0, 0.1, 5.0, 0.1)
+
+# train_block's stats vector: the metrics' counters, then its own.
+ST_SKIPPED_OVERFLOW = N_METRICS
+ST_COORD_OVERFLOW = N_METRICS + 1
+N_STATS = N_METRICS + 2
+
+_SGN_EPS = 1e-10  # alphaFM's utils::sgn threshold
+
+
+def n_cols(k):
+    return 3 + 2 * k
+
+
+def vz_col(k):
+    return VN + k
+
+
+@njit(inline="always")
+def _sgn(x):
+    return 1.0 if x > _SGN_EPS else -1.0
+
+
+@njit(inline="always")
+def weight_from_state(z, n, alpha, beta, l1, l2):
+    if math.fabs(z) <= l1:
+        return 0.0
+    return (-1.0) * (1.0 / (l2 + (beta + math.sqrt(n)) / alpha)) * (z - _sgn(z) * l1)
+
+
+@njit(inline="always")
+def factor_from_state(z, n, w, fvs, alpha, beta, l1, l2):
+    """v_f of a row from its (v_z, v_n); while v_n == 0 the VZ column holds v."""
+    if n > 0.0:
+        if fvs and w == 0.0:
+            return 0.0
+        return weight_from_state(z, n, alpha, beta, l1, l2)
+    return z
+
+
+@njit(inline="always")
+def _mix64(x):
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(inline="always")
+def init_key(h, seed):
+    return _mix64(h ^ _mix64(np.uint64(seed)))
+
+
+@njit(inline="always")
+def gauss(key, i):
+    """Standard normal number i of the stream ``key`` (counter-based)."""
+    a = _mix64(key + np.uint64(2 * i))
+    b = _mix64(key + np.uint64(2 * i + 1))
+    u1 = (np.float64(a >> np.uint64(11)) + 1.0) * (1.0 / 9007199254740992.0)
+    u2 = np.float64(b >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@njit(inline="always")
+def _draw_v(params, r, key, k, stdev, only_unused):
+    vz = VN + k
+    for f in range(k):
+        if only_unused and params[r, VN + f] > 0.0:
+            continue
+        params[r, vz + f] = stdev * gauss(key, f) if stdev != 0.0 else 0.0
+
+
+@njit(inline="always")
+def init_row(params, r, h, k, seed, stdev):
+    """Fresh state for row r (feature hash h): zeros and v drawn from N(0, stdev).
+
+    The draw depends only on the feature's hash and the seed, never on
+    arrival order or threads, so A then -im B equals A+B in one run.
+    """
+    for c in range(params.shape[1]):
+        params[r, c] = 0.0
+    _draw_v(params, r, init_key(h, seed), k, stdev, False)
+
+
+@njit(inline="always")
+def _f64_bits(x):
+    return np.array([np.float64(x)]).view(np.uint64)[0]
+
+
+@njit(inline="always")
+def fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq):
+    """The raw FM score of one sample (alphaFM's order of operations).
+
+    wloc[i] and vloc[i*k+f] hold w and v of the sample's i-th feature, whose
+    value is vals[a+i]; vsum[f] is left holding s_f = sum_i v_if x_i, which
+    the v gradient needs.
+    """
+    p = 0.0
+    p += w0
+    for i in range(m):
+        p += wloc[i] * vals[a + i]
+    for f in range(k):
+        vsum[f] = 0.0
+        vsq[f] = 0.0
+    for i in range(m):
+        x = vals[a + i]
+        for f in range(k):
+            d = vloc[i * k + f] * x
+            vsum[f] += d
+            vsq[f] += d * d
+    for f in range(k):
+        p += 0.5 * (vsum[f] * vsum[f] - vsq[f])
+    return p
+
+
+@njit(inline="always")
+def sigmoid(p):
+    return 1.0 / (1.0 + math.exp(-p))
+
+
+@njit(inline="always")
+def block_max_len(indptr, n_samples):
+    max_m = 0
+    for s in range(n_samples):
+        m = indptr[s + 1] - indptr[s]
+        if m > max_m:
+            max_m = m
+    return max_m
+
+
+@njit(cache=True, nogil=True)
+def score_block(indptr, rows, vals, n_samples, weights, k, out):
+    """out[s] = raw FM score of sample s from serving weights (w, v_1..v_k).
+
+    rows < 0 (features the model does not know) contribute nothing.
+    """
+    max_m = block_max_len(indptr, n_samples)
+    wloc = np.empty(max_m)
+    vloc = np.empty(max_m * k + 1)
+    vsum = np.zeros(k + 1)
+    vsq = np.zeros(k + 1)
+    w0 = np.float64(weights[0, 0])
+    for s in range(n_samples):
+        a = indptr[s]
+        m = indptr[s + 1] - a
+        for i in range(m):
+            r = rows[a + i]
+            if r < 0:
+                wloc[i] = 0.0
+                for f in range(k):
+                    vloc[i * k + f] = 0.0
+            else:
+                wloc[i] = weights[r, 0]
+                for f in range(k):
+                    vloc[i * k + f] = weights[r, 1 + f]
+        out[s] = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
+
+
+@njit(cache=True, nogil=True)
+def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
+                k0, k1, fvs, seed, stats, hist):
+    """Progressive-validate then update on samples 0..n_samples-1 (CSR rows).
+
+    For each sample, in alphaFM's order: weights from state, predict, the
+    gradient multiplier, then the w and v states. ``stats`` and ``hist``
+    (see metrics.add_prediction) accumulate the progressive metrics of the
+    score each sample gets before its own update.
+    """
+    w_alpha, w_beta, w_l1, w_l2 = hp[0], hp[1], hp[2], hp[3]
+    v_alpha, v_beta, v_l1, v_l2 = hp[4], hp[5], hp[6], hp[7]
+    stdev = hp[8]
+    vz = VN + k
+    big = np.finfo(params.dtype).max
+    max_m = block_max_len(indptr, n_samples)
+    wloc = np.empty(max_m)
+    vloc = np.empty(max_m * k + 1)
+    vsum = np.zeros(k + 1)
+    vsq = np.zeros(k + 1)
+    for s in range(n_samples):
+        a = indptr[s]
+        m = indptr[s + 1] - a
+        y = ys[s]
+        # weights from state
+        if k0:
+            params[0, W] = weight_from_state(params[0, WZ], params[0, WN], w_alpha, w_beta, w_l1, w_l2)
+        w0 = params[0, W]
+        for i in range(m):
+            r = rows[a + i]
+            if k1:
+                z = params[r, WZ]
+                n = params[r, WN]
+                if math.fabs(z) <= w_l1:
+                    params[r, W] = 0.0
+                else:
+                    if fvs and n > 0.0 and params[r, W] == 0.0:
+                        # w leaves 0: alphaFM draws v afresh (it only shows
+                        # where v_n is still 0); keyed by the state reached.
+                        key = _mix64(init_key(row_hash[r], seed) ^ _f64_bits(n))
+                        _draw_v(params, r, key, k, stdev, True)
+                    params[r, W] = weight_from_state(z, n, w_alpha, w_beta, w_l1, w_l2)
+            wloc[i] = params[r, W]
+        for i in range(m):
+            r = rows[a + i]
+            w = wloc[i]
+            for f in range(k):
+                vloc[i * k + f] = factor_from_state(params[r, vz + f], params[r, VN + f], w,
+                                                    fvs, v_alpha, v_beta, v_l1, v_l2)
+        p = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
+        # progressive metrics
+        if not (math.fabs(p) < np.inf):
+            stats[ST_SKIPPED_OVERFLOW] += 1
+            continue
+        add_prediction(stats, hist, y, sigmoid(p))
+        mult = y * (1.0 / (1.0 + math.exp(-p * y)) - 1.0)
+        # w_n, w_z
+        if k0:
+            g = mult
+            n = params[0, WN]
+            n_new = n + g * g
+            if n_new <= big:
+                sigma = 1.0 / w_alpha * (math.sqrt(n_new) - math.sqrt(n))
+                params[0, WZ] += g - sigma * w0
+                params[0, WN] = n_new
+            else:
+                stats[ST_COORD_OVERFLOW] += 1
+        if k1:
+            for i in range(m):
+                r = rows[a + i]
+                g = mult * vals[a + i]
+                n = params[r, WN]
+                n_new = n + g * g
+                sigma = 1.0 / w_alpha * (math.sqrt(n_new) - math.sqrt(n))
+                z_new = params[r, WZ] + (g - sigma * wloc[i])
+                if n_new <= big and math.fabs(z_new) <= big:
+                    params[r, WZ] = z_new
+                    params[r, WN] = n_new
+                else:
+                    stats[ST_COORD_OVERFLOW] += 1
+        # v_n, v_z
+        for i in range(m):
+            r = rows[a + i]
+            x = vals[a + i]
+            w = wloc[i]
+            for f in range(k):
+                n = params[r, VN + f]
+                v = vloc[i * k + f]
+                if n > 0.0:
+                    z = params[r, vz + f]
+                    if fvs and w == 0.0:
+                        # alphaFM zeroes a stored v after its update when w is
+                        # 0; a repeated feature in this sample then sees that 0.
+                        v = 0.0
+                else:
+                    z = 0.0
+                g = mult * (vsum[f] * x - v * x * x)
+                n_new = n + g * g
+                sigma = 1.0 / v_alpha * (math.sqrt(n_new) - math.sqrt(n))
+                z_new = z + (g - sigma * v)
+                if not (n_new <= big and math.fabs(z_new) <= big):
+                    stats[ST_COORD_OVERFLOW] += 1
+                elif n_new > 0.0:
+                    params[r, vz + f] = z_new
+                    params[r, VN + f] = n_new
+                # n_new == 0 (a zero gradient): the VZ column keeps v
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def serving_weights(params, n_rows, k, hp, fvs, out):
+    """out[r] = (w, v_1..v_k) as the trainer would use them next."""
+    v_alpha, v_beta, v_l1, v_l2 = hp[4], hp[5], hp[6], hp[7]
+    vz = VN + k
+    for r in range(n_rows):
+        w = params[r, W]
+        out[r, 0] = w
+        for f in range(k):
+            out[r, 1 + f] = factor_from_state(params[r, vz + f], params[r, VN + f], w,
+                                              fvs, v_alpha, v_beta, v_l1, v_l2)
+
+
+@njit(cache=True, nogil=True)
+def state_from_file(weights, state, n_rows, k, params):
+    """Internal rows from a model file's (w, v) and (w_n, w_z, v_n, v_z) columns."""
+    vz = VN + k
+    for r in range(n_rows):
+        params[r, W] = weights[r, 0]
+        params[r, WN] = state[r, 0]
+        params[r, WZ] = state[r, 1]
+        for f in range(k):
+            n = state[r, 2 + f]
+            params[r, VN + f] = n
+            # v_n == 0: alphaFM's v_z is 0 there and v is the drawn value
+            params[r, vz + f] = state[r, 2 + k + f] if n > 0.0 else weights[r, 1 + f]
+
+
+@njit(cache=True, nogil=True)
+def file_state(params, n_rows, k, out):
+    """out[r] = (w_n, w_z, v_n_1..k, v_z_1..k) in alphaFM's column order."""
+    vz = VN + k
+    for r in range(n_rows):
+        out[r, 0] = params[r, WN]
+        out[r, 1] = params[r, WZ]
+        for f in range(k):
+            n = params[r, VN + f]
+            out[r, 2 + f] = n
+            out[r, 2 + k + f] = params[r, vz + f] if n > 0.0 else 0.0

@@ -1,0 +1,734 @@
+"""The FM model in memory and its files (DESIGN section 5).
+
+Text (alphaFM's layout)::
+
+    bias w w_n w_z
+    name w v_1..v_k w_n w_z v_n_1..v_n_k v_z_1..v_z_k
+
+and its stripped form for serving (``bias w`` / ``name w v_1..v_k``). Numbers
+are written with the fewest digits that read back to the same float, so an
+incremental run continues from exactly the state the last one stopped at.
+
+Binary::
+
+    MAGIC (8 bytes) | u32 header length | u32 crc32 of header | msgpack header
+    | zero padding | arrays at the offsets the header lists
+
+The arrays are the name bytes, the name offsets, ``weights`` (w, v) and, in
+a full model, ``state`` (w_n, w_z, v_n, v_z), each with its own crc32.
+Every file is written to a temporary file beside the target, fsynced and
+renamed over it, so a crash never leaves a half-written model.
+"""
+
+import os
+import tempfile
+import zlib
+
+import msgpack
+import numpy as np
+from numba import njit
+
+from . import floatfmt, ftrl
+from .table import FeatureTable
+
+MAGIC = b"\x89SFMBIN\n"
+FORMAT_NAME = "streamfm-bin"
+FORMAT_VERSION = 1
+_HEADER_RESERVE = 1 << 16
+_ALIGN = 64
+CHUNK_ROWS = 1 << 15
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; str() is a one-line explanation."""
+
+
+def dtype_of(mnt):
+    if mnt in (None, "", "double", "float64"):
+        return np.dtype(np.float64)
+    if mnt in ("float", "float32"):
+        return np.dtype(np.float32)
+    raise ValueError("-mnt must be 'double' or 'float', not %r" % (mnt,))
+
+
+def dtype_name(dtype):
+    return "float32" if np.dtype(dtype) == np.float32 else "float64"
+
+
+# ----------------------------------------------------------------------------
+# In-memory model
+
+
+class Model:
+    """A trainable FM: a feature table plus one FTRL state row per feature.
+
+    ``params`` has spare capacity beyond ``n_rows``; ``reserve`` grows it
+    (callers pause threads that run kernels on the arrays around it).
+    """
+
+    def __init__(self, k, dtype=np.float64, hp=None, fvs=False, seed=0,
+                 row_capacity=1 << 16, arena_capacity=1 << 20):
+        self.k = int(k)
+        self.dtype = np.dtype(dtype)
+        self.hp = np.array(ftrl.HP_DEFAULTS if hp is None else hp, dtype=np.float64)
+        self.fvs = bool(fvs)
+        self.seed = int(seed)
+        self.samples_seen = 0
+        self.table = FeatureTable(row_capacity, arena_capacity)
+        self.params = np.zeros((self.table.row_capacity, ftrl.n_cols(self.k)), dtype=self.dtype)
+
+    @property
+    def n_rows(self):
+        return self.table.n_rows
+
+    has_state = True
+
+    def hyper(self):
+        return {name: float(v) for name, v in zip(ftrl.HP_NAMES, self.hp)}
+
+    def reserve(self, new_rows, new_bytes):
+        self.table.reserve(new_rows, new_bytes)
+        cap = self.table.row_capacity
+        if cap > self.params.shape[0]:
+            params = np.zeros((cap, self.params.shape[1]), dtype=self.dtype)
+            params[: self.n_rows] = self.params[: self.n_rows]
+            self.params = params
+
+    # the model-file view -------------------------------------------------
+    def meta(self):
+        return {"k": self.k, "dtype": dtype_name(self.dtype), "n_rows": self.n_rows,
+                "hyper": self.hyper(), "fvs": self.fvs, "seed": self.seed,
+                "samples_seen": int(self.samples_seen)}
+
+    def chunks(self, weights=True, state=True, rows=CHUNK_ROWS):
+        """Yield (r0, r1, weights|None, state|None) in file columns, chunk by chunk."""
+        n = self.n_rows
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            p = self.params[r0:r1]
+            w = s = None
+            if weights:
+                w = np.empty((r1 - r0, 1 + self.k), dtype=self.dtype)
+                ftrl.serving_weights(p, r1 - r0, self.k, self.hp, self.fvs, w)
+            if state:
+                s = np.empty((r1 - r0, 2 + 2 * self.k), dtype=self.dtype)
+                ftrl.file_state(p, r1 - r0, self.k, s)
+            yield r0, r1, w, s
+
+    @classmethod
+    def from_arrays(cls, arrays, hp, fvs, seed, dtype=None, extra_rows=1 << 16):
+        """A trainable Model continuing the FTRL state held in ``arrays``."""
+        n = arrays.n_rows
+        m = cls.__new__(cls)
+        m.k = arrays.k
+        m.dtype = np.dtype(dtype or arrays.dtype)
+        m.hp = np.array(hp, dtype=np.float64)
+        m.fvs = bool(fvs)
+        m.seed = int(seed)
+        m.samples_seen = int(arrays.info.get("samples_seen", 0))
+        m.table = FeatureTable.from_names(arrays.arena, arrays.name_off, n,
+                                          row_capacity=n + extra_rows,
+                                          arena_capacity=int(arrays.name_off[n]) + (1 << 20))
+        m.params = np.zeros((m.table.row_capacity, ftrl.n_cols(m.k)), dtype=m.dtype)
+        ftrl.state_from_file(arrays.weights, arrays.state, n, m.k, m.params)
+        return m
+
+    def names(self):
+        return self.table.names_view()
+
+
+class ModelArrays:
+    """A model file's content in memory: names, weights and optional state."""
+
+    def __init__(self, arena, name_off, weights, state, info):
+        self.arena = arena
+        self.name_off = name_off
+        self.weights = weights
+        self.state = state
+        self.info = info
+        self.k = int(info["k"])
+        self.dtype = weights.dtype
+
+    @property
+    def n_rows(self):
+        return self.weights.shape[0]
+
+    @property
+    def has_state(self):
+        return self.state is not None
+
+    def meta(self):
+        return dict(self.info, n_rows=self.n_rows, dtype=dtype_name(self.dtype))
+
+    def names(self):
+        return self.arena, self.name_off
+
+    def chunks(self, weights=True, state=True, rows=CHUNK_ROWS):
+        n = self.n_rows
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            w = self.weights[r0:r1] if weights else None
+            s = self.state[r0:r1] if (state and self.state is not None) else None
+            yield r0, r1, w, s
+
+    def name(self, r):
+        return bytes(self.arena[self.name_off[r]:self.name_off[r + 1]]).decode("utf-8", "backslashreplace")
+
+    def select(self, keep):
+        """The rows where ``keep`` is true (row 0, the bias, always stays)."""
+        keep = np.asarray(keep, dtype=bool).copy()
+        keep[0] = True
+        idx = np.flatnonzero(keep)
+        lens = np.diff(self.name_off)[idx]
+        off = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lens, out=off[1:])
+        arena = np.empty(int(off[-1]), dtype=np.uint8)
+        _gather_names(self.arena, self.name_off, idx, off, arena)
+        state = self.state[idx] if self.state is not None else None
+        return ModelArrays(arena, off, self.weights[idx], state, dict(self.info))
+
+    def stripped(self):
+        return ModelArrays(self.arena, self.name_off, self.weights, None, dict(self.info))
+
+
+@njit(cache=True, nogil=True)
+def _gather_names(arena, name_off, idx, off, out):
+    for j in range(idx.shape[0]):
+        s = name_off[idx[j]]
+        ln = off[j + 1] - off[j]
+        for t in range(ln):
+            out[off[j] + t] = arena[s + t]
+
+
+# ----------------------------------------------------------------------------
+# Atomic writes
+
+
+class _AtomicFile:
+    """A temporary file beside ``path`` that replaces it only on success."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        d = os.path.dirname(self.path)
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".",
+                                            suffix=".tmp", dir=d)
+        except OSError as e:
+            raise ModelError("%s: cannot write model: %s" % (path, e.strerror or e)) from None
+        self.f = os.fdopen(fd, "wb")
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, et, ev, tb):
+        try:
+            if et is None:
+                self.f.flush()
+                os.fsync(self.f.fileno())
+            self.f.close()
+            if et is None:
+                os.chmod(self.tmp, 0o644)
+                os.replace(self.tmp, self.path)
+                _fsync_dir(os.path.dirname(self.path))
+        except OSError as e:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+            raise ModelError("%s: cannot write model: %s" % (self.path, e.strerror or e)) from None
+        finally:
+            if et is not None and os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        if isinstance(ev, OSError):
+            raise ModelError("%s: cannot write model: %s" % (self.path, ev.strerror or ev)) from None
+        return False
+
+
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------
+# Text format
+
+
+@njit(cache=True, nogil=True)
+def _format_rows(arena, name_off, r0, weights, state, start, out, f32):
+    """Write rows r0+start.. as text lines into out; returns (next, nbytes).
+
+    Stops before a row that might not fit (each number takes <= 26 bytes).
+    """
+    m = weights.shape[0]
+    kw = weights.shape[1]
+    ks = state.shape[1]
+    pos = 0
+    cap = out.shape[0]
+    i = start
+    while i < m:
+        r = r0 + i
+        a = name_off[r]
+        b = name_off[r + 1]
+        if pos + (b - a) + 27 * (kw + ks) + 2 > cap:
+            break
+        for t in range(a, b):
+            out[pos] = arena[t]
+            pos += 1
+        if r == 0:
+            ncols_w = 1
+            ncols_s = 2 if ks > 0 else 0
+        else:
+            ncols_w = kw
+            ncols_s = ks
+        for c in range(ncols_w):
+            out[pos] = 32
+            pos += 1
+            if f32:
+                pos = floatfmt.write_f32(weights[i, c], out, pos)
+            else:
+                pos = floatfmt.write_f64(weights[i, c], out, pos)
+        for c in range(ncols_s):
+            out[pos] = 32
+            pos += 1
+            if f32:
+                pos = floatfmt.write_f32(state[i, c], out, pos)
+            else:
+                pos = floatfmt.write_f64(state[i, c], out, pos)
+        out[pos] = 10
+        pos += 1
+        i += 1
+    return i, pos
+
+
+def write_txt(src, path, state=True):
+    """Write ``src`` (Model or ModelArrays) as an alphaFM text model."""
+    arena, name_off = src.names()
+    f32 = np.dtype(src.dtype) == np.float32
+    out = np.empty(8 << 20, dtype=np.uint8)
+    empty_state = np.empty((0, 0), dtype=src.dtype)
+    with _AtomicFile(path) as f:
+        for r0, r1, w, s in src.chunks(state=state and src.has_state):
+            s = empty_state.reshape(r1 - r0, 0) if s is None else s
+            i = 0
+            while i < r1 - r0:
+                i, nb = _format_rows(arena, name_off, r0, w, s, i, out, f32)
+                f.write(memoryview(out)[:nb])
+
+
+def warm_up_writer(src, fmt):
+    """Run the writer's kernels on the first rows of ``src`` without writing."""
+    arena, name_off = src.names()
+    for r0, r1, w, s in src.chunks(state=True, rows=4):
+        if fmt == "txt":
+            out = np.empty(1 << 16, dtype=np.uint8)
+            _format_rows(arena, name_off, r0, w, s, 0, out, np.dtype(src.dtype) == np.float32)
+        break
+
+
+_TXT_OK, _TXT_FIELDS, _TXT_NUMBER, _TXT_NONFINITE, _TXT_BIAS = 0, 1, 2, 3, 4
+
+
+@njit(cache=True, nogil=True)
+def _parse_model_text(buf, n, first_line, k, full, want_state, arena, name_off, a0,
+                      weights, state, row0, slow_row, slow_col, slow_start, slow_end):
+    """Parse model lines in buf[:n] into rows row0.. of weights/state.
+
+    ``first_line`` says buf starts with the bias line. Returns
+    (rows, arena_used, nslow, err, err_line, err_field, fields_found).
+    """
+    pos = 0
+    line = 0
+    r = row0
+    a = a0
+    nslow = 0
+    kw = 1 + k
+    while pos < n:
+        # one line
+        field = 0
+        is_bias = first_line and line == 0
+        if is_bias:
+            expect = 4 if full else 2
+        else:
+            expect = 3 * k + 4 if full else k + 2
+        while True:
+            while pos < n and (buf[pos] == 32 or buf[pos] == 9):
+                pos += 1
+            if pos >= n or buf[pos] == 10 or (buf[pos] == 13 and (pos + 1 >= n or buf[pos + 1] == 10)):
+                break
+            ts = pos
+            while pos < n and buf[pos] != 32 and buf[pos] != 9 and buf[pos] != 10 and not (
+                    buf[pos] == 13 and (pos + 1 >= n or buf[pos + 1] == 10)):
+                pos += 1
+            if field >= expect:
+                field += 1
+                continue
+            if field == 0:
+                if is_bias:
+                    if not (pos - ts == 4 and buf[ts] == 98 and buf[ts + 1] == 105
+                            and buf[ts + 2] == 97 and buf[ts + 3] == 115):
+                        return r - row0, a, nslow, _TXT_BIAS, line, 0, 0
+                for t in range(ts, pos):
+                    arena[a] = buf[t]
+                    a += 1
+                name_off[r + 1] = a
+            else:
+                c = field - 1
+                if is_bias:
+                    # bias line: w [w_n w_z]
+                    if c == 0:
+                        col, is_w = 0, True
+                    else:
+                        col, is_w = c - 1, False
+                elif c < kw:
+                    col, is_w = c, True
+                else:
+                    col, is_w = c - kw, False
+                if is_w or want_state:
+                    x, st = floatfmt.parse_f64(buf, ts, pos)
+                    if st == floatfmt.BAD:
+                        return r - row0, a, nslow, _TXT_NUMBER, line, field, 0
+                    if st == floatfmt.NONFINITE:
+                        return r - row0, a, nslow, _TXT_NONFINITE, line, field, 0
+                    if st == floatfmt.SLOW:
+                        slow_row[nslow] = r
+                        slow_col[nslow] = col if is_w else -1 - col
+                        slow_start[nslow] = ts
+                        slow_end[nslow] = pos
+                        nslow += 1
+                        x = 0.0
+                    if is_w:
+                        weights[r, col] = x
+                    else:
+                        state[r, col] = x
+            field += 1
+        if field == 0 and not is_bias:
+            pass  # blank line
+        elif field != expect:
+            return r - row0, a, nslow, _TXT_FIELDS, line, field, field
+        else:
+            if is_bias:
+                for c in range(1, kw):
+                    weights[r, c] = 0.0
+                if want_state:
+                    for c in range(2, state.shape[1]):
+                        state[r, c] = 0.0
+            r += 1
+        while pos < n and buf[pos] != 10:
+            pos += 1
+        pos += 1
+        line += 1
+    return r - row0, a, nslow, _TXT_OK, line, 0, 0
+
+
+def _read_blocks(f, size=8 << 20):
+    """(first line number, uint8 block of complete lines) over a binary file."""
+    carry = b""
+    line_no = 1
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            break
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        carry = data[cut + 1:]
+        block = np.frombuffer(data, dtype=np.uint8, count=cut + 1)
+        yield line_no, block
+        line_no += data.count(b"\n", 0, cut + 1)
+    if carry:
+        yield line_no, np.frombuffer(carry, dtype=np.uint8)
+
+
+def _txt_shape(path):
+    """(k or None, full, lines) from the bias line and the first feature line."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        lines = head.count(b"\n")
+        while True:
+            b = f.read(8 << 20)
+            if not b:
+                break
+            lines += b.count(b"\n")
+    if not head:
+        raise ModelError("%s: empty file, not a model" % path)
+    text_lines = head.split(b"\n")
+    first = text_lines[0].split()
+    if not first or first[0] != b"bias" or len(first) not in (2, 4):
+        raise ModelError("%s: not an FM model: the first line must be 'bias w w_n w_z' "
+                         "(or 'bias w' in a stripped model)" % path)
+    full = len(first) == 4
+    k = None
+    if len(text_lines) > 1:
+        for ln in text_lines[1:2]:
+            fields = ln.split()
+            if fields:
+                t = len(fields) - 1
+                if full:
+                    if (t - 3) % 3 or t < 3:
+                        raise ModelError("%s line 2: %d fields is not a full model line "
+                                         "(name w v_1..v_k w_n w_z v_n_1..v_n_k v_z_1..v_z_k)"
+                                         % (path, len(fields)))
+                    k = (t - 3) // 3
+                else:
+                    k = t - 1
+    if not head.endswith(b"\n") and lines == 0:
+        lines = 0
+    return k, full, lines + 1
+
+
+def _field_desc(k, full, is_bias):
+    if is_bias:
+        return "bias w w_n w_z" if full else "bias w"
+    if full:
+        return "name w v_1..v_%d w_n w_z v_n_1..v_n_%d v_z_1..v_z_%d" % (k, k, k)
+    return "name w v_1..v_%d" % k
+
+
+def read_txt(path, k=None, state=True, dtype=None):
+    """Read an alphaFM/streamfm text model into ModelArrays.
+
+    ``k``: the expected factor count (-dim); checked against the file.
+    ``state=False`` skips the FTRL columns (enough for prediction).
+    """
+    fk, full, n_lines = _txt_shape(path)
+    if fk is None:
+        fk = 0 if k is None else int(k)
+    if k is not None and int(k) != fk:
+        raise ModelError("%s: model has %d factors (-dim ...,%d) but %d were asked for"
+                         % (path, fk, fk, int(k)))
+    if state and not full:
+        raise ModelError("%s: stripped model (w and v only) has no training state; "
+                         "it can be used for prediction, not for -im" % path)
+    want_state = state and full
+    dtype = np.dtype(dtype or np.float64)
+    cap = n_lines + 1
+    weights = np.zeros((cap, 1 + fk), dtype=dtype)
+    st = np.zeros((cap if want_state else 0, 2 + 2 * fk), dtype=dtype)
+    name_off = np.zeros(cap + 1, dtype=np.int64)
+    arena = np.zeros(max(os.path.getsize(path), 16), dtype=np.uint8)
+    rows = 0
+    a = 0
+    with open(path, "rb") as f:
+        first = True
+        for line_no, block in _read_blocks(f):
+            nb = block.shape[0]
+            slow = [np.empty(nb // 2 + 2, np.int64) for _ in range(4)]
+            got, a, nslow, err, eline, efield, found = _parse_model_text(
+                block, nb, first, fk, full, want_state, arena, name_off, a,
+                weights, st, rows, *slow)
+            if err != _TXT_OK:
+                _raise_txt_error(path, line_no + eline, err, efield, found, fk, full,
+                                 first and eline == 0, block, eline)
+            for j in range(nslow):
+                x = float(bytes(block[slow[2][j]:slow[3][j]]))
+                col = slow[1][j]
+                if col >= 0:
+                    weights[slow[0][j], col] = x
+                else:
+                    st[slow[0][j], -1 - col] = x
+            rows += got
+            first = False
+    if rows == 0:
+        raise ModelError("%s: no bias line" % path)
+    meta = {"k": fk, "dtype": dtype_name(dtype), "n_rows": rows, "format": "txt", "full": full}
+    return ModelArrays(arena[:a], name_off[: rows + 1], weights[:rows],
+                       st[:rows] if want_state else None, meta)
+
+
+def _raise_txt_error(path, line_no, err, field, found, k, full, is_bias, block, eline):
+    if err == _TXT_BIAS:
+        raise ModelError("%s: not an FM model: the first line must be the bias line (%s)"
+                         % (path, _field_desc(k, full, True)))
+    if err == _TXT_FIELDS:
+        expect = (4 if full else 2) if is_bias else (3 * k + 4 if full else k + 2)
+        raise ModelError("%s line %d: %d fields, expected %d (%s)%s"
+                         % (path, line_no, found, expect, _field_desc(k, full, is_bias),
+                            "; the file may be truncated" if found < expect else ""))
+    text = _line_field(block, eline, field)
+    if err == _TXT_NONFINITE:
+        raise ModelError("%s line %d field %d: %r is not a finite number" % (path, line_no, field + 1, text))
+    raise ModelError("%s line %d field %d: %r is not a number" % (path, line_no, field + 1, text))
+
+
+def _line_field(block, eline, field):
+    lines = bytes(block).split(b"\n")
+    fields = lines[eline].split() if eline < len(lines) else []
+    return fields[field].decode("utf-8", "backslashreplace")[:40] if field < len(fields) else ""
+
+
+# ----------------------------------------------------------------------------
+# Binary format
+
+
+def _arr_meta(name, arr_dtype, shape, offset):
+    nbytes = int(np.prod(shape)) * np.dtype(arr_dtype).itemsize
+    return {"name": name, "dtype": np.dtype(arr_dtype).str, "shape": list(shape),
+            "offset": offset, "nbytes": nbytes}
+
+
+def _align(x):
+    return (x + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def write_bin(src, path, state=True):
+    """Write ``src`` (Model or ModelArrays) in streamfm's binary format."""
+    arena, name_off = src.names()
+    n = src.n_rows
+    k = src.k
+    has_state = bool(state) and src.has_state
+    specs = [("names", np.uint8, (int(name_off[n]),)), ("name_off", np.int64, (n + 1,)),
+             ("weights", src.dtype, (n, 1 + k))]
+    if has_state:
+        specs.append(("state", src.dtype, (n, 2 + 2 * k)))
+    arrays = []
+    off = _HEADER_RESERVE
+    for name, dt, shape in specs:
+        arrays.append(_arr_meta(name, dt, shape, off))
+        off = _align(off + arrays[-1]["nbytes"])
+    header = dict(src.meta())
+    header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
+                   "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
+                   "arrays": arrays})
+    with _AtomicFile(path) as f:
+        f.write(b"\0" * _HEADER_RESERVE)
+        pieces = {
+            "names": lambda: [arena[: name_off[n]]],
+            "name_off": lambda: [name_off[: n + 1]],
+            "weights": lambda: (c[2] for c in src.chunks(weights=True, state=False)),
+            "state": lambda: (c[3] for c in src.chunks(weights=False, state=True)),
+        }
+        for spec in arrays:
+            _seek_pad(f, spec["offset"])
+            crc = 0
+            for part in pieces[spec["name"]]():
+                b = memoryview(np.ascontiguousarray(part)).cast("B")
+                crc = zlib.crc32(b, crc)
+                f.write(b)
+            spec["crc32"] = crc
+        packed = msgpack.packb(header, use_bin_type=True)
+        if len(packed) + 16 > _HEADER_RESERVE:
+            raise ModelError("%s: model header too large" % path)
+        f.seek(0)
+        f.write(MAGIC)
+        f.write(np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes())
+        f.write(packed)
+
+
+def _seek_pad(f, offset):
+    cur = f.tell()
+    if offset > cur:
+        f.write(b"\0" * (offset - cur))
+
+
+def read_bin_header(path):
+    """The header dict of a binary model (validated), and the file size."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 16 or head[:8] != MAGIC:
+            raise ModelError("%s: not a streamfm binary model" % path)
+        hlen, hcrc = np.frombuffer(head[8:16], dtype="<u4")
+        packed = f.read(int(hlen))
+    if len(packed) != hlen:
+        raise ModelError("%s: truncated (header cut off)" % path)
+    if zlib.crc32(packed) != hcrc:
+        raise ModelError("%s: corrupted header (checksum mismatch)" % path)
+    try:
+        header = msgpack.unpackb(packed, raw=False)
+    except Exception as e:  # msgpack raises several types for bad bytes
+        raise ModelError("%s: corrupted header (%s)" % (path, e)) from None
+    if header.get("format") != FORMAT_NAME:
+        raise ModelError("%s: not a streamfm binary model" % path)
+    if header.get("version", 0) > FORMAT_VERSION:
+        raise ModelError("%s: binary model version %s is newer than this streamfm reads (%d)"
+                         % (path, header.get("version"), FORMAT_VERSION))
+    end = max(a["offset"] + a["nbytes"] for a in header["arrays"])
+    if size < end:
+        raise ModelError("%s: truncated: %d bytes, the header says %d" % (path, size, end))
+    return header
+
+
+def read_bin(path, k=None, state=True, verify=True):
+    """Read a binary model into ModelArrays (``state=False``: w and v only)."""
+    header = read_bin_header(path)
+    mk = int(header["k"])
+    if k is not None and int(k) != mk:
+        raise ModelError("%s: model has %d factors (-dim ...,%d) but %d were asked for"
+                         % (path, mk, mk, int(k)))
+    specs = {a["name"]: a for a in header["arrays"]}
+    if state and "state" not in specs:
+        raise ModelError("%s: stripped model (w and v only) has no training state; "
+                         "it can be used for prediction, not for -im" % path)
+    out = {}
+    with open(path, "rb") as f:
+        for name in ("names", "name_off", "weights") + (("state",) if state else ()):
+            a = specs[name]
+            arr = np.empty(a["shape"], dtype=np.dtype(a["dtype"]))
+            f.seek(a["offset"])
+            got = f.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
+            if got != a["nbytes"]:
+                raise ModelError("%s: truncated in array %r" % (path, name))
+            if verify and zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
+                raise ModelError("%s: corrupted: checksum mismatch in array %r" % (path, name))
+            out[name] = arr
+    n = int(header["n_rows"])
+    off = out["name_off"]
+    if off.shape[0] != n + 1 or off[0] != 0 or off[-1] != out["names"].shape[0] or np.any(np.diff(off) < 0):
+        raise ModelError("%s: corrupted: inconsistent name offsets" % path)
+    meta = {key: header[key] for key in header if key != "arrays"}
+    meta["format"] = "bin"
+    return ModelArrays(out["names"], off, out["weights"], out.get("state"), meta)
+
+
+# ----------------------------------------------------------------------------
+# Entry points
+
+
+def detect_format(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise ModelError("%s: no such model file" % path) from None
+    except IsADirectoryError:
+        raise ModelError("%s: is a directory, not a model file" % path) from None
+    except OSError as e:
+        raise ModelError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+    if not head:
+        raise ModelError("%s: empty file, not a model" % path)
+    return "bin" if head == MAGIC else "txt"
+
+
+def read_model(path, k=None, state=True, fmt=None, dtype=None):
+    """ModelArrays from a txt or bin model file (format detected from its bytes).
+
+    ``fmt`` (the -mf/-imf flag) is accepted for alphaFM compatibility; the
+    file's bytes decide.
+    """
+    real = detect_format(path)
+    if real == "bin":
+        arrays = read_bin(path, k=k, state=state)
+        if dtype is not None and np.dtype(dtype) != arrays.dtype:
+            arrays.weights = arrays.weights.astype(dtype)
+            if arrays.state is not None:
+                arrays.state = arrays.state.astype(dtype)
+            arrays.dtype = np.dtype(dtype)
+        return arrays
+    return read_txt(path, k=k, state=state, dtype=dtype)
+
+
+def write_model(src, path, fmt="txt", state=True):
+    if fmt == "bin":
+        write_bin(src, path, state=state)
+    elif fmt == "txt":
+        write_txt(src, path, state=state)
+    else:
+        raise ValueError("model format must be 'txt' or 'bin', not %r" % (fmt,))

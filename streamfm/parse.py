@@ -1,0 +1,304 @@
+"""The input line grammar (DESIGN section 3), parsed in numba.
+
+    LABEL SEP NAME:VALUE SEP NAME:VALUE ...      SEP = one or more ' ' or '\\t'
+
+- LABEL is a number; > 0 is a positive (y = 1), anything else a negative (-1).
+- NAME is any bytes without white space; the LAST ':' of a token splits name
+  and value; a token without ':' has value 1; value 0 drops the feature.
+- Empty (or blank) lines are skipped; a '\\r' right before '\\n' is ignored.
+- A bad line is rolled back and reported with its reason and byte column.
+
+This module is the only place that knows the grammar; training, prediction,
+recall and importance all parse through ``parse_block``.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import floatfmt
+from .table import HASH_SEED, hash_final, hash_word
+
+# Reasons a line is rejected; the numbers are stable (they appear in reports).
+BAD_LABEL = 1
+NONFINITE_LABEL = 2
+BAD_VALUE = 3
+NONFINITE_VALUE = 4
+EMPTY_NAME = 5
+EMPTY_VALUE = 6
+CONTROL_BYTE = 7
+
+REASONS = {
+    BAD_LABEL: "label is not a number",
+    NONFINITE_LABEL: "label is NaN or infinite",
+    BAD_VALUE: "feature value is not a number",
+    NONFINITE_VALUE: "feature value is NaN, infinite or overflows",
+    EMPTY_NAME: "empty feature name before ':'",
+    EMPTY_VALUE: "empty feature value after ':'",
+    CONTROL_BYTE: "control byte (binary data?) in line",
+}
+
+# |value| above this is clipped (and counted): larger values square to
+# numbers that overflow the FTRL accumulators, float32 ones first.
+VALUE_CLIP = 1e9
+
+_SP = 32
+_TAB = 9
+_LF = 10
+_CR = 13
+_COLON = 58
+_DEL = 127
+_U8 = np.uint64(8)
+
+
+@njit(inline="always")
+def _is_eol(buf, pos, n):
+    b = buf[pos]
+    if b == _LF:
+        return True
+    return b == _CR and (pos + 1 >= n or buf[pos + 1] == _LF)
+
+
+@njit(inline="always")
+def _skip_line(buf, pos, n):
+    while pos < n and buf[pos] != _LF:
+        pos += 1
+    return pos + 1
+
+
+@njit(cache=True, nogil=True)
+def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
+                bad_line, bad_reason, bad_col, slow_idx, slow_start, slow_end):
+    """Parse the complete lines in buf[:n] into CSR arrays.
+
+    Capacities the caller provides: samples and bad lines <= lines in the
+    block + 1, features and slow tokens <= n // 2 + 1.
+    Returns (samples, features, lines, bad lines, slow tokens, clipped values).
+    ``slow`` tokens are valid numbers the fast parser cannot round exactly;
+    their value must be patched by the caller (see ``patch_slow``).
+    """
+    ns = 0
+    nnz = 0
+    nbad = 0
+    nslow = 0
+    nclip = 0
+    line = 0
+    pos = 0
+    indptr[0] = 0
+    while pos < n:
+        lstart = pos
+        while pos < n and (buf[pos] == _SP or buf[pos] == _TAB):
+            pos += 1
+        if pos >= n or _is_eol(buf, pos, n):
+            pos = _skip_line(buf, pos, n)
+            line += 1
+            continue
+        # label
+        ts = pos
+        reason = 0
+        while pos < n:
+            b = buf[pos]
+            if b > _SP and b != _DEL:
+                pos += 1
+                continue
+            break
+        te = pos
+        if pos < n and not (buf[pos] == _SP or buf[pos] == _TAB or _is_eol(buf, pos, n)):
+            reason = CONTROL_BYTE
+            ts = pos
+        else:
+            v, st = floatfmt.parse_f64(buf, ts, te)
+            if st == floatfmt.OK:
+                y = 1.0 if v > 0.0 else -1.0
+            elif st == floatfmt.SLOW:
+                # a valid number with a nonzero digit: only its sign matters
+                y = -1.0 if buf[ts] == 45 else 1.0
+            elif st == floatfmt.NONFINITE:
+                reason = NONFINITE_LABEL
+            else:
+                reason = BAD_LABEL
+        line_nnz = nnz
+        line_slow = nslow
+        line_clip = nclip
+        # features
+        while reason == 0:
+            while pos < n and (buf[pos] == _SP or buf[pos] == _TAB):
+                pos += 1
+            if pos >= n or _is_eol(buf, pos, n):
+                break
+            ts = pos
+            h = HASH_SEED
+            acc = np.uint64(0)
+            cnt = 0
+            colon = -1
+            ch = h
+            cacc = acc
+            while pos < n:
+                b = buf[pos]
+                if b > _SP and b != _DEL:
+                    if b == _COLON:
+                        colon = pos
+                        ch = h
+                        cacc = acc
+                    acc = (acc << _U8) | np.uint64(b)
+                    cnt += 1
+                    if cnt == 8:
+                        h = hash_word(h, acc)
+                        acc = np.uint64(0)
+                        cnt = 0
+                    pos += 1
+                    continue
+                break
+            te = pos
+            if pos < n and not (buf[pos] == _SP or buf[pos] == _TAB or _is_eol(buf, pos, n)):
+                reason = CONTROL_BYTE
+                ts = pos
+                break
+            if colon < 0:
+                nlen = te - ts
+                hv = hash_final(h, acc, nlen)
+                x = 1.0
+                st = floatfmt.OK
+            else:
+                nlen = colon - ts
+                if nlen == 0:
+                    reason = EMPTY_NAME
+                    break
+                if colon + 1 == te:
+                    reason = EMPTY_VALUE
+                    break
+                # the snapshot was taken before the ':' entered the hash; its
+                # partial word holds the name's last nlen % 8 bytes
+                hv = hash_final(ch, cacc, nlen)
+                x, st = floatfmt.parse_f64(buf, colon + 1, te)
+                if st == floatfmt.BAD:
+                    reason = BAD_VALUE
+                    break
+                if st == floatfmt.NONFINITE:
+                    reason = NONFINITE_VALUE
+                    break
+            if st == floatfmt.SLOW:
+                slow_idx[nslow] = nnz
+                slow_start[nslow] = colon + 1
+                slow_end[nslow] = te
+                nslow += 1
+                x = 1.0
+            elif x == 0.0:
+                continue
+            elif x > VALUE_CLIP:
+                x = VALUE_CLIP
+                nclip += 1
+            elif x < -VALUE_CLIP:
+                x = -VALUE_CLIP
+                nclip += 1
+            hashes[nnz] = hv
+            vals[nnz] = x
+            name_start[nnz] = ts
+            name_len[nnz] = nlen
+            nnz += 1
+        if reason != 0:
+            nnz = line_nnz
+            nslow = line_slow
+            nclip = line_clip
+            bad_line[nbad] = line
+            bad_reason[nbad] = reason
+            bad_col[nbad] = ts - lstart
+            nbad += 1
+        else:
+            ys[ns] = y
+            ns += 1
+            indptr[ns] = nnz
+        pos = _skip_line(buf, pos, n)
+        line += 1
+    return ns, nnz, line, nbad, nslow, nclip
+
+
+class ParseBuffers:
+    """Reusable output arrays of parse_block for blocks up to ``size`` bytes."""
+
+    def __init__(self, size=0):
+        self.size = -1
+        self.ensure(size, size)
+
+    def ensure(self, nbytes, nlines):
+        if nbytes <= self.size and nlines < self.lines_cap:
+            return
+        size = max(nbytes, 2 * max(self.size, 0))
+        lines = max(nlines + 1, size // 64 + 2)
+        feats = size // 2 + 2
+        self.size = size
+        self.lines_cap = lines
+        self.ys = np.empty(lines, np.float64)
+        self.indptr = np.empty(lines + 1, np.int64)
+        self.bad_line = np.empty(lines, np.int64)
+        self.bad_reason = np.empty(lines, np.int8)
+        self.bad_col = np.empty(lines, np.int64)
+        self.hashes = np.empty(feats, np.uint64)
+        self.vals = np.empty(feats, np.float64)
+        self.name_start = np.empty(feats, np.int64)
+        self.name_len = np.empty(feats, np.int64)
+        self.slow_idx = np.empty(feats, np.int64)
+        self.slow_start = np.empty(feats, np.int64)
+        self.slow_end = np.empty(feats, np.int64)
+
+
+class Parsed:
+    """One parsed block: CSR views into ParseBuffers plus the bad lines."""
+
+    __slots__ = ("ys", "indptr", "hashes", "vals", "name_start", "name_len",
+                 "n_samples", "nnz", "n_lines", "bad_line", "bad_reason", "bad_col",
+                 "n_clipped", "buf")
+
+
+def parse(buf, n_lines_hint, bufs):
+    """Parse a uint8 array of complete lines; returns a Parsed."""
+    n = buf.shape[0]
+    bufs.ensure(n, n_lines_hint)
+    ns, nnz, nl, nbad, nslow, nclip = parse_block(
+        buf, n, bufs.ys, bufs.indptr, bufs.hashes, bufs.vals, bufs.name_start, bufs.name_len,
+        bufs.bad_line, bufs.bad_reason, bufs.bad_col, bufs.slow_idx, bufs.slow_start, bufs.slow_end)
+    if nslow:
+        nclip += _patch_slow(buf, bufs, nslow)
+    p = Parsed()
+    p.buf = buf
+    p.ys = bufs.ys[:ns]
+    p.indptr = bufs.indptr[: ns + 1]
+    p.hashes = bufs.hashes[:nnz]
+    p.vals = bufs.vals[:nnz]
+    p.name_start = bufs.name_start[:nnz]
+    p.name_len = bufs.name_len[:nnz]
+    p.n_samples, p.nnz, p.n_lines = ns, nnz, nl
+    p.bad_line = bufs.bad_line[:nbad]
+    p.bad_reason = bufs.bad_reason[:nbad]
+    p.bad_col = bufs.bad_col[:nbad]
+    p.n_clipped = nclip
+    return p
+
+
+def _patch_slow(buf, bufs, nslow):
+    """Exact values for the rare tokens the fast parser cannot round."""
+    clipped = 0
+    for j in range(nslow):
+        x = float(bytes(buf[bufs.slow_start[j]:bufs.slow_end[j]]))
+        if abs(x) > VALUE_CLIP:
+            x = VALUE_CLIP if x > 0 else -VALUE_CLIP
+            clipped += 1
+        bufs.vals[bufs.slow_idx[j]] = x
+    return clipped
+
+
+def line_text(buf, line_index, limit=200):
+    """The text of line ``line_index`` of a block (for error messages)."""
+    pos = 0
+    n = buf.shape[0]
+    data = bytes(buf)
+    for _ in range(line_index):
+        pos = data.find(b"\n", pos)
+        if pos < 0:
+            return ""
+        pos += 1
+    end = data.find(b"\n", pos)
+    if end < 0:
+        end = n
+    text = data[pos:end].rstrip(b"\r")
+    s = text[:limit].decode("utf-8", "backslashreplace")
+    return s + ("..." if len(text) > limit else "")

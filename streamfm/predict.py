@@ -1,0 +1,210 @@
+"""Prediction: a serving model (names -> rows, w and v) and the predict pipeline.
+
+Workers parse and score blocks in parallel; an ordered writer puts the
+output back in input order whatever ``-core`` is (alphaFM does not).
+"""
+
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from . import floatfmt, ftrl, parse
+from .badlines import BadInputStop, BadLineLog
+from .metrics import MetricSummary, Progress, add_prediction, new_accumulators
+from .model import read_model
+from .reader import BlockReader
+from .table import FeatureTable, lookup_many
+
+
+class ServingModel:
+    """What prediction needs: the feature table and (w, v_1..v_k) per row."""
+
+    def __init__(self, table, weights, k, info=None):
+        self.table = table
+        self.weights = weights
+        self.k = int(k)
+        self.info = info or {}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        table = FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows)
+        return cls(table, arrays.weights, arrays.k, arrays.info)
+
+    @classmethod
+    def load(cls, path, k=None):
+        return cls.from_arrays(read_model(path, k=k, state=False))
+
+    @property
+    def n_rows(self):
+        return self.weights.shape[0]
+
+    def rows_of(self, parsed, rows):
+        """rows[:nnz] = row per feature of a parsed block (-1: unknown)."""
+        lookup_many(self.table.slots, self.table.row_hash, parsed.hashes, parsed.nnz, rows)
+
+    def scores(self, parsed, rows, out):
+        ftrl.score_block(parsed.indptr, rows, parsed.vals, parsed.n_samples, self.weights,
+                         self.k, out)
+
+
+@njit(cache=True, nogil=True)
+def format_predictions(ys, raw, n, out):
+    """'label prob' lines (label 1 or -1, prob = sigmoid(raw score)); returns bytes used."""
+    pos = 0
+    for s in range(n):
+        if ys[s] > 0:
+            out[pos] = 49
+            pos += 1
+        else:
+            out[pos] = 45
+            out[pos + 1] = 49
+            pos += 2
+        out[pos] = 32
+        pos += 1
+        pos = floatfmt.write_f64(ftrl.sigmoid(raw[s]), out, pos)
+        out[pos] = 10
+        pos += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def accumulate_metrics(ys, raw, n, stats, hist):
+    for s in range(n):
+        add_prediction(stats, hist, ys[s], ftrl.sigmoid(raw[s]))
+
+
+class OrderedWriter:
+    """Writes per-block outputs in block sequence order."""
+
+    def __init__(self, out):
+        self.out = out
+        self.next = 0
+        self.pending = {}
+        self.lock = threading.Lock()
+
+    def put(self, seq, data):
+        with self.lock:
+            self.pending[seq] = data
+            while self.next in self.pending:
+                self.out.write(self.pending.pop(self.next))
+                self.next += 1
+
+
+class PredictSummary:
+    def __init__(self):
+        self.metrics = None
+        self.lines = 0
+        self.samples = 0
+        self.bad = 0
+        self.clipped = 0
+        self.seconds = 0.0
+        self.loss_sum = 0.0
+        self.hist = None
+
+
+def predict_stream(model, stream, out, opts, log, on_block=None, metrics=False):
+    """Score every valid line of ``stream``, writing 'label prob' lines to ``out``.
+
+    With ``metrics`` the summary's ``metrics`` holds logloss, AUC and
+    calibration of the predictions against the input's labels.
+
+    ``on_block(parsed, raw_scores, rows)`` runs in the worker for each block
+    (used for metrics and explanations); it may return bytes that replace
+    the default output of that block.
+    """
+    reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
+    writer = OrderedWriter(out)
+    bad = BadLineLog(opts, log)
+    stop = threading.Event()
+    errors = []
+    summary = PredictSummary()
+    counts = []
+    accs = []
+    t0 = time.time()
+
+    def work():
+        bufs = parse.ParseBuffers(0)
+        rows = np.empty(0, dtype=np.int64)
+        raw = np.empty(0, dtype=np.float64)
+        outbuf = np.empty(0, dtype=np.uint8)
+        c = [0, 0, 0]
+        acc = new_accumulators()
+        counts.append(c)
+        accs.append(acc)
+        try:
+            while not stop.is_set():
+                blk = reader.get()
+                if blk is None:
+                    return
+                p = parse.parse(blk.data, blk.n_lines, bufs)
+                c[0] += p.n_lines
+                c[1] += p.n_samples
+                c[2] += p.n_clipped
+                if len(p.bad_line):
+                    bad.add(blk, p)
+                    if opts.on_error == "stop":
+                        raise BadInputStop(bad.stop_message(""))
+                if rows.shape[0] < p.nnz:
+                    rows = np.empty(max(p.nnz, 2 * rows.shape[0]), dtype=np.int64)
+                if raw.shape[0] < p.n_samples:
+                    raw = np.empty(max(p.n_samples, 2 * raw.shape[0]), dtype=np.float64)
+                model.rows_of(p, rows)
+                model.scores(p, rows, raw)
+                if metrics:
+                    accumulate_metrics(p.ys, raw, p.n_samples, acc[0], acc[1])
+                data = on_block(p, raw[: p.n_samples], rows[: p.nnz]) if on_block else None
+                if data is None:
+                    need = p.n_samples * 32
+                    if outbuf.shape[0] < need:
+                        outbuf = np.empty(max(need, 2 * outbuf.shape[0]), dtype=np.uint8)
+                    nb = format_predictions(p.ys, raw, p.n_samples, outbuf)
+                    data = outbuf[:nb].tobytes()
+                writer.put(blk.seq, data)
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=work, name="streamfm-predict-%d" % i, daemon=True)
+               for i in range(opts.cores)]
+    progress = Progress(log, "fm_predict", opts.progress_every, quiet=opts.quiet)
+    try:
+        for th in threads:
+            th.start()
+        while any(th.is_alive() for th in threads):
+            for th in threads:
+                th.join(0.2)
+            summary.lines = sum(c[0] for c in counts)
+            summary.samples = sum(c[1] for c in counts)
+            summary.bad = bad.count
+            progress.maybe(summary)
+    finally:
+        reader.stop()
+        bad.close()
+    summary.lines = sum(c[0] for c in counts)
+    summary.samples = sum(c[1] for c in counts)
+    summary.clipped = sum(c[2] for c in counts)
+    summary.bad = bad.count
+    summary.bad_description = bad.describe()
+    summary.seconds = time.time() - t0
+    if metrics:
+        summary.metrics = MetricSummary(sum(a[0] for a in accs), sum(a[1] for a in accs))
+    if errors:
+        raise errors[0]
+    if reader.error is not None:
+        raise reader.error
+    return summary
+
+
+def warm_up(model, log, quiet):
+    """Compile or load the prediction kernels before the input arrives."""
+    import io
+
+    from . import jit
+    from .train import Options
+
+    jit.compile_notice([parse.parse_block, lookup_many, ftrl.score_block, format_predictions,
+                        accumulate_metrics], log, quiet)
+    predict_stream(model, io.BytesIO(b"1 a:1 b\n"), io.BytesIO(), Options(quiet=True), log,
+                   metrics=True)

@@ -1,0 +1,291 @@
+"""The training pipeline: reader thread -> N worker threads -> shared model.
+
+Each worker takes a block of lines, parses it (numba), resolves feature
+names to rows (lock-free lookups; new names are added under one insert
+lock), then runs the FTRL-FM update on the block (numba, nogil) while the
+other workers do the same on theirs (Hogwild: no locks on rows). Growing
+the table replaces arrays, so it waits for the workers to leave their
+kernels (a readers-writer lock around them); nothing else pauses them.
+With one worker the run is sequential and deterministic.
+"""
+
+import signal
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from . import ftrl, parse
+from .badlines import BadInputStop, BadLineLog
+from .metrics import N_METRICS, MetricSummary, Progress, new_accumulators
+from .reader import BlockReader
+from .table import _place, lookup_many, lookup_one
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    def acquire_read(self):
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self):
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self):
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+
+    def release_write(self):
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+@njit(cache=True, nogil=True)
+def add_features(slots, row_hash, name_off, arena, meta, hashes, rows, src, name_start,
+                 name_len, n, params, k, seed, stdev):
+    """Rows for the entries with rows[j] == -1, creating rows for new names.
+
+    A new row's name, hash and initial state are written before the row is
+    published in the index, so a concurrent lookup never sees it half made.
+    The caller holds the insert lock and has reserved capacity for n rows.
+    """
+    for j in range(n):
+        if rows[j] >= 0:
+            continue
+        h = hashes[j]
+        r = lookup_one(slots, row_hash, h)
+        if r < 0:
+            r = meta[0]
+            a = meta[1]
+            ln = name_len[j]
+            s = name_start[j]
+            for t in range(ln):
+                arena[a + t] = src[s + t]
+            name_off[r + 1] = a + ln
+            meta[1] = a + ln
+            row_hash[r] = h
+            ftrl.init_row(params, r, h, k, seed, stdev)
+            meta[0] = r + 1
+            _place(slots, row_hash, r)
+        rows[j] = r
+    return 0
+
+
+class Options:
+    """What a run does besides the FTRL math (which lives on the Model)."""
+
+    def __init__(self, k0=True, k1=True, cores=1, on_error="skip", max_bad_fraction=None,
+                 quiet=False, bad_lines=None, progress_every=5.0, max_errors_shown=10,
+                 block_size=None, log=None):
+        self.k0 = bool(k0)
+        self.k1 = bool(k1)
+        self.cores = max(1, int(cores))
+        self.on_error = on_error
+        self.max_bad_fraction = max_bad_fraction
+        self.quiet = quiet
+        self.bad_lines = bad_lines
+        self.progress_every = progress_every
+        self.max_errors_shown = max_errors_shown
+        self.block_size = block_size
+        self.log = log
+
+
+class Summary(MetricSummary):
+    """Counts and progressive metrics of one run."""
+
+    def __init__(self):
+        MetricSummary.__init__(self, *new_accumulators(ftrl.N_STATS - N_METRICS))
+        self.lines = 0
+        self.bad = 0
+        self.bad_by_reason = {}
+        self.bad_description = ""
+        self.clipped = 0
+        self.seconds = 0.0
+        self.interrupted = False
+        self.features = 0
+
+    @property
+    def overflow_samples(self):
+        return int(self.stats[ftrl.ST_SKIPPED_OVERFLOW])
+
+    @property
+    def overflow_updates(self):
+        return int(self.stats[ftrl.ST_COORD_OVERFLOW])
+
+
+class _Worker:
+    def __init__(self):
+        self.bufs = parse.ParseBuffers(0)
+        self.rows = np.empty(0, dtype=np.int64)
+        self.stats, self.hist = new_accumulators(ftrl.N_STATS - N_METRICS)
+        self.lines = 0
+        self.clipped = 0
+
+
+def train_stream(model, stream, opts, log):
+    """Train ``model`` on the lines of ``stream``; returns a Summary.
+
+    Raises BadInputStop (no model must be written) when --on-error stop
+    meets a bad line or the bad fraction exceeds --max-bad-fraction.
+    """
+    summary = Summary()
+    reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
+    rw = RWLock()
+    insert_lock = threading.Lock()
+    stop = threading.Event()
+    errors = []
+    bad = BadLineLog(opts, log)
+    workers = [_Worker() for _ in range(opts.cores)]
+    k = model.k
+    flags = (opts.k0, opts.k1, model.fvs)
+    t0 = time.time()
+
+    def check_bad(total_lines):
+        frac = opts.max_bad_fraction
+        if frac is not None and total_lines >= 1000 and bad.count > frac * total_lines:
+            raise BadInputStop("%d of %d lines were bad (more than --max-bad-fraction %g); "
+                               "no model written" % (bad.count, total_lines, frac))
+
+    def work(w):
+        try:
+            while not stop.is_set():
+                blk = reader.get()
+                if blk is None:
+                    return
+                p = parse.parse(blk.data, blk.n_lines, w.bufs)
+                w.lines += p.n_lines
+                w.clipped += p.n_clipped
+                if len(p.bad_line):
+                    bad.add(blk, p)
+                    if opts.on_error == "stop":
+                        raise BadInputStop(bad.stop_message(", no model written"))
+                check_bad(sum(x.lines for x in workers))
+                nnz = p.nnz
+                if w.rows.shape[0] < nnz:
+                    w.rows = np.empty(max(nnz, 2 * w.rows.shape[0]), dtype=np.int64)
+                rows = w.rows
+                rw.acquire_read()
+                try:
+                    t = model.table
+                    misses = lookup_many(t.slots, t.row_hash, p.hashes, nnz, rows)
+                finally:
+                    rw.release_read()
+                if misses:
+                    with insert_lock:
+                        new_bytes = int(p.name_len[rows[:nnz] < 0].sum())
+                        if model.table.needs_growth(misses, new_bytes):
+                            rw.acquire_write()
+                            try:
+                                model.reserve(misses, new_bytes)
+                            finally:
+                                rw.release_write()
+                        t = model.table
+                        add_features(t.slots, t.row_hash, t.name_off, t.arena, t.meta, p.hashes, rows,
+                                     blk.data, p.name_start, p.name_len, nnz, model.params, k,
+                                     model.seed, model.hp[8])
+                rw.acquire_read()
+                try:
+                    ftrl.train_block(p.indptr, rows, p.vals, p.ys, p.n_samples, model.params,
+                                     model.table.row_hash, model.hp, k, flags[0], flags[1], flags[2],
+                                     model.seed, w.stats, w.hist)
+                finally:
+                    rw.release_read()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(w,), name="streamfm-train-%d" % i, daemon=True)
+               for i, w in enumerate(workers)]
+    progress = Progress(log, "fm_train", opts.progress_every, quiet=opts.quiet)
+    old_handlers = _install_signal_handlers(stop, summary)
+    try:
+        for th in threads:
+            th.start()
+        while any(th.is_alive() for th in threads):
+            for th in threads:
+                th.join(0.2)
+            _collect(summary, workers, model)
+            summary.bad = bad.count
+            progress.maybe(summary, model.n_rows - 1)
+    finally:
+        reader.stop()
+        _restore_signal_handlers(old_handlers)
+        bad.close()
+    summary.seconds = time.time() - t0
+    _collect(summary, workers, model)
+    summary.bad = bad.count
+    summary.bad_by_reason = dict(bad.by_reason)
+    summary.bad_description = bad.describe()
+    if errors:
+        raise errors[0]
+    if reader.error is not None:
+        raise reader.error
+    check_bad(summary.lines)
+    model.samples_seen += summary.samples
+    return summary
+
+
+def _collect(summary, workers, model):
+    summary.stats = sum(w.stats for w in workers)
+    summary.hist = sum(w.hist for w in workers)
+    summary.lines = sum(w.lines for w in workers)
+    summary.clipped = sum(w.clipped for w in workers)
+    summary.features = model.n_rows - 1
+
+
+def _install_signal_handlers(stop, summary):
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        summary.interrupted = signal.Signals(signum).name
+        stop.set()
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def _restore_signal_handlers(old):
+    if old:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def warm_up(model, fmt, log, quiet):
+    """Compile or load every kernel a training run needs, on a tiny sample.
+
+    Loading them all up front lets the compiler's memory be released before
+    the model grows, and puts the one-time compile notice before the wait.
+    """
+    import io
+
+    from . import jit
+    from .model import Model, warm_up_writer
+    from .table import hash_arena, find_duplicate
+
+    jit.compile_notice([parse.parse_block, lookup_many, add_features, ftrl.train_block,
+                        ftrl.serving_weights, ftrl.file_state, hash_arena, find_duplicate], log, quiet)
+    tiny = Model(model.k, model.dtype, hp=model.hp, fvs=model.fvs, seed=model.seed,
+                 row_capacity=16, arena_capacity=64)
+    train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
+    warm_up_writer(tiny, fmt)

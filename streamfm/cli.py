@@ -349,3 +349,83 @@ def dump_info(model_path):
         print("seed          %s" % arrays.info.get("seed"))
     else:
         print("hyper         unknown (text model)")
+
+
+def _write_or_fail(src, path, fmt, state=True):
+    _check_writable(path, "fm_dump")
+    try:
+        write_model(src, path, fmt, state=state)
+    except ModelError as e:
+        fail("fm_dump", str(e))
+
+
+def _nonzero_rows(arrays):
+    return np.any(arrays.weights != 0, axis=1)
+
+
+@fm_dump.command("convert", context_settings=CONTEXT)
+@click.argument("src_path", metavar="MODEL")
+@click.argument("dst_path", metavar="OUT")
+@click.option("--to", "to_fmt", type=click.Choice(["txt", "bin"]), default=None,
+              help="Output format (default: the other one).")
+@click.option("--nonzero", is_flag=True,
+              help="Keep only features whose w or v is non-zero (alphaFM model_bin_tool task 3).")
+def dump_convert(src_path, dst_path, to_fmt, nonzero):
+    """Convert a model between text and binary, keeping everything it holds."""
+    from .model import detect_format
+
+    try:
+        fmt = detect_format(src_path)
+    except ModelError as e:
+        fail("fm_dump", str(e))
+    arrays = _load_for_dump(src_path, state=None)
+    if nonzero:
+        arrays = arrays.select(_nonzero_rows(arrays))
+    _write_or_fail(arrays, dst_path, to_fmt or ("txt" if fmt == "bin" else "bin"))
+
+
+@fm_dump.command("strip", context_settings=CONTEXT)
+@click.argument("src_path", metavar="MODEL")
+@click.argument("dst_path", metavar="OUT")
+@click.option("--to", "to_fmt", type=click.Choice(["txt", "bin"]), default=None,
+              help="Output format (default: the input's).")
+@click.option("--nonzero", is_flag=True, help="Also drop features whose w and v are all zero.")
+def dump_strip(src_path, dst_path, to_fmt, nonzero):
+    """Keep only w and v (what fm_predict needs): a smaller model for serving."""
+    from .model import detect_format
+
+    try:
+        fmt = detect_format(src_path)
+    except ModelError as e:
+        fail("fm_dump", str(e))
+    arrays = _load_for_dump(src_path, state=False)
+    if nonzero:
+        arrays = arrays.select(_nonzero_rows(arrays))
+    _write_or_fail(arrays, dst_path, to_fmt or fmt, state=False)
+
+
+@fm_dump.command("embeddings", context_settings=CONTEXT)
+@click.argument("src_path", metavar="MODEL")
+@click.argument("dst_path", metavar="OUT")
+@click.option("--format", "out_fmt", type=click.Choice(["txt", "npy"]), default="txt", show_default=True,
+              help="txt: 'name v_1 .. v_k' lines; npy: an (n, k) matrix in OUT plus the names, "
+                   "one a line, in OUT.names.")
+@click.option("--nonzero", is_flag=True, help="Skip features whose v is all zero.")
+def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
+    """Write every feature's factor vector v (the bias has none)."""
+    from .model import _AtomicFile, write_embeddings_txt
+
+    arrays = _load_for_dump(src_path, state=False)
+    v = arrays.weights[1:, 1:]
+    _check_writable(dst_path, "fm_dump")
+    sub = arrays.select(np.r_[False, np.any(v != 0, axis=1)] if nonzero else np.ones(arrays.n_rows, bool))
+    try:
+        if out_fmt == "npy":
+            with _AtomicFile(dst_path) as f:
+                np.save(f, np.ascontiguousarray(sub.weights[1:, 1:]))
+            with _AtomicFile(dst_path + ".names") as f:
+                f.write(b"".join(sub.name_bytes(r) + b"\n" for r in range(1, sub.n_rows)))
+        else:
+            write_embeddings_txt(sub, dst_path)
+    except ModelError as e:
+        fail("fm_dump", str(e))

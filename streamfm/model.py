@@ -171,8 +171,11 @@ class ModelArrays:
             s = self.state[r0:r1] if (state and self.state is not None) else None
             yield r0, r1, w, s
 
+    def name_bytes(self, r):
+        return bytes(self.arena[self.name_off[r]:self.name_off[r + 1]])
+
     def name(self, r):
-        return bytes(self.arena[self.name_off[r]:self.name_off[r + 1]]).decode("utf-8", "backslashreplace")
+        return self.name_bytes(r).decode("utf-8", "backslashreplace")
 
     def select(self, keep):
         """The rows where ``keep`` is true (row 0, the bias, always stays)."""
@@ -319,6 +322,20 @@ def write_txt(src, path, state=True):
             while i < r1 - r0:
                 i, nb = _format_rows(arena, name_off, r0, w, s, i, out, f32)
                 f.write(memoryview(out)[:nb])
+
+
+def write_embeddings_txt(arrays, path):
+    """'name v_1 .. v_k' for every row but the bias."""
+    arena, name_off = arrays.names()
+    v = np.ascontiguousarray(arrays.weights[:, 1:])
+    f32 = np.dtype(arrays.dtype) == np.float32
+    out = np.empty(8 << 20, dtype=np.uint8)
+    empty_state = np.empty((v.shape[0], 0), dtype=v.dtype)
+    with _AtomicFile(path) as f:
+        i = 1
+        while i < v.shape[0]:
+            i, nb = _format_rows(arena, name_off, 0, v, empty_state, i, out, f32)
+            f.write(memoryview(out)[:nb])
 
 
 def warm_up_writer(src, fmt):
@@ -496,7 +513,8 @@ def read_txt(path, k=None, state=True, dtype=None):
     """Read an alphaFM/streamfm text model into ModelArrays.
 
     ``k``: the expected factor count (-dim); checked against the file.
-    ``state=False`` skips the FTRL columns (enough for prediction).
+    ``state``: True requires the FTRL columns, False skips them (enough for
+    prediction), None reads them when the file has them.
     """
     fk, full, n_lines = _txt_shape(path)
     if fk is None:
@@ -507,7 +525,7 @@ def read_txt(path, k=None, state=True, dtype=None):
     if state and not full:
         raise ModelError("%s: stripped model (w and v only) has no training state; "
                          "it can be used for prediction, not for -im" % path)
-    want_state = state and full
+    want_state = full if state is None else (state and full)
     dtype = np.dtype(dtype or np.float64)
     cap = n_lines + 1
     weights = np.zeros((cap, 1 + fk), dtype=dtype)
@@ -667,6 +685,8 @@ def read_bin(path, k=None, state=True, verify=True):
     if state and "state" not in specs:
         raise ModelError("%s: stripped model (w and v only) has no training state; "
                          "it can be used for prediction, not for -im" % path)
+    if state is None:
+        state = "state" in specs
     out = {}
     with open(path, "rb") as f:
         for name in ("names", "name_off", "weights") + (("state",) if state else ()):

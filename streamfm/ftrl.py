@@ -51,10 +51,16 @@ def _sgn(x):
 
 
 @njit(inline="always")
-def weight_from_state(z, n, alpha, beta, l1, l2):
+def weight_from_sqrt(z, sqrt_n, alpha, beta, l1, l2):
+    """FTRL-Proximal weight from z and sqrt(n)."""
     if math.fabs(z) <= l1:
         return 0.0
-    return (-1.0) * (1.0 / (l2 + (beta + math.sqrt(n)) / alpha)) * (z - _sgn(z) * l1)
+    return (-1.0) * (1.0 / (l2 + (beta + sqrt_n) / alpha)) * (z - _sgn(z) * l1)
+
+
+@njit(inline="always")
+def weight_from_state(z, n, alpha, beta, l1, l2):
+    return weight_from_sqrt(z, math.sqrt(n), alpha, beta, l1, l2)
 
 
 @njit(inline="always")
@@ -65,6 +71,14 @@ def factor_from_state(z, n, w, fvs, alpha, beta, l1, l2):
             return 0.0
         return weight_from_state(z, n, alpha, beta, l1, l2)
     return z
+
+
+@njit(inline="always")
+def _sigma(n_new, n, n_seen, sqrt_seen, inv_alpha):
+    """FTRL's sigma; sqrt(n) is reused from the weights step unless n moved
+    since (a feature repeated in the sample, or another thread's update)."""
+    sq = sqrt_seen if n == n_seen else math.sqrt(n)
+    return inv_alpha * (math.sqrt(n_new) - sq)
 
 
 @njit(inline="always")
@@ -81,22 +95,33 @@ def init_key(h, seed):
 
 
 @njit(inline="always")
-def gauss(key, i):
-    """Standard normal number i of the stream ``key`` (counter-based)."""
-    a = _mix64(key + np.uint64(2 * i))
-    b = _mix64(key + np.uint64(2 * i + 1))
+def _gauss_pair(key, j):
+    """Normal numbers 2j and 2j+1 of the stream ``key`` (Box-Muller)."""
+    a = _mix64(key + np.uint64(2 * j))
+    b = _mix64(key + np.uint64(2 * j + 1))
     u1 = (np.float64(a >> np.uint64(11)) + 1.0) * (1.0 / 9007199254740992.0)
     u2 = np.float64(b >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    r = math.sqrt(-2.0 * math.log(u1))
+    t = 2.0 * math.pi * u2
+    return r * math.cos(t), r * math.sin(t)
+
+
+@njit(cache=True, nogil=True)
+def gauss(key, i):
+    """Standard normal number i of the stream ``key`` (counter-based)."""
+    c, s = _gauss_pair(key, i // 2)
+    return c if i % 2 == 0 else s
 
 
 @njit(inline="always")
 def _draw_v(params, r, key, k, stdev, only_unused):
     vz = VN + k
-    for f in range(k):
-        if only_unused and params[r, VN + f] > 0.0:
-            continue
-        params[r, vz + f] = stdev * gauss(key, f) if stdev != 0.0 else 0.0
+    for j in range((k + 1) // 2):
+        c, s = _gauss_pair(key, j)
+        for f, g in ((2 * j, c), (2 * j + 1, s)):
+            if f >= k or (only_unused and params[r, VN + f] > 0.0):
+                continue
+            params[r, vz + f] = stdev * g if stdev != 0.0 else 0.0
 
 
 @njit(inline="always")
@@ -198,11 +223,17 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
     w_alpha, w_beta, w_l1, w_l2 = hp[0], hp[1], hp[2], hp[3]
     v_alpha, v_beta, v_l1, v_l2 = hp[4], hp[5], hp[6], hp[7]
     stdev = hp[8]
+    inv_w_alpha = 1.0 / w_alpha
+    inv_v_alpha = 1.0 / v_alpha
     vz = VN + k
     big = np.finfo(params.dtype).max
     max_m = block_max_len(indptr, n_samples)
     wloc = np.empty(max_m)
+    wn_seen = np.empty(max_m)
+    wsq_seen = np.empty(max_m)
     vloc = np.empty(max_m * k + 1)
+    vn_seen = np.empty(max_m * k + 1)
+    vsq_seen = np.empty(max_m * k + 1)
     vsum = np.zeros(k + 1)
     vsq = np.zeros(k + 1)
     for s in range(n_samples):
@@ -210,14 +241,19 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
         m = indptr[s + 1] - a
         y = ys[s]
         # weights from state
+        b_n = params[0, WN]
+        b_sq = math.sqrt(b_n)
         if k0:
-            params[0, W] = weight_from_state(params[0, WZ], params[0, WN], w_alpha, w_beta, w_l1, w_l2)
+            params[0, W] = weight_from_sqrt(params[0, WZ], b_sq, w_alpha, w_beta, w_l1, w_l2)
         w0 = params[0, W]
         for i in range(m):
             r = rows[a + i]
+            n = params[r, WN]
+            sq = math.sqrt(n)
+            wn_seen[i] = n
+            wsq_seen[i] = sq
             if k1:
                 z = params[r, WZ]
-                n = params[r, WN]
                 if math.fabs(z) <= w_l1:
                     params[r, W] = 0.0
                 else:
@@ -226,14 +262,27 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
                         # where v_n is still 0); keyed by the state reached.
                         key = _mix64(init_key(row_hash[r], seed) ^ _f64_bits(n))
                         _draw_v(params, r, key, k, stdev, True)
-                    params[r, W] = weight_from_state(z, n, w_alpha, w_beta, w_l1, w_l2)
+                    params[r, W] = weight_from_sqrt(z, sq, w_alpha, w_beta, w_l1, w_l2)
             wloc[i] = params[r, W]
         for i in range(m):
             r = rows[a + i]
             w = wloc[i]
             for f in range(k):
-                vloc[i * k + f] = factor_from_state(params[r, vz + f], params[r, VN + f], w,
-                                                    fvs, v_alpha, v_beta, v_l1, v_l2)
+                n = params[r, VN + f]
+                z = params[r, vz + f]
+                j = i * k + f
+                vn_seen[j] = n
+                if n > 0.0:
+                    sq = math.sqrt(n)
+                    vsq_seen[j] = sq
+                    if fvs and w == 0.0:
+                        vloc[j] = 0.0
+                    else:
+                        vloc[j] = weight_from_sqrt(z, sq, v_alpha, v_beta, v_l1, v_l2)
+                else:
+                    # v_n == 0: the VZ column holds v itself (see the module doc)
+                    vsq_seen[j] = 0.0
+                    vloc[j] = z
         p = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
         # progressive metrics
         if not (math.fabs(p) < np.inf):
@@ -247,7 +296,7 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
             n = params[0, WN]
             n_new = n + g * g
             if n_new <= big:
-                sigma = 1.0 / w_alpha * (math.sqrt(n_new) - math.sqrt(n))
+                sigma = _sigma(n_new, n, b_n, b_sq, inv_w_alpha)
                 params[0, WZ] += g - sigma * w0
                 params[0, WN] = n_new
             else:
@@ -258,7 +307,7 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
                 g = mult * vals[a + i]
                 n = params[r, WN]
                 n_new = n + g * g
-                sigma = 1.0 / w_alpha * (math.sqrt(n_new) - math.sqrt(n))
+                sigma = _sigma(n_new, n, wn_seen[i], wsq_seen[i], inv_w_alpha)
                 z_new = params[r, WZ] + (g - sigma * wloc[i])
                 if n_new <= big and math.fabs(z_new) <= big:
                     params[r, WZ] = z_new
@@ -271,8 +320,9 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
             x = vals[a + i]
             w = wloc[i]
             for f in range(k):
+                j = i * k + f
                 n = params[r, VN + f]
-                v = vloc[i * k + f]
+                v = vloc[j]
                 if n > 0.0:
                     z = params[r, vz + f]
                     if fvs and w == 0.0:
@@ -283,7 +333,7 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
                     z = 0.0
                 g = mult * (vsum[f] * x - v * x * x)
                 n_new = n + g * g
-                sigma = 1.0 / v_alpha * (math.sqrt(n_new) - math.sqrt(n))
+                sigma = _sigma(n_new, n, vn_seen[j], vsq_seen[j], inv_v_alpha)
                 z_new = z + (g - sigma * v)
                 if not (n_new <= big and math.fabs(z_new) <= big):
                     stats[ST_COORD_OVERFLOW] += 1

@@ -50,43 +50,101 @@ _DEL = 127
 _U8 = np.uint64(8)
 
 
+_P10 = np.array([10.0 ** i for i in range(16)])
+
+
+@njit(inline="always")
+def parse_number(buf, start, end):
+    """floatfmt.parse_f64, with an inline fast path for short plain decimals.
+
+    Most values in CTR data are '1' or a few digits; for at most 15 digits
+    without exponent the value is one exact IEEE division (Clinger's fast
+    path), the same double the full parser returns, at a fraction of its cost.
+    """
+    i = start
+    neg = False
+    if i < end and (buf[i] == 45 or buf[i] == 43):
+        neg = buf[i] == 45
+        i += 1
+    mant = 0
+    nd = 0
+    frac = 0
+    dot = False
+    while i < end:
+        d = np.int64(buf[i]) - 48
+        if 0 <= d <= 9:
+            mant = mant * 10 + d
+            nd += 1
+            if dot:
+                frac += 1
+        elif d == -2 and not dot:
+            dot = True
+        else:
+            nd = 99
+            break
+        i += 1
+    if 0 < nd <= 15:
+        v = np.float64(mant)
+        if frac:
+            v = v / _P10[frac]
+        return (-v if neg else v), floatfmt.OK
+    return floatfmt.parse_f64(buf, start, end)
+
+
+@njit(inline="always")
+def _at(buf, pos):
+    # an unsigned index spares numba's negative-index check on every byte
+    return buf[np.uintp(pos)]
+
+
+@njit(inline="always")
+def _is_sep(b):
+    return b == _SP or b == _TAB
+
+
 @njit(inline="always")
 def _is_eol(buf, pos, n):
-    b = buf[pos]
+    b = _at(buf, pos)
     if b == _LF:
         return True
-    return b == _CR and (pos + 1 >= n or buf[pos + 1] == _LF)
+    return b == _CR and (pos + 1 >= n or _at(buf, pos + 1) == _LF)
 
 
 @njit(inline="always")
 def _skip_line(buf, pos, n):
-    while pos < n and buf[pos] != _LF:
+    while pos < n and _at(buf, pos) != _LF:
         pos += 1
     return pos + 1
 
 
 @njit(cache=True, nogil=True)
-def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
+def parse_block(buf, n, slots, row_hash, ys, indptr, hashes, rows, vals, name_start, name_len,
                 bad_line, bad_reason, bad_col, slow_idx, slow_start, slow_end):
     """Parse the complete lines in buf[:n] into CSR arrays.
 
+    Each feature's name is hashed and looked up in the feature table
+    (``slots``, ``row_hash``) as it is parsed, so the table's cache misses
+    overlap with parsing: rows[j] is its row, or -1 for a name not in the
+    table (the hash and the name's byte span are kept for inserting it).
     Capacities the caller provides: samples and bad lines <= lines in the
     block + 1, features and slow tokens <= n // 2 + 1.
-    Returns (samples, features, lines, bad lines, slow tokens, clipped values).
-    ``slow`` tokens are valid numbers the fast parser cannot round exactly;
-    their value must be patched by the caller (see ``patch_slow``).
+    Returns (samples, features, lines, bad lines, slow tokens, clipped
+    values, unknown features). ``slow`` tokens are valid numbers the fast
+    parser cannot round exactly; the caller patches their values.
     """
     ns = 0
     nnz = 0
     nbad = 0
     nslow = 0
     nclip = 0
+    nmiss = 0
     line = 0
     pos = 0
     indptr[0] = 0
+    mask = slots.shape[0] - 1
     while pos < n:
         lstart = pos
-        while pos < n and (buf[pos] == _SP or buf[pos] == _TAB):
+        while pos < n and _is_sep(_at(buf, pos)):
             pos += 1
         if pos >= n or _is_eol(buf, pos, n):
             pos = _skip_line(buf, pos, n)
@@ -95,23 +153,24 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
         # label
         ts = pos
         reason = 0
+        y = 1.0
         while pos < n:
-            b = buf[pos]
+            b = _at(buf, pos)
             if b > _SP and b != _DEL:
                 pos += 1
                 continue
             break
         te = pos
-        if pos < n and not (buf[pos] == _SP or buf[pos] == _TAB or _is_eol(buf, pos, n)):
+        if pos < n and not (_is_sep(_at(buf, pos)) or _is_eol(buf, pos, n)):
             reason = CONTROL_BYTE
             ts = pos
         else:
-            v, st = floatfmt.parse_f64(buf, ts, te)
+            v, st = parse_number(buf, ts, te)
             if st == floatfmt.OK:
                 y = 1.0 if v > 0.0 else -1.0
             elif st == floatfmt.SLOW:
                 # a valid number with a nonzero digit: only its sign matters
-                y = -1.0 if buf[ts] == 45 else 1.0
+                y = -1.0 if _at(buf, ts) == 45 else 1.0
             elif st == floatfmt.NONFINITE:
                 reason = NONFINITE_LABEL
             else:
@@ -119,9 +178,10 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
         line_nnz = nnz
         line_slow = nslow
         line_clip = nclip
+        line_miss = nmiss
         # features
         while reason == 0:
-            while pos < n and (buf[pos] == _SP or buf[pos] == _TAB):
+            while pos < n and _is_sep(_at(buf, pos)):
                 pos += 1
             if pos >= n or _is_eol(buf, pos, n):
                 break
@@ -133,7 +193,7 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
             ch = h
             cacc = acc
             while pos < n:
-                b = buf[pos]
+                b = _at(buf, pos)
                 if b > _SP and b != _DEL:
                     if b == _COLON:
                         colon = pos
@@ -149,7 +209,7 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
                     continue
                 break
             te = pos
-            if pos < n and not (buf[pos] == _SP or buf[pos] == _TAB or _is_eol(buf, pos, n)):
+            if pos < n and not (_is_sep(_at(buf, pos)) or _is_eol(buf, pos, n)):
                 reason = CONTROL_BYTE
                 ts = pos
                 break
@@ -169,7 +229,7 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
                 # the snapshot was taken before the ':' entered the hash; its
                 # partial word holds the name's last nlen % 8 bytes
                 hv = hash_final(ch, cacc, nlen)
-                x, st = floatfmt.parse_f64(buf, colon + 1, te)
+                x, st = parse_number(buf, colon + 1, te)
                 if st == floatfmt.BAD:
                     reason = BAD_VALUE
                     break
@@ -190,7 +250,21 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
             elif x < -VALUE_CLIP:
                 x = -VALUE_CLIP
                 nclip += 1
+            # table lookup (lock-free; see table.py)
+            i = np.int64(hv & np.uint64(mask))
+            r = -1
+            while True:
+                sl = slots[i]
+                if sl < 0:
+                    break
+                if row_hash[sl] == hv:
+                    r = sl
+                    break
+                i = (i + 1) & mask
+            if r < 0:
+                nmiss += 1
             hashes[nnz] = hv
+            rows[nnz] = r
             vals[nnz] = x
             name_start[nnz] = ts
             name_len[nnz] = nlen
@@ -199,6 +273,7 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
             nnz = line_nnz
             nslow = line_slow
             nclip = line_clip
+            nmiss = line_miss
             bad_line[nbad] = line
             bad_reason[nbad] = reason
             bad_col[nbad] = ts - lstart
@@ -209,7 +284,7 @@ def parse_block(buf, n, ys, indptr, hashes, vals, name_start, name_len,
             indptr[ns] = nnz
         pos = _skip_line(buf, pos, n)
         line += 1
-    return ns, nnz, line, nbad, nslow, nclip
+    return ns, nnz, line, nbad, nslow, nclip, nmiss
 
 
 class ParseBuffers:
@@ -233,6 +308,7 @@ class ParseBuffers:
         self.bad_reason = np.empty(lines, np.int8)
         self.bad_col = np.empty(lines, np.int64)
         self.hashes = np.empty(feats, np.uint64)
+        self.rows = np.empty(feats, np.int64)
         self.vals = np.empty(feats, np.float64)
         self.name_start = np.empty(feats, np.int64)
         self.name_len = np.empty(feats, np.int64)
@@ -244,18 +320,29 @@ class ParseBuffers:
 class Parsed:
     """One parsed block: CSR views into ParseBuffers plus the bad lines."""
 
-    __slots__ = ("ys", "indptr", "hashes", "vals", "name_start", "name_len",
+    __slots__ = ("ys", "indptr", "hashes", "rows", "vals", "name_start", "name_len",
                  "n_samples", "nnz", "n_lines", "bad_line", "bad_reason", "bad_col",
-                 "n_clipped", "buf")
+                 "n_clipped", "n_unknown", "buf")
 
 
-def parse(buf, n_lines_hint, bufs):
-    """Parse a uint8 array of complete lines; returns a Parsed."""
+_NO_SLOTS = np.full(1, -1, dtype=np.int32)
+_NO_HASHES = np.zeros(1, dtype=np.uint64)
+
+
+def parse(buf, n_lines_hint, bufs, table=None):
+    """Parse a uint8 array of complete lines; returns a Parsed.
+
+    With a FeatureTable, ``rows`` holds each feature's row (-1: not in it).
+    """
     n = buf.shape[0]
+    if n_lines_hint is None:
+        n_lines_hint = bytes(buf).count(b"\n") + 1
     bufs.ensure(n, n_lines_hint)
-    ns, nnz, nl, nbad, nslow, nclip = parse_block(
-        buf, n, bufs.ys, bufs.indptr, bufs.hashes, bufs.vals, bufs.name_start, bufs.name_len,
-        bufs.bad_line, bufs.bad_reason, bufs.bad_col, bufs.slow_idx, bufs.slow_start, bufs.slow_end)
+    slots, row_hash = (table.slots, table.row_hash) if table is not None else (_NO_SLOTS, _NO_HASHES)
+    ns, nnz, nl, nbad, nslow, nclip, nmiss = parse_block(
+        buf, n, slots, row_hash, bufs.ys, bufs.indptr, bufs.hashes, bufs.rows, bufs.vals,
+        bufs.name_start, bufs.name_len, bufs.bad_line, bufs.bad_reason, bufs.bad_col,
+        bufs.slow_idx, bufs.slow_start, bufs.slow_end)
     if nslow:
         nclip += _patch_slow(buf, bufs, nslow)
     p = Parsed()
@@ -263,6 +350,7 @@ def parse(buf, n_lines_hint, bufs):
     p.ys = bufs.ys[:ns]
     p.indptr = bufs.indptr[: ns + 1]
     p.hashes = bufs.hashes[:nnz]
+    p.rows = bufs.rows[:nnz]
     p.vals = bufs.vals[:nnz]
     p.name_start = bufs.name_start[:nnz]
     p.name_len = bufs.name_len[:nnz]
@@ -271,6 +359,7 @@ def parse(buf, n_lines_hint, bufs):
     p.bad_reason = bufs.bad_reason[:nbad]
     p.bad_col = bufs.bad_col[:nbad]
     p.n_clipped = nclip
+    p.n_unknown = nmiss
     return p
 
 

@@ -15,7 +15,7 @@ from .badlines import BadInputStop, BadLineLog
 from .metrics import MetricSummary, Progress, add_prediction, new_accumulators
 from .model import read_model
 from .reader import BlockReader
-from .table import FeatureTable, lookup_many
+from .table import FeatureTable
 
 
 class ServingModel:
@@ -40,12 +40,9 @@ class ServingModel:
     def n_rows(self):
         return self.weights.shape[0]
 
-    def rows_of(self, parsed, rows):
-        """rows[:nnz] = row per feature of a parsed block (-1: unknown)."""
-        lookup_many(self.table.slots, self.table.row_hash, parsed.hashes, parsed.nnz, rows)
-
-    def scores(self, parsed, rows, out):
-        ftrl.score_block(parsed.indptr, rows, parsed.vals, parsed.n_samples, self.weights,
+    def scores(self, parsed, out):
+        """out[s] = raw FM score of each sample of a block parsed against self.table."""
+        ftrl.score_block(parsed.indptr, parsed.rows, parsed.vals, parsed.n_samples, self.weights,
                          self.k, out)
 
 
@@ -110,7 +107,7 @@ def predict_stream(model, stream, out, opts, log, on_block=None, metrics=False):
     With ``metrics`` the summary's ``metrics`` holds logloss, AUC and
     calibration of the predictions against the input's labels.
 
-    ``on_block(parsed, raw_scores, rows)`` runs in the worker for each block
+    ``on_block(parsed, raw_scores)`` runs in the worker for each block
     (used for metrics and explanations); it may return bytes that replace
     the default output of that block.
     """
@@ -126,7 +123,6 @@ def predict_stream(model, stream, out, opts, log, on_block=None, metrics=False):
 
     def work():
         bufs = parse.ParseBuffers(0)
-        rows = np.empty(0, dtype=np.int64)
         raw = np.empty(0, dtype=np.float64)
         outbuf = np.empty(0, dtype=np.uint8)
         c = [0, 0, 0]
@@ -138,7 +134,7 @@ def predict_stream(model, stream, out, opts, log, on_block=None, metrics=False):
                 blk = reader.get()
                 if blk is None:
                     return
-                p = parse.parse(blk.data, blk.n_lines, bufs)
+                p = parse.parse(blk.data, blk.n_lines, bufs, model.table)
                 c[0] += p.n_lines
                 c[1] += p.n_samples
                 c[2] += p.n_clipped
@@ -146,15 +142,12 @@ def predict_stream(model, stream, out, opts, log, on_block=None, metrics=False):
                     bad.add(blk, p)
                     if opts.on_error == "stop":
                         raise BadInputStop(bad.stop_message(""))
-                if rows.shape[0] < p.nnz:
-                    rows = np.empty(max(p.nnz, 2 * rows.shape[0]), dtype=np.int64)
                 if raw.shape[0] < p.n_samples:
                     raw = np.empty(max(p.n_samples, 2 * raw.shape[0]), dtype=np.float64)
-                model.rows_of(p, rows)
-                model.scores(p, rows, raw)
+                model.scores(p, raw)
                 if metrics:
                     accumulate_metrics(p.ys, raw, p.n_samples, acc[0], acc[1])
-                data = on_block(p, raw[: p.n_samples], rows[: p.nnz]) if on_block else None
+                data = on_block(p, raw[: p.n_samples]) if on_block else None
                 if data is None:
                     need = p.n_samples * 32
                     if outbuf.shape[0] < need:
@@ -204,7 +197,7 @@ def warm_up(model, log, quiet):
     from . import jit
     from .train import Options
 
-    jit.compile_notice([parse.parse_block, lookup_many, ftrl.score_block, format_predictions,
+    jit.compile_notice([parse.parse_block, ftrl.score_block, format_predictions,
                         accumulate_metrics], log, quiet)
     predict_stream(model, io.BytesIO(b"1 a:1 b\n"), io.BytesIO(), Options(quiet=True), log,
                    metrics=True)

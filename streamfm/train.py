@@ -20,7 +20,7 @@ from . import ftrl, parse
 from .badlines import BadInputStop, BadLineLog
 from .metrics import N_METRICS, MetricSummary, Progress, new_accumulators
 from .reader import BlockReader
-from .table import _place, lookup_many, lookup_one
+from .table import _place, lookup_one
 
 
 class RWLock:
@@ -134,7 +134,6 @@ class Summary(MetricSummary):
 class _Worker:
     def __init__(self):
         self.bufs = parse.ParseBuffers(0)
-        self.rows = np.empty(0, dtype=np.int64)
         self.stats, self.hist = new_accumulators(ftrl.N_STATS - N_METRICS)
         self.lines = 0
         self.clipped = 0
@@ -170,7 +169,11 @@ def train_stream(model, stream, opts, log):
                 blk = reader.get()
                 if blk is None:
                     return
-                p = parse.parse(blk.data, blk.n_lines, w.bufs)
+                rw.acquire_read()
+                try:
+                    p = parse.parse(blk.data, blk.n_lines, w.bufs, model.table)
+                finally:
+                    rw.release_read()
                 w.lines += p.n_lines
                 w.clipped += p.n_clipped
                 if len(p.bad_line):
@@ -179,22 +182,14 @@ def train_stream(model, stream, opts, log):
                         raise BadInputStop(bad.stop_message(", no model written"))
                 check_bad(sum(x.lines for x in workers))
                 nnz = p.nnz
-                if w.rows.shape[0] < nnz:
-                    w.rows = np.empty(max(nnz, 2 * w.rows.shape[0]), dtype=np.int64)
-                rows = w.rows
-                rw.acquire_read()
-                try:
-                    t = model.table
-                    misses = lookup_many(t.slots, t.row_hash, p.hashes, nnz, rows)
-                finally:
-                    rw.release_read()
-                if misses:
+                rows = p.rows
+                if p.n_unknown:
                     with insert_lock:
-                        new_bytes = int(p.name_len[rows[:nnz] < 0].sum())
-                        if model.table.needs_growth(misses, new_bytes):
+                        new_bytes = int(p.name_len[rows < 0].sum())
+                        if model.table.needs_growth(p.n_unknown, new_bytes):
                             rw.acquire_write()
                             try:
-                                model.reserve(misses, new_bytes)
+                                model.reserve(p.n_unknown, new_bytes)
                             finally:
                                 rw.release_write()
                         t = model.table
@@ -283,7 +278,7 @@ def warm_up(model, fmt, log, quiet):
     from .model import Model, warm_up_writer
     from .table import hash_arena, find_duplicate
 
-    jit.compile_notice([parse.parse_block, lookup_many, add_features, ftrl.train_block,
+    jit.compile_notice([parse.parse_block, add_features, ftrl.train_block,
                         ftrl.serving_weights, ftrl.file_state, hash_arena, find_duplicate], log, quiet)
     tiny = Model(model.k, model.dtype, hp=model.hp, fvs=model.fvs, seed=model.seed,
                  row_capacity=16, arena_capacity=64)

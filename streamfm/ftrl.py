@@ -74,14 +74,6 @@ def factor_from_state(z, n, w, fvs, alpha, beta, l1, l2):
 
 
 @njit(inline="always")
-def _sigma(n_new, n, n_seen, sqrt_seen, inv_alpha):
-    """FTRL's sigma; sqrt(n) is reused from the weights step unless n moved
-    since (a feature repeated in the sample, or another thread's update)."""
-    sq = sqrt_seen if n == n_seen else math.sqrt(n)
-    return inv_alpha * (math.sqrt(n_new) - sq)
-
-
-@njit(inline="always")
 def _mix64(x):
     x = x + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -210,6 +202,107 @@ def score_block(indptr, rows, vals, n_samples, weights, k, out):
         out[s] = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
 
 
+# --- the per-row steps of one FTRL-FM update, shared by every trainer -----
+#
+# A trainer (train_block here, the pairwise recall trainer) calls, per
+# sample: refresh_w and refresh_v on each of the sample's rows (weights from
+# state), scores with the returned values, then update_w / update_v with the
+# gradients. The *_seen values carry n and sqrt(n) from the refresh to the
+# update, so sqrt(n) is computed once unless n moved in between (a feature
+# repeated in the sample, or another thread's update): then it is recomputed
+# and the result is what alphaFM computes either way.
+
+
+@njit(inline="always")
+def refresh_w(params, r, on, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2, seen, i):
+    """alphaFM's "update w via FTRL" for row r; returns w.
+
+    ``on`` is k1 (k0 for the bias). seen[0, i], seen[1, i] get n, sqrt(n).
+    ``key`` is the row's init key (only used by -fvs re-draws).
+    """
+    n = params[r, WN]
+    sq = math.sqrt(n)
+    seen[0, i] = n
+    seen[1, i] = sq
+    if on:
+        z = params[r, WZ]
+        if math.fabs(z) <= w_l1:
+            params[r, W] = 0.0
+        else:
+            if fvs and n > 0.0 and params[r, W] == 0.0:
+                # w leaves 0: alphaFM draws v afresh (it only shows where v_n
+                # is still 0); keyed by the state reached, so runs agree.
+                _draw_v(params, r, _mix64(key ^ _f64_bits(n)), k, stdev, True)
+            params[r, W] = weight_from_sqrt(z, sq, w_alpha, w_beta, w_l1, w_l2)
+    return params[r, W]
+
+
+@njit(inline="always")
+def refresh_v(params, r, k, w, fvs, v_alpha, v_beta, v_l1, v_l2, vloc, vseen, j0):
+    """v of row r into vloc[j0:j0+k] (and n, sqrt(n) into vseen[:, j0+f])."""
+    vz = VN + k
+    for f in range(k):
+        n = params[r, VN + f]
+        z = params[r, vz + f]
+        j = j0 + f
+        vseen[0, j] = n
+        if n > 0.0:
+            sq = math.sqrt(n)
+            vseen[1, j] = sq
+            if fvs and w == 0.0:
+                vloc[j] = 0.0
+            else:
+                vloc[j] = weight_from_sqrt(z, sq, v_alpha, v_beta, v_l1, v_l2)
+        else:
+            # v_n == 0: the VZ column holds v itself (see the module doc)
+            vseen[1, j] = 0.0
+            vloc[j] = z
+
+
+@njit(inline="always")
+def _step(n, z, g, v, n_seen, sq_seen, inv_alpha):
+    n_new = n + g * g
+    sq = sq_seen if n == n_seen else math.sqrt(n)
+    sigma = inv_alpha * (math.sqrt(n_new) - sq)
+    return n_new, z + (g - sigma * v)
+
+
+@njit(inline="always")
+def update_w(params, r, g, w, n_seen, sq_seen, inv_alpha, big):
+    """FTRL state update of w for gradient g; returns 1 if it would overflow."""
+    n_new, z_new = _step(params[r, WN], params[r, WZ], g, w, n_seen, sq_seen, inv_alpha)
+    if n_new <= big and math.fabs(z_new) <= big:
+        params[r, WZ] = z_new
+        params[r, WN] = n_new
+        return 0
+    return 1
+
+
+@njit(inline="always")
+def update_v(params, r, f, k, g, v, n_seen, sq_seen, inv_alpha, big):
+    """FTRL state update of v_f for gradient g (v: the value the gradient used)."""
+    vz = VN + k
+    n = params[r, VN + f]
+    z = params[r, vz + f] if n > 0.0 else 0.0
+    n_new, z_new = _step(n, z, g, v, n_seen, sq_seen, inv_alpha)
+    if not (n_new <= big and math.fabs(z_new) <= big):
+        return 1
+    if n_new > 0.0:
+        params[r, vz + f] = z_new
+        params[r, VN + f] = n_new
+    # n_new == 0 (a zero gradient): the VZ column keeps v
+    return 0
+
+
+@njit(inline="always")
+def v_in_update(params, r, f, k, v_start, w, fvs):
+    """The v alphaFM's update reads: its stored v, which -fvs has zeroed after
+    an earlier update of this row in the sample while w is 0."""
+    if fvs and w == 0.0 and params[r, VN + f] > 0.0:
+        return 0.0
+    return v_start
+
+
 @njit(cache=True, nogil=True)
 def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
                 k0, k1, fvs, seed, stats, hist):
@@ -225,122 +318,49 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
     stdev = hp[8]
     inv_w_alpha = 1.0 / w_alpha
     inv_v_alpha = 1.0 / v_alpha
-    vz = VN + k
     big = np.finfo(params.dtype).max
     max_m = block_max_len(indptr, n_samples)
-    wloc = np.empty(max_m)
-    wn_seen = np.empty(max_m)
-    wsq_seen = np.empty(max_m)
+    wloc = np.empty(max_m + 1)
+    wseen = np.empty((2, max_m + 1))
     vloc = np.empty(max_m * k + 1)
-    vn_seen = np.empty(max_m * k + 1)
-    vsq_seen = np.empty(max_m * k + 1)
+    vseen = np.empty((2, max_m * k + 1))
     vsum = np.zeros(k + 1)
     vsq = np.zeros(k + 1)
+    no_key = np.uint64(0)
     for s in range(n_samples):
         a = indptr[s]
         m = indptr[s + 1] - a
         y = ys[s]
-        # weights from state
-        b_n = params[0, WN]
-        b_sq = math.sqrt(b_n)
-        if k0:
-            params[0, W] = weight_from_sqrt(params[0, WZ], b_sq, w_alpha, w_beta, w_l1, w_l2)
-        w0 = params[0, W]
+        # weights from state (the bias's n, sqrt(n) go to slot m)
+        w0 = refresh_w(params, 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, m)
         for i in range(m):
             r = rows[a + i]
-            n = params[r, WN]
-            sq = math.sqrt(n)
-            wn_seen[i] = n
-            wsq_seen[i] = sq
-            if k1:
-                z = params[r, WZ]
-                if math.fabs(z) <= w_l1:
-                    params[r, W] = 0.0
-                else:
-                    if fvs and n > 0.0 and params[r, W] == 0.0:
-                        # w leaves 0: alphaFM draws v afresh (it only shows
-                        # where v_n is still 0); keyed by the state reached.
-                        key = _mix64(init_key(row_hash[r], seed) ^ _f64_bits(n))
-                        _draw_v(params, r, key, k, stdev, True)
-                    params[r, W] = weight_from_sqrt(z, sq, w_alpha, w_beta, w_l1, w_l2)
-            wloc[i] = params[r, W]
+            key = init_key(row_hash[r], seed) if fvs else no_key
+            wloc[i] = refresh_w(params, r, k1, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, i)
         for i in range(m):
-            r = rows[a + i]
-            w = wloc[i]
-            for f in range(k):
-                n = params[r, VN + f]
-                z = params[r, vz + f]
-                j = i * k + f
-                vn_seen[j] = n
-                if n > 0.0:
-                    sq = math.sqrt(n)
-                    vsq_seen[j] = sq
-                    if fvs and w == 0.0:
-                        vloc[j] = 0.0
-                    else:
-                        vloc[j] = weight_from_sqrt(z, sq, v_alpha, v_beta, v_l1, v_l2)
-                else:
-                    # v_n == 0: the VZ column holds v itself (see the module doc)
-                    vsq_seen[j] = 0.0
-                    vloc[j] = z
+            refresh_v(params, rows[a + i], k, wloc[i], fvs, v_alpha, v_beta, v_l1, v_l2, vloc, vseen, i * k)
         p = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
-        # progressive metrics
         if not (math.fabs(p) < np.inf):
             stats[ST_SKIPPED_OVERFLOW] += 1
             continue
         add_prediction(stats, hist, y, sigmoid(p))
         mult = y * (1.0 / (1.0 + math.exp(-p * y)) - 1.0)
-        # w_n, w_z
+        over = 0
         if k0:
-            g = mult
-            n = params[0, WN]
-            n_new = n + g * g
-            if n_new <= big:
-                sigma = _sigma(n_new, n, b_n, b_sq, inv_w_alpha)
-                params[0, WZ] += g - sigma * w0
-                params[0, WN] = n_new
-            else:
-                stats[ST_COORD_OVERFLOW] += 1
+            over += update_w(params, 0, mult, w0, wseen[0, m], wseen[1, m], inv_w_alpha, big)
         if k1:
             for i in range(m):
-                r = rows[a + i]
-                g = mult * vals[a + i]
-                n = params[r, WN]
-                n_new = n + g * g
-                sigma = _sigma(n_new, n, wn_seen[i], wsq_seen[i], inv_w_alpha)
-                z_new = params[r, WZ] + (g - sigma * wloc[i])
-                if n_new <= big and math.fabs(z_new) <= big:
-                    params[r, WZ] = z_new
-                    params[r, WN] = n_new
-                else:
-                    stats[ST_COORD_OVERFLOW] += 1
-        # v_n, v_z
+                over += update_w(params, rows[a + i], mult * vals[a + i], wloc[i],
+                                 wseen[0, i], wseen[1, i], inv_w_alpha, big)
         for i in range(m):
             r = rows[a + i]
             x = vals[a + i]
-            w = wloc[i]
             for f in range(k):
                 j = i * k + f
-                n = params[r, VN + f]
-                v = vloc[j]
-                if n > 0.0:
-                    z = params[r, vz + f]
-                    if fvs and w == 0.0:
-                        # alphaFM zeroes a stored v after its update when w is
-                        # 0; a repeated feature in this sample then sees that 0.
-                        v = 0.0
-                else:
-                    z = 0.0
+                v = v_in_update(params, r, f, k, vloc[j], wloc[i], fvs)
                 g = mult * (vsum[f] * x - v * x * x)
-                n_new = n + g * g
-                sigma = _sigma(n_new, n, vn_seen[j], vsq_seen[j], inv_v_alpha)
-                z_new = z + (g - sigma * v)
-                if not (n_new <= big and math.fabs(z_new) <= big):
-                    stats[ST_COORD_OVERFLOW] += 1
-                elif n_new > 0.0:
-                    params[r, vz + f] = z_new
-                    params[r, VN + f] = n_new
-                # n_new == 0 (a zero gradient): the VZ column keeps v
+                over += update_v(params, r, f, k, g, v, vseen[0, j], vseen[1, j], inv_v_alpha, big)
+        stats[ST_COORD_OVERFLOW] += over
     return 0
 
 

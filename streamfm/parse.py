@@ -1,4 +1,4 @@
-"""The input line grammar (DESIGN section 3), parsed in numba.
+"""The input line grammar (DESIGN sections 3 and 6), parsed in numba.
 
     LABEL SEP NAME:VALUE SEP NAME:VALUE ...      SEP = one or more ' ' or '\\t'
 
@@ -7,6 +7,9 @@
   and value; a token without ':' has value 1; value 0 drops the feature.
 - Empty (or blank) lines are skipped; a '\\r' right before '\\n' is ignored.
 - A bad line is rolled back and reported with its reason and byte column.
+
+Recall files use the same grammar with a KEY (any token) in place of the
+label, and click lines end with ``| ITEM_KEY`` (see LABELED, KEYED, CLICK).
 
 This module is the only place that knows the grammar; training, prediction,
 recall and importance all parse through ``parse_block``.
@@ -26,6 +29,12 @@ NONFINITE_VALUE = 4
 EMPTY_NAME = 5
 EMPTY_VALUE = 6
 CONTROL_BYTE = 7
+BAD_CLICK = 8
+
+# What the first token of a line is (DESIGN sections 3 and 6).
+LABELED = 0   # LABEL NAME:VALUE ...
+KEYED = 1     # KEY NAME:VALUE ...                (recall items, users, queries)
+CLICK = 2     # USER_KEY NAME:VALUE ... | ITEM_KEY (recall clicks)
 
 REASONS = {
     BAD_LABEL: "label is not a number",
@@ -35,6 +44,7 @@ REASONS = {
     EMPTY_NAME: "empty feature name before ':'",
     EMPTY_VALUE: "empty feature value after ':'",
     CONTROL_BYTE: "control byte (binary data?) in line",
+    BAD_CLICK: "click line must be 'USER_KEY NAME:VALUE ... | ITEM_KEY'",
 }
 
 # |value| above this is clipped (and counted): larger values square to
@@ -117,10 +127,25 @@ def _skip_line(buf, pos, n):
     return pos + 1
 
 
+@njit(inline="always")
+def _token_end(buf, pos, n):
+    while pos < n:
+        b = _at(buf, pos)
+        if b > _SP and b != _DEL:
+            pos += 1
+            continue
+        break
+    return pos
+
+
 @njit(cache=True, nogil=True)
-def parse_block(buf, n, slots, row_hash, ys, indptr, hashes, rows, vals, name_start, name_len,
-                bad_line, bad_reason, bad_col, slow_idx, slow_start, slow_end):
+def parse_block(buf, n, mode, slots, row_hash, ys, indptr, hashes, rows, vals, name_start,
+                name_len, keys, bad_line, bad_reason, bad_col, slow_idx, slow_start, slow_end):
     """Parse the complete lines in buf[:n] into CSR arrays.
+
+    ``mode`` says what the first token is (LABELED, KEYED, CLICK); for
+    KEYED and CLICK lines keys[s] = (start, end) of the sample's key and,
+    for CLICK, keys[s, 2:4] of its item key (ys is then 1).
 
     Each feature's name is hashed and looked up in the feature table
     (``slots``, ``row_hash``) as it is parsed, so the table's cache misses
@@ -150,20 +175,18 @@ def parse_block(buf, n, slots, row_hash, ys, indptr, hashes, rows, vals, name_st
             pos = _skip_line(buf, pos, n)
             line += 1
             continue
-        # label
+        # label or key
         ts = pos
         reason = 0
         y = 1.0
-        while pos < n:
-            b = _at(buf, pos)
-            if b > _SP and b != _DEL:
-                pos += 1
-                continue
-            break
+        pos = _token_end(buf, pos, n)
         te = pos
         if pos < n and not (_is_sep(_at(buf, pos)) or _is_eol(buf, pos, n)):
             reason = CONTROL_BYTE
             ts = pos
+        elif mode != LABELED:
+            keys[ns, 0] = ts
+            keys[ns, 1] = te
         else:
             v, st = parse_number(buf, ts, te)
             if st == floatfmt.OK:
@@ -180,12 +203,33 @@ def parse_block(buf, n, slots, row_hash, ys, indptr, hashes, rows, vals, name_st
         line_clip = nclip
         line_miss = nmiss
         # features
+        item = mode != CLICK
         while reason == 0:
             while pos < n and _is_sep(_at(buf, pos)):
                 pos += 1
             if pos >= n or _is_eol(buf, pos, n):
                 break
             ts = pos
+            if mode == CLICK and _at(buf, pos) == 124 and (
+                    pos + 1 >= n or _is_sep(_at(buf, pos + 1)) or _is_eol(buf, pos + 1, n)):
+                # '| ITEM_KEY' ends a click line
+                pos += 1
+                while pos < n and _is_sep(_at(buf, pos)):
+                    pos += 1
+                ts = pos
+                pos = _token_end(buf, pos, n)
+                keys[ns, 2] = ts
+                keys[ns, 3] = pos
+                te = pos
+                while pos < n and _is_sep(_at(buf, pos)):
+                    pos += 1
+                if te == ts or not (pos >= n or _is_eol(buf, pos, n)):
+                    reason = BAD_CLICK
+                    if pos < n and not _is_eol(buf, pos, n) and not (te == ts):
+                        ts = pos
+                    break
+                item = True
+                break
             h = HASH_SEED
             acc = np.uint64(0)
             cnt = 0
@@ -269,6 +313,9 @@ def parse_block(buf, n, slots, row_hash, ys, indptr, hashes, rows, vals, name_st
             name_start[nnz] = ts
             name_len[nnz] = nlen
             nnz += 1
+        if reason == 0 and not item:
+            reason = BAD_CLICK
+            ts = pos
         if reason != 0:
             nnz = line_nnz
             nslow = line_slow
@@ -304,6 +351,7 @@ class ParseBuffers:
         self.lines_cap = lines
         self.ys = np.empty(lines, np.float64)
         self.indptr = np.empty(lines + 1, np.int64)
+        self.keys = np.empty((lines, 4), np.int64)
         self.bad_line = np.empty(lines, np.int64)
         self.bad_reason = np.empty(lines, np.int8)
         self.bad_col = np.empty(lines, np.int64)
@@ -320,7 +368,7 @@ class ParseBuffers:
 class Parsed:
     """One parsed block: CSR views into ParseBuffers plus the bad lines."""
 
-    __slots__ = ("ys", "indptr", "hashes", "rows", "vals", "name_start", "name_len",
+    __slots__ = ("ys", "indptr", "keys", "hashes", "rows", "vals", "name_start", "name_len",
                  "n_samples", "nnz", "n_lines", "bad_line", "bad_reason", "bad_col",
                  "n_clipped", "n_unknown", "buf")
 
@@ -329,10 +377,12 @@ _NO_SLOTS = np.full(1, -1, dtype=np.int32)
 _NO_HASHES = np.zeros(1, dtype=np.uint64)
 
 
-def parse(buf, n_lines_hint, bufs, table=None):
+def parse(buf, n_lines_hint, bufs, table=None, mode=LABELED):
     """Parse a uint8 array of complete lines; returns a Parsed.
 
     With a FeatureTable, ``rows`` holds each feature's row (-1: not in it).
+    ``mode``: LABELED (ranking samples), KEYED or CLICK (recall files; see
+    ``Parsed.keys`` and ``key_bytes``).
     """
     n = buf.shape[0]
     if n_lines_hint is None:
@@ -340,8 +390,8 @@ def parse(buf, n_lines_hint, bufs, table=None):
     bufs.ensure(n, n_lines_hint)
     slots, row_hash = (table.slots, table.row_hash) if table is not None else (_NO_SLOTS, _NO_HASHES)
     ns, nnz, nl, nbad, nslow, nclip, nmiss = parse_block(
-        buf, n, slots, row_hash, bufs.ys, bufs.indptr, bufs.hashes, bufs.rows, bufs.vals,
-        bufs.name_start, bufs.name_len, bufs.bad_line, bufs.bad_reason, bufs.bad_col,
+        buf, n, mode, slots, row_hash, bufs.ys, bufs.indptr, bufs.hashes, bufs.rows, bufs.vals,
+        bufs.name_start, bufs.name_len, bufs.keys, bufs.bad_line, bufs.bad_reason, bufs.bad_col,
         bufs.slow_idx, bufs.slow_start, bufs.slow_end)
     if nslow:
         nclip += _patch_slow(buf, bufs, nslow)
@@ -349,6 +399,7 @@ def parse(buf, n_lines_hint, bufs, table=None):
     p.buf = buf
     p.ys = bufs.ys[:ns]
     p.indptr = bufs.indptr[: ns + 1]
+    p.keys = bufs.keys[:ns]
     p.hashes = bufs.hashes[:nnz]
     p.rows = bufs.rows[:nnz]
     p.vals = bufs.vals[:nnz]
@@ -361,6 +412,13 @@ def parse(buf, n_lines_hint, bufs, table=None):
     p.n_clipped = nclip
     p.n_unknown = nmiss
     return p
+
+
+def key_bytes(parsed, s, item=False):
+    """The key (or, with item=True, the clicked item's key) of sample s."""
+    c = 2 if item else 0
+    a, b = parsed.keys[s, c], parsed.keys[s, c + 1]
+    return bytes(parsed.buf[a:b])
 
 
 def _patch_slow(buf, bufs, nslow):

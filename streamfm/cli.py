@@ -239,9 +239,12 @@ def _train_report(cmd, s, model, path, fmt, t_write):
               help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
 @click.option("--metrics", is_flag=True,
               help="Print logloss, AUC and calibration (mean prediction vs observed rate) to stderr.")
+@click.option("--explain", type=click.IntRange(0), default=0, metavar="N",
+              help="After 'label score', a tab and the N features with the largest |contribution| "
+                   "as name:phi (phis of all features + bias = the raw score).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, on_error, bad_lines,
-               metrics, quiet):
+               metrics, explain, quiet):
     """Score libsvm-style lines with an FM model.
 
     Writes one 'label score' line per valid input line, in input order:
@@ -252,6 +255,7 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     Example:
       cat test.txt | fm_predict -m model.txt -out pred.txt -core 2
     """
+    from .explain import Explainer
     from .predict import ServingModel, predict_stream, warm_up
     from .train import Options
 
@@ -272,7 +276,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     opts = Options(cores=cores, on_error=on_error, quiet=quiet, bad_lines=bad_lines)
     out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")
     try:
-        summary = predict_stream(model, stream, out, opts, log, metrics=metrics)
+        make = Explainer(model, topn=explain).on_block_factory if explain else None
+        summary = predict_stream(model, stream, out, opts, log, make_on_block=make, metrics=metrics)
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
     except BrokenPipeError:
@@ -429,3 +434,75 @@ def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
             write_embeddings_txt(sub, dst_path)
     except ModelError as e:
         fail("fm_dump", str(e))
+
+
+@fm_dump.command("importance", context_settings=CONTEXT)
+@click.option("-m", "model_path", metavar="MODEL", required=True, help="Model to explain (txt or bin).")
+@click.option("--input", "input_path", metavar="FILE", default=None,
+              help="Samples to average over (default: standard input).")
+@click.option("--by-field", "sep", default=None, metavar="SEP",
+              help="Aggregate features by the field prefix of their name, up to the first SEP "
+                   "(f7_1234 -> f7 with SEP '_').")
+@click.option("--top", type=click.IntRange(1), default=None, metavar="N", help="Print only the first N rows.")
+@click.option("-core", "cores", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker threads.")
+@click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="On a bad input line: skip it (reported on stderr), or stop and exit 3.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
+def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
+    """Global feature importance: mean |phi| per feature over a data stream.
+
+    Prints 'name count mean_phi mean_abs_phi' lines, most important first
+    (phi: the feature's exact share of each score it takes part in).
+    """
+    from .explain import Explainer, field_prefix_hash
+    from .predict import ServingModel, predict_stream
+    from .train import Options
+
+    cmd = "fm_dump importance"
+    if sep is not None and len(sep.encode()) != 1:
+        raise click.BadParameter("SEP must be a single byte, such as _", param_hint="--by-field")
+    stream = _open_input(input_path)
+    try:
+        model = ServingModel.load(model_path)
+    except (ModelError, ValueError) as e:
+        fail(cmd, str(e))
+    ex = Explainer(model, importance=True)
+    opts = Options(cores=cores, on_error=on_error, quiet=quiet)
+    try:
+        summary = predict_stream(model, stream, None, opts, log, make_on_block=ex.on_block_factory)
+    except BadInputStop as e:
+        fail(cmd, str(e), EXIT_BAD_INPUT)
+    count, sum_phi, sum_abs = ex.totals()
+    arena, name_off = model.table.names_view()
+    if sep is not None:
+        keys = field_prefix_hash(arena, name_off, model.n_rows, sep.encode()[0])
+        seen = count > 0
+        seen[0] = False
+        uniq, first, inv = np.unique(keys[seen], return_index=True, return_inverse=True)
+        rows = np.flatnonzero(seen)
+        g_count = np.bincount(inv, weights=count[seen]).astype(np.int64)
+        g_phi = np.bincount(inv, weights=sum_phi[seen])
+        g_abs = np.bincount(inv, weights=sum_abs[seen])
+        names = []
+        for r in rows[first]:
+            name = bytes(arena[name_off[r]:name_off[r + 1]])
+            names.append(name.split(sep.encode(), 1)[0])
+    else:
+        rows = np.flatnonzero(count[1:] > 0) + 1
+        g_count, g_phi, g_abs = count[rows], sum_phi[rows], sum_abs[rows]
+        names = None
+    mean_phi = g_phi / np.maximum(g_count, 1)
+    mean_abs = g_abs / np.maximum(g_count, 1)
+    order = np.lexsort((np.arange(len(mean_abs)), -mean_abs))
+    if top:
+        order = order[:top]
+    out = sys.stdout.buffer
+    for i in order:
+        name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
+        out.write(b"%s %d %s %s\n" % (name, g_count[i], repr(float(mean_phi[i])).encode(),
+                                       repr(float(mean_abs[i])).encode()))
+    out.flush()
+    if not quiet:
+        log("%s: %s samples, %s features seen, %s bad lines" % (
+            cmd, fmt_int(summary.samples), fmt_int(int((count[1:] > 0).sum())), fmt_int(summary.bad)))

@@ -85,7 +85,9 @@ class OrderedWriter:
         with self.lock:
             self.pending[seq] = data
             while self.next in self.pending:
-                self.out.write(self.pending.pop(self.next))
+                data = self.pending.pop(self.next)
+                if self.out is not None:
+                    self.out.write(data)
                 self.next += 1
 
 
@@ -101,15 +103,15 @@ class PredictSummary:
         self.hist = None
 
 
-def predict_stream(model, stream, out, opts, log, on_block=None, metrics=False):
+def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False):
     """Score every valid line of ``stream``, writing 'label prob' lines to ``out``.
 
     With ``metrics`` the summary's ``metrics`` holds logloss, AUC and
     calibration of the predictions against the input's labels.
 
-    ``on_block(parsed, raw_scores)`` runs in the worker for each block
-    (used for metrics and explanations); it may return bytes that replace
-    the default output of that block.
+    ``make_on_block()`` gives each worker its callback ``on_block(parsed,
+    raw_scores)``, run on each block; bytes it returns replace the block's
+    default output (explanations). ``out`` None discards the output.
     """
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
     writer = OrderedWriter(out)
@@ -129,6 +131,7 @@ def predict_stream(model, stream, out, opts, log, on_block=None, metrics=False):
         acc = new_accumulators()
         counts.append(c)
         accs.append(acc)
+        on_block = make_on_block() if make_on_block else None
         try:
             while not stop.is_set():
                 blk = reader.get()

@@ -1,0 +1,169 @@
+"""Why a score: exact per-feature attribution of FM scores (DESIGN section 7).
+
+    phi_i = w_i x_i + 0.5 x_i <v_i, s - v_i x_i>,   s = sum_j v_j x_j
+
+sums to score - w0 exactly: each pairwise term <v_i, v_j> x_i x_j is split
+evenly between its two features. Computed in O(kn) per sample.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import floatfmt, ftrl
+from .table import hash_bytes
+
+
+@njit(cache=True, nogil=True)
+def phi_block(indptr, rows, vals, n_samples, weights, k, phi):
+    """phi[j] = attribution of feature j (CSR order); unknown rows get 0."""
+    max_m = ftrl.block_max_len(indptr, n_samples)
+    s = np.zeros(k + 1)
+    for smp in range(n_samples):
+        a = indptr[smp]
+        m = indptr[smp + 1] - a
+        for f in range(k):
+            s[f] = 0.0
+        for i in range(m):
+            r = rows[a + i]
+            if r >= 0:
+                x = vals[a + i]
+                for f in range(k):
+                    s[f] += weights[r, 1 + f] * x
+        for i in range(m):
+            r = rows[a + i]
+            if r < 0:
+                phi[a + i] = 0.0
+                continue
+            x = vals[a + i]
+            inter = 0.0
+            for f in range(k):
+                v = weights[r, 1 + f]
+                inter += v * (s[f] - v * x)
+            phi[a + i] = weights[r, 0] * x + 0.5 * x * inter
+    return max_m
+
+
+@njit(cache=True, nogil=True)
+def format_explained(ys, raw, indptr, phi, src, name_start, name_len, n_samples, topn, out):
+    """'label prob<TAB>name:phi ...' lines with each sample's top-N |phi|."""
+    pos = 0
+    max_m = ftrl.block_max_len(indptr, n_samples)
+    order = np.empty(max_m + 1, dtype=np.int64)
+    for smp in range(n_samples):
+        if ys[smp] > 0:
+            out[pos] = 49
+            pos += 1
+        else:
+            out[pos] = 45
+            out[pos + 1] = 49
+            pos += 2
+        out[pos] = 32
+        pos += 1
+        pos = floatfmt.write_f64(ftrl.sigmoid(raw[smp]), out, pos)
+        out[pos] = 9
+        pos += 1
+        a = indptr[smp]
+        m = indptr[smp + 1] - a
+        # partial selection sort: the top N by |phi|, ties in input order
+        for i in range(m):
+            order[i] = a + i
+        t = min(topn, m)
+        for i in range(t):
+            best = i
+            for j in range(i + 1, m):
+                if abs(phi[order[j]]) > abs(phi[order[best]]):
+                    best = j
+            tmp = order[i]
+            order[i] = order[best]
+            order[best] = tmp
+            if i:
+                out[pos] = 32
+                pos += 1
+            j = order[i]
+            for c in range(name_len[j]):
+                out[pos] = src[name_start[j] + c]
+                pos += 1
+            out[pos] = 58
+            pos += 1
+            pos = floatfmt.write_f64(phi[j], out, pos)
+        out[pos] = 10
+        pos += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def accumulate_importance(rows, phi, nnz, count, sum_phi, sum_abs):
+    for j in range(nnz):
+        r = rows[j]
+        if r >= 0:
+            count[r] += 1
+            sum_phi[r] += phi[j]
+            sum_abs[r] += abs(phi[j])
+
+
+@njit(cache=True, nogil=True)
+def field_prefix_hash(arena, name_off, n_rows, sep):
+    """Hash of each row's name up to its first ``sep`` byte (the whole name if none)."""
+    out = np.empty(n_rows, dtype=np.uint64)
+    for r in range(n_rows):
+        a = name_off[r]
+        b = name_off[r + 1]
+        e = b
+        for p in range(a, b):
+            if arena[p] == sep:
+                e = p
+                break
+        out[r] = hash_bytes(arena, a, e)
+    return out
+
+
+class Explainer:
+    """Per-block attribution for fm_predict --explain and fm_dump importance."""
+
+    def __init__(self, model, topn=0, importance=False):
+        self.model = model
+        self.topn = topn
+        self.importance = importance
+        self._acc = []
+
+    def accumulators(self):
+        n = self.model.n_rows
+        acc = (np.zeros(n, np.int64), np.zeros(n), np.zeros(n))
+        self._acc.append(acc)
+        return acc
+
+    def on_block_factory(self):
+        """A per-thread on_block callback for predict_stream."""
+        state = {"phi": np.empty(0), "out": np.empty(0, np.uint8), "acc": None}
+        m = self.model
+
+        def on_block(p, raw):
+            if state["phi"].shape[0] < p.nnz:
+                state["phi"] = np.empty(max(p.nnz, 2 * state["phi"].shape[0]))
+            phi = state["phi"]
+            phi_block(p.indptr, p.rows, p.vals, p.n_samples, m.weights, m.k, phi)
+            if self.importance:
+                if state["acc"] is None:
+                    state["acc"] = self.accumulators()
+                c, sp, sa = state["acc"]
+                accumulate_importance(p.rows, phi, p.nnz, c, sp, sa)
+                return b""
+            need = p.n_samples * 40 + p.nnz * 30 + p.buf.shape[0]
+            if state["out"].shape[0] < need:
+                state["out"] = np.empty(max(need, 2 * state["out"].shape[0]), np.uint8)
+            nb = format_explained(p.ys, raw, p.indptr, phi, p.buf, p.name_start, p.name_len,
+                                  p.n_samples, self.topn, state["out"])
+            return state["out"][:nb].tobytes()
+
+        return on_block
+
+    def totals(self):
+        n = self.model.n_rows
+        c = np.zeros(n, np.int64)
+        sp = np.zeros(n)
+        sa = np.zeros(n)
+        for a, b, d in self._acc:
+            c += a
+            sp += b
+            sa += d
+        return c, sp, sa

@@ -16,6 +16,7 @@ from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
 from .model import Model, ModelError, dtype_of, read_model, write_model
+from .parse import VALUE_CLIP
 
 EXIT_BAD_INPUT = 3
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -117,8 +118,9 @@ def _hp_options(f):
               help="Number type of the model in memory and on disk (float halves the memory).")
 @click.option("--input", "input_path", metavar="FILE", default=None,
               help="Read samples from FILE instead of standard input.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the initial v draws (a feature's draw depends only on its name and the seed).")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the initial v draws; a feature's draw depends only on its name and the "
+                   "seed. Default: the -im binary model's seed, else 0.")
 @click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
               help="On a bad line: skip it (counted and reported), or stop, write no model and exit 3.")
 @click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=None, metavar="F",
@@ -158,6 +160,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     try:
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
+            seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
             model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype)
             del arrays
             if not quiet:
@@ -165,6 +168,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
                     cmd, init_model, fmt_int(model.n_rows - 1), fmt_int(model.samples_seen),
                     _fmt_seconds(time.time() - t_load)))
         else:
+            seed = 0 if seed is None else seed
             model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=1 << 22,
                           arena_capacity=1 << 25)
     except (ModelError, ValueError) as e:
@@ -197,6 +201,24 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         _train_report(cmd, summary, model, model_path, model_format, t_write)
 
 
+def _continue_seed(cmd, info, seed, fvs, quiet):
+    """The seed for continuing a model: a binary model remembers its own.
+
+    New features of the continued run must get the draws they would have
+    got in one long run, so the model's seed wins unless --seed says
+    otherwise (then say that the runs will not match).
+    """
+    saved = info.get("seed")
+    if seed is None:
+        seed = 0 if saved is None else int(saved)
+    elif saved is not None and int(saved) != seed and not quiet:
+        log("%s: warning: --seed %d differs from the model's seed %d; new features get other "
+            "initial factors than one continuous run would give them" % (cmd, seed, int(saved)))
+    if "fvs" in info and bool(info["fvs"]) != bool(fvs) and not quiet:
+        log("%s: warning: -fvs %d differs from the model's -fvs %d" % (cmd, int(fvs), int(info["fvs"])))
+    return seed
+
+
 def _train_report(cmd, s, model, path, fmt, t_write):
     rate = s.samples / max(s.seconds, 1e-9)
     log("%s: %s after %s" % (cmd, "interrupted (%s), model saved" % s.interrupted if s.interrupted else "done",
@@ -205,7 +227,7 @@ def _train_report(cmd, s, model, path, fmt, t_write):
     log("  samples trained      %s" % fmt_int(s.samples))
     log("  bad lines skipped    %s%s" % (fmt_int(s.bad), "  (%s)" % s.bad_description if s.bad else ""))
     if s.clipped:
-        log("  values clipped       %s  (|value| > 1e9)" % fmt_int(s.clipped))
+        log("  values clipped       %s  (|value| > %g)" % (fmt_int(s.clipped), VALUE_CLIP))
     if s.overflow_samples or s.overflow_updates:
         log("  overflow guarded     %s samples skipped, %s updates skipped (numbers too large)"
             % (fmt_int(s.overflow_samples), fmt_int(s.overflow_updates)))

@@ -47,9 +47,11 @@ REASONS = {
     BAD_CLICK: "click line must be 'USER_KEY NAME:VALUE ... | ITEM_KEY'",
 }
 
-# |value| above this is clipped (and counted): larger values square to
-# numbers that overflow the FTRL accumulators, float32 ones first.
-VALUE_CLIP = 1e9
+# |value| above this is clipped (and counted). Real feature values (counts,
+# prices, microsecond time stamps) stay below it; beyond it they are
+# garbage whose squares swamp or overflow the FTRL accumulators (the
+# trainer also skips and counts any update that would still overflow).
+VALUE_CLIP = 1e16
 
 _SP = 32
 _TAB = 9

@@ -1,9 +1,9 @@
 """streamfm: a streaming FTRL Factorization Machine learner (alphaFM-compatible)."""
 
-import hashlib
 import os
 import sys
 import tempfile
+import zlib
 
 __version__ = "0.1.0"
 
@@ -16,21 +16,23 @@ def _numba_cache_dir():
     kernel could silently run stale math. A directory per source hash rules
     that out (and works where site-packages is read-only).
     """
+    # zlib, not hashlib: hashlib would map libcrypto into every process
     here = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha1(__version__.encode())
+    crc, adler = zlib.crc32(__version__.encode()), zlib.adler32(__version__.encode())
     for root, dirs, files in os.walk(here):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):
             if name.endswith(".py"):
                 with open(os.path.join(root, name), "rb") as f:
-                    h.update(name.encode())
-                    h.update(f.read())
+                    data = name.encode() + b"\0" + f.read()
+                crc, adler = zlib.crc32(data, crc), zlib.adler32(data, adler)
+    tag = "%08x%08x" % (crc, adler)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "streamfm", "numba-" + h.hexdigest()[:16])
+    path = os.path.join(base, "streamfm", "numba-" + tag)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError:
-        path = os.path.join(tempfile.gettempdir(), "streamfm-numba-" + h.hexdigest()[:16])
+        path = os.path.join(tempfile.gettempdir(), "streamfm-numba-" + tag)
     return path
 
 

@@ -283,4 +283,5 @@ def warm_up(model, fmt, log, quiet):
     tiny = Model(model.k, model.dtype, hp=model.hp, fvs=model.fvs, seed=model.seed,
                  row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
+    tiny.reserve(2000, 0)  # table growth has kernels of its own
     warm_up_writer(tiny, fmt)

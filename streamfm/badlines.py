@@ -10,6 +10,12 @@ import threading
 from . import parse
 
 
+def printable(raw):
+    """Line bytes for a terminal: control bytes escaped, never sent raw."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c >= " " and c != "\x7f" else "\\x%02x" % ord(c) for c in text)
+
+
 class BadInputStop(Exception):
     """A run stopped because of bad input (--on-error stop, --max-bad-fraction)."""
 
@@ -43,7 +49,7 @@ class BadLineLog:
                     self.first = (line_no, reason, col)
                 shown = self.opts.max_errors_shown
                 if not self.opts.quiet and self.count <= shown:
-                    text = raw.rstrip(b"\r")[:120].decode("utf-8", "backslashreplace")
+                    text = printable(raw.rstrip(b"\r")[:120])
                     self.log("%s line %d: %s (column %d): %s" % (
                         self.source, line_no, parse.REASONS[reason], col + 1, text))
                 elif not self.opts.quiet and self.count == shown + 1:

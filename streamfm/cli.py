@@ -4,6 +4,7 @@ alphaFM's flags keep their single-dash names, meanings and defaults, so
 existing shell scripts keep working; streamfm's own flags are GNU style.
 """
 
+import functools
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
-from .model import Model, ModelError, dtype_of, read_model, write_model
+from .model import Model, ModelError, _AtomicFile, dtype_of, read_model, write_model
 from .parse import VALUE_CLIP
 
 EXIT_BAD_INPUT = 3
@@ -32,6 +33,21 @@ def fail(cmd, msg, code=1):
     sys.exit(code)
 
 
+def interruptible(name):
+    """Ctrl-C outside the trainer's own handling (loading, compiling) exits 130
+    with a word, not click's 'Aborted!' and status 1."""
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            try:
+                return f(*args, **kwargs)
+            except KeyboardInterrupt:
+                log("%s: interrupted; nothing written" % name)
+                sys.exit(128 + signal.SIGINT)
+        return wrapper
+    return deco
+
+
 def parse_dim(text, cmd="fm_train"):
     """alphaFM's -dim 'k0,k1,k' (bias on, linear on, factors)."""
     parts = text.split(",")
@@ -40,7 +56,8 @@ def parse_dim(text, cmd="fm_train"):
     except ValueError:
         vals = None
     if not vals or len(vals) != 3 or vals[2] < 0 or any(v not in (0, 1) for v in vals[:2]):
-        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; k >= 0), got %r" % text)
+        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; k >= 0), got %r" % text,
+                                 param_hint="-dim")
     return bool(vals[0]), bool(vals[1]), vals[2]
 
 
@@ -51,7 +68,8 @@ def parse_predict_dim(text):
     try:
         return int(text.split(",")[-1])
     except ValueError:
-        raise click.BadParameter("expected the number of factors, such as 8 (or 1,1,8), got %r" % text)
+        raise click.BadParameter("expected the number of factors, such as 8 (or 1,1,8), got %r" % text,
+                                 param_hint="-dim")
 
 
 def _open_input(path):
@@ -129,10 +147,13 @@ def _hp_options(f):
               help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
 @click.option("--save-on-interrupt", is_flag=True,
               help="On SIGINT/SIGTERM, write the model trained so far (default: write nothing, exit non-zero).")
+@click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
+@interruptible("fm_train")
 def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
              init_stdev, cores, init_model, init_model_format, fvs, mnt, input_path, seed, on_error,
-             max_bad_fraction, bad_lines, save_on_interrupt, quiet):
+             max_bad_fraction, bad_lines, save_on_interrupt, progress_every, quiet):
     """Train an FM with FTRL on libsvm-style lines from standard input.
 
     Each line is 'LABEL NAME:VALUE NAME:VALUE ...' (label > 0 is a click).
@@ -174,7 +195,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     except (ModelError, ValueError) as e:
         fail(cmd, str(e))
     opts = Options(k0=k0, k1=k1, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
-                   quiet=quiet, bad_lines=bad_lines)
+                   quiet=quiet, bad_lines=bad_lines, progress_every=progress_every)
     warm_up(model, model_format, log, quiet)
     jit.release_compiler_memory()
     if input_path is None and sys.stdin.isatty() and not quiet:
@@ -189,8 +210,9 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         log("%s: interrupted (%s) after %s lines; no model written (--save-on-interrupt writes it)"
             % (cmd, summary.interrupted, fmt_int(summary.lines)))
         sys.exit(128 + getattr(signal, summary.interrupted))
-    if summary.lines == 0 and not quiet:
-        log("%s: warning: the input was empty; the model holds only the bias" % cmd)
+    if summary.samples == 0 and not quiet:
+        log("%s: warning: %s; the model holds only the bias" % (
+            cmd, "the input was empty" if summary.lines == 0 else "no valid sample in the input"))
     t_write = time.time()
     try:
         write_model(model, model_path, model_format)
@@ -264,9 +286,12 @@ def _train_report(cmd, s, model, path, fmt, t_write):
 @click.option("--explain", type=click.IntRange(0), default=0, metavar="N",
               help="After 'label score', a tab and the N features with the largest |contribution| "
                    "as name:phi (phis of all features + bias = the raw score).")
+@click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
+@interruptible("fm_predict")
 def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, on_error, bad_lines,
-               metrics, explain, quiet):
+               metrics, explain, progress_every, quiet):
     """Score libsvm-style lines with an FM model.
 
     Writes one 'label score' line per valid input line, in input order:
@@ -295,20 +320,25 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
         fail(cmd, str(e))
     t_load = time.time() - t0
     warm_up(model, log, quiet)
-    opts = Options(cores=cores, on_error=on_error, quiet=quiet, bad_lines=bad_lines)
-    out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")
+    opts = Options(cores=cores, on_error=on_error, quiet=quiet, bad_lines=bad_lines,
+                   progress_every=progress_every)
+    make = Explainer(model, topn=explain).on_block_factory if explain else None
     try:
-        make = Explainer(model, topn=explain).on_block_factory if explain else None
-        summary = predict_stream(model, stream, out, opts, log, make_on_block=make, metrics=metrics)
+        if out_path == "-":
+            summary = predict_stream(model, stream, sys.stdout.buffer, opts, log, make_on_block=make,
+                                     metrics=metrics)
+            sys.stdout.buffer.flush()
+        else:
+            # written like a model: a failed run leaves no partial prediction file
+            with _AtomicFile(out_path) as out:
+                summary = predict_stream(model, stream, out, opts, log, make_on_block=make,
+                                         metrics=metrics)
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except ModelError as e:
+        fail(cmd, str(e))
     except BrokenPipeError:
         sys.exit(1)
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-        else:
-            out.flush()
     if not quiet:
         rate = summary.samples / max(summary.seconds, 1e-9)
         log("%s: %s lines, %s scored, %s bad, %s lines/s (model load %s)" % (
@@ -347,20 +377,16 @@ def dump_info(model_path):
 
     try:
         fmt = detect_format(model_path)
-        arrays = read_model(model_path, state=False)
+        arrays = read_model(model_path, state=None)
     except ModelError as e:
         fail("fm_dump", str(e))
-    try:
-        full = read_model(model_path, state=True) if arrays.info.get("full", True) else None
-    except ModelError:
-        full = None
     w = arrays.weights
     k = arrays.k
     n = arrays.n_rows - 1
     nz_w = int(np.count_nonzero(w[1:, 0]))
     nz_v = int(np.count_nonzero(np.any(w[1:, 1:] != 0, axis=1))) if k else 0
     print("file          %s" % model_path)
-    print("format        %s%s" % (fmt, "" if full is not None else " (stripped: w and v only)"))
+    print("format        %s%s" % (fmt, "" if arrays.has_state else " (stripped: w and v only)"))
     print("dim           %d factors" % k)
     print("dtype         %s" % arrays.info.get("dtype"))
     print("features      %s" % fmt_int(n))

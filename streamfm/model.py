@@ -208,16 +208,21 @@ def _gather_names(arena, name_off, idx, off, out):
 
 
 class _AtomicFile:
-    """A temporary file beside ``path`` that replaces it only on success."""
+    """A temporary file beside ``path`` that replaces it only on success.
+
+    The temporary's name carries the writer's pid, so a later write to the
+    same path removes what a killed writer left behind.
+    """
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
         d = os.path.dirname(self.path)
+        base = "." + os.path.basename(self.path) + "."
+        _remove_orphans(d, base)
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".",
-                                            suffix=".tmp", dir=d)
+            fd, self.tmp = tempfile.mkstemp(prefix=base + "%d." % os.getpid(), suffix=".tmp", dir=d)
         except OSError as e:
-            raise ModelError("%s: cannot write model: %s" % (path, e.strerror or e)) from None
+            raise ModelError("%s: cannot write: %s" % (path, e.strerror or e)) from None
         self.f = os.fdopen(fd, "wb")
 
     def __enter__(self):
@@ -236,13 +241,35 @@ class _AtomicFile:
         except OSError as e:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
-            raise ModelError("%s: cannot write model: %s" % (self.path, e.strerror or e)) from None
+            raise ModelError("%s: cannot write: %s" % (self.path, e.strerror or e)) from None
         finally:
             if et is not None and os.path.exists(self.tmp):
                 os.unlink(self.tmp)
         if isinstance(ev, OSError):
-            raise ModelError("%s: cannot write model: %s" % (self.path, ev.strerror or ev)) from None
+            raise ModelError("%s: cannot write: %s" % (self.path, ev.strerror or ev)) from None
         return False
+
+
+def _remove_orphans(d, base):
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(base) and name.endswith(".tmp")):
+            continue
+        pid = name[len(base):].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(d, name))
+            except OSError:
+                pass
+        except OSError:
+            pass  # alive (or not ours to signal): leave it
 
 
 def _fsync_dir(d):
@@ -348,12 +375,12 @@ def warm_up_writer(src, fmt):
         break
 
 
-_TXT_OK, _TXT_FIELDS, _TXT_NUMBER, _TXT_NONFINITE, _TXT_BIAS = 0, 1, 2, 3, 4
+_TXT_OK, _TXT_FIELDS, _TXT_NUMBER, _TXT_NONFINITE, _TXT_BIAS, _TXT_NEGATIVE_N = 0, 1, 2, 3, 4, 5
 
 
 @njit(cache=True, nogil=True)
 def _parse_model_text(buf, n, first_line, k, full, want_state, arena, name_off, a0,
-                      weights, state, row0, slow_row, slow_col, slow_start, slow_end):
+                      weights, state, row0, slow_row, slow_col, slow_start, slow_end, slow_line):
     """Parse model lines in buf[:n] into rows row0.. of weights/state.
 
     ``first_line`` says buf starts with the bias line. Returns
@@ -417,8 +444,13 @@ def _parse_model_text(buf, n, first_line, k, full, want_state, arena, name_off, 
                         slow_col[nslow] = col if is_w else -1 - col
                         slow_start[nslow] = ts
                         slow_end[nslow] = pos
+                        slow_line[nslow] = line
                         nslow += 1
                         x = 0.0
+                    if not is_w and x < 0.0 and (col == 0 or (not is_bias and 2 <= col < 2 + k)):
+                        # an accumulator of squared gradients cannot be negative:
+                        # the columns are not where a full model has them
+                        return r - row0, a, nslow, _TXT_NEGATIVE_N, line, field, 0
                     if is_w:
                         weights[r, col] = x
                     else:
@@ -496,8 +528,6 @@ def _txt_shape(path):
                     k = (t - 3) // 3
                 else:
                     k = t - 1
-    if not head.endswith(b"\n") and lines == 0:
-        lines = 0
     return k, full, lines + 1
 
 
@@ -538,15 +568,20 @@ def read_txt(path, k=None, state=True, dtype=None):
         first = True
         for line_no, block in _read_blocks(f):
             nb = block.shape[0]
-            slow = [np.empty(nb // 2 + 2, np.int64) for _ in range(4)]
+            slow = [np.empty(nb // 2 + 2, np.int64) for _ in range(5)]
             got, a, nslow, err, eline, efield, found = _parse_model_text(
                 block, nb, first, fk, full, want_state, arena, name_off, a,
                 weights, st, rows, *slow)
             if err != _TXT_OK:
+                cut = block[-1] != 10 and eline == int(np.count_nonzero(block == 10))
                 _raise_txt_error(path, line_no + eline, err, efield, found, fk, full,
-                                 first and eline == 0, block, eline)
+                                 first and eline == 0, block, eline, cut)
             for j in range(nslow):
-                x = float(bytes(block[slow[2][j]:slow[3][j]]))
+                text = bytes(block[slow[2][j]:slow[3][j]])
+                x = float(text)
+                if abs(x) == float("inf"):
+                    raise ModelError("%s line %d: %r is not a finite number"
+                                     % (path, line_no + slow[4][j], text.decode()))
                 col = slow[1][j]
                 if col >= 0:
                     weights[slow[0][j], col] = x
@@ -554,26 +589,68 @@ def read_txt(path, k=None, state=True, dtype=None):
                     st[slow[0][j], -1 - col] = x
             rows += got
             first = False
+            if block.shape[0] and block[-1] != 10:
+                # writers end every line; a last line without one lost its tail
+                raise ModelError("%s line %d: truncated: the last line has no end of line"
+                                 % (path, line_no + int(np.count_nonzero(block == 10))))
     if rows == 0:
         raise ModelError("%s: no bias line" % path)
     meta = {"k": fk, "dtype": dtype_name(dtype), "n_rows": rows, "format": "txt", "full": full}
-    return ModelArrays(arena[:a], name_off[: rows + 1], weights[:rows],
-                       st[:rows] if want_state else None, meta)
+    arrays = ModelArrays(arena[:a], name_off[: rows + 1], weights[:rows],
+                         st[:rows] if want_state else None, meta)
+    _check_unique(arrays, path, first_line=2)
+    return arrays
 
 
-def _raise_txt_error(path, line_no, err, field, found, k, full, is_bias, block, eline):
+def _check_unique(arrays, path, first_line=None):
+    """A name twice in a model file: one line would silently shadow the other."""
+    try:
+        FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows)
+    except ValueError:
+        dup = _first_duplicate(arrays)
+        where = (" (lines %d and %d)" % (dup[0] + first_line - 1, dup[1] + first_line - 1)
+                 if first_line else "")
+        raise ModelError("%s: feature %r appears twice%s" % (path, arrays.name(dup[1]), where)) from None
+
+
+def _first_duplicate(arrays):
+    seen = {}
+    for r in range(1, arrays.n_rows):
+        name = arrays.name_bytes(r)
+        if name in seen:
+            return seen[name], r
+        seen[name] = r
+    return 0, 0
+
+
+def _raise_txt_error(path, line_no, err, field, found, k, full, is_bias, block, eline, cut):
+    msg = _txt_error(path, line_no, err, field, found, k, full, is_bias, block, eline)
+    if cut and not (err == _TXT_FIELDS and found < _expected_fields(k, full, is_bias)):
+        msg += "; the last line has no end of line: the file looks truncated"
+    raise ModelError(msg)
+
+
+def _expected_fields(k, full, is_bias):
+    return (4 if full else 2) if is_bias else (3 * k + 4 if full else k + 2)
+
+
+def _txt_error(path, line_no, err, field, found, k, full, is_bias, block, eline):
+    """The one-line message for a text model error."""
     if err == _TXT_BIAS:
-        raise ModelError("%s: not an FM model: the first line must be the bias line (%s)"
-                         % (path, _field_desc(k, full, True)))
+        return "%s: not an FM model: the first line must be the bias line (%s)" % (
+            path, _field_desc(k, full, True))
     if err == _TXT_FIELDS:
-        expect = (4 if full else 2) if is_bias else (3 * k + 4 if full else k + 2)
-        raise ModelError("%s line %d: %d fields, expected %d (%s)%s"
-                         % (path, line_no, found, expect, _field_desc(k, full, is_bias),
-                            "; the file may be truncated" if found < expect else ""))
-    text = _line_field(block, eline, field)
+        expect = _expected_fields(k, full, is_bias)
+        return "%s line %d: %d fields, expected %d (%s)%s" % (
+            path, line_no, found, expect, _field_desc(k, full, is_bias),
+            "; the file may be truncated" if found < expect else "")
+    where = "%s line %d field %d: %r" % (path, line_no, field + 1, _line_field(block, eline, field))
+    if err == _TXT_NEGATIVE_N:
+        return "%s is negative where the model needs an n (a sum of squares): not a %s line" % (
+            where, _field_desc(k, full, is_bias))
     if err == _TXT_NONFINITE:
-        raise ModelError("%s line %d field %d: %r is not a finite number" % (path, line_no, field + 1, text))
-    raise ModelError("%s line %d field %d: %r is not a number" % (path, line_no, field + 1, text))
+        return "%s is not a finite number" % where
+    return "%s is not a number" % where
 
 
 def _line_field(block, eline, field):
@@ -651,8 +728,10 @@ def read_bin_header(path):
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(16)
-        if len(head) < 16 or head[:8] != MAGIC:
+        if head[:8] != MAGIC[: len(head[:8])]:
             raise ModelError("%s: not a streamfm binary model" % path)
+        if len(head) < 16:
+            raise ModelError("%s: truncated (header cut off)" % path)
         hlen, hcrc = np.frombuffer(head[8:16], dtype="<u4")
         packed = f.read(int(hlen))
     if len(packed) != hlen:
@@ -705,7 +784,9 @@ def read_bin(path, k=None, state=True, verify=True):
         raise ModelError("%s: corrupted: inconsistent name offsets" % path)
     meta = {key: header[key] for key in header if key != "arrays"}
     meta["format"] = "bin"
-    return ModelArrays(out["names"], off, out["weights"], out.get("state"), meta)
+    arrays = ModelArrays(out["names"], off, out["weights"], out.get("state"), meta)
+    _check_unique(arrays, path)
+    return arrays
 
 
 # ----------------------------------------------------------------------------
@@ -724,7 +805,8 @@ def detect_format(path):
         raise ModelError("%s: cannot read: %s" % (path, e.strerror or e)) from None
     if not head:
         raise ModelError("%s: empty file, not a model" % path)
-    return "bin" if head == MAGIC else "txt"
+    # a binary model cut inside its magic number is still a binary model
+    return "bin" if MAGIC.startswith(head) else "txt"
 
 
 def read_model(path, k=None, state=True, fmt=None, dtype=None):

@@ -141,8 +141,9 @@ def _token_end(buf, pos, n):
 
 
 @njit(cache=True, nogil=True)
-def parse_block(buf, n, mode, slots, row_hash, ys, indptr, hashes, rows, vals, name_start,
-                name_len, keys, bad_line, bad_reason, bad_col, slow_idx, slow_start, slow_end):
+def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, rows, vals,
+                name_start, name_len, keys, bad_line, bad_reason, bad_col, slow_idx, slow_start,
+                slow_end):
     """Parse the complete lines in buf[:n] into CSR arrays.
 
     ``mode`` says what the first token is (LABELED, KEYED, CLICK); for
@@ -157,7 +158,8 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, hashes, rows, vals, n
     block + 1, features and slow tokens <= n // 2 + 1.
     Returns (samples, features, lines, bad lines, slow tokens, clipped
     values, unknown features). ``slow`` tokens are valid numbers the fast
-    parser cannot round exactly; the caller patches their values.
+    parser cannot round exactly (slow_idx: the feature, or -1-s for the label
+    of sample s); the caller settles them (``_settle_slow``).
     """
     ns = 0
     nnz = 0
@@ -177,6 +179,7 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, hashes, rows, vals, n
             pos = _skip_line(buf, pos, n)
             line += 1
             continue
+        line_slow = nslow
         # label or key
         ts = pos
         reason = 0
@@ -194,14 +197,15 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, hashes, rows, vals, n
             if st == floatfmt.OK:
                 y = 1.0 if v > 0.0 else -1.0
             elif st == floatfmt.SLOW:
-                # a valid number with a nonzero digit: only its sign matters
-                y = -1.0 if _at(buf, ts) == 45 else 1.0
+                slow_idx[nslow] = -1 - ns
+                slow_start[nslow] = ts
+                slow_end[nslow] = te
+                nslow += 1
             elif st == floatfmt.NONFINITE:
                 reason = NONFINITE_LABEL
             else:
                 reason = BAD_LABEL
         line_nnz = nnz
-        line_slow = nslow
         line_clip = nclip
         line_miss = nmiss
         # features
@@ -329,6 +333,7 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, hashes, rows, vals, n
             nbad += 1
         else:
             ys[ns] = y
+            sample_line[ns] = line
             ns += 1
             indptr[ns] = nnz
         pos = _skip_line(buf, pos, n)
@@ -353,6 +358,7 @@ class ParseBuffers:
         self.lines_cap = lines
         self.ys = np.empty(lines, np.float64)
         self.indptr = np.empty(lines + 1, np.int64)
+        self.sample_line = np.empty(lines, np.int64)
         self.keys = np.empty((lines, 4), np.int64)
         self.bad_line = np.empty(lines, np.int64)
         self.bad_reason = np.empty(lines, np.int8)
@@ -370,7 +376,7 @@ class ParseBuffers:
 class Parsed:
     """One parsed block: CSR views into ParseBuffers plus the bad lines."""
 
-    __slots__ = ("ys", "indptr", "keys", "hashes", "rows", "vals", "name_start", "name_len",
+    __slots__ = ("ys", "indptr", "sample_line", "keys", "hashes", "rows", "vals", "name_start", "name_len",
                  "n_samples", "nnz", "n_lines", "bad_line", "bad_reason", "bad_col",
                  "n_clipped", "n_unknown", "buf")
 
@@ -392,15 +398,14 @@ def parse(buf, n_lines_hint, bufs, table=None, mode=LABELED):
     bufs.ensure(n, n_lines_hint)
     slots, row_hash = (table.slots, table.row_hash) if table is not None else (_NO_SLOTS, _NO_HASHES)
     ns, nnz, nl, nbad, nslow, nclip, nmiss = parse_block(
-        buf, n, mode, slots, row_hash, bufs.ys, bufs.indptr, bufs.hashes, bufs.rows, bufs.vals,
-        bufs.name_start, bufs.name_len, bufs.keys, bufs.bad_line, bufs.bad_reason, bufs.bad_col,
-        bufs.slow_idx, bufs.slow_start, bufs.slow_end)
-    if nslow:
-        nclip += _patch_slow(buf, bufs, nslow)
+        buf, n, mode, slots, row_hash, bufs.ys, bufs.indptr, bufs.sample_line, bufs.hashes,
+        bufs.rows, bufs.vals, bufs.name_start, bufs.name_len, bufs.keys, bufs.bad_line,
+        bufs.bad_reason, bufs.bad_col, bufs.slow_idx, bufs.slow_start, bufs.slow_end)
     p = Parsed()
     p.buf = buf
     p.ys = bufs.ys[:ns]
     p.indptr = bufs.indptr[: ns + 1]
+    p.sample_line = bufs.sample_line[:ns]
     p.keys = bufs.keys[:ns]
     p.hashes = bufs.hashes[:nnz]
     p.rows = bufs.rows[:nnz]
@@ -413,6 +418,8 @@ def parse(buf, n_lines_hint, bufs, table=None, mode=LABELED):
     p.bad_col = bufs.bad_col[:nbad]
     p.n_clipped = nclip
     p.n_unknown = nmiss
+    if nslow:
+        _settle_slow(p, bufs, nslow)
     return p
 
 
@@ -423,16 +430,68 @@ def key_bytes(parsed, s, item=False):
     return bytes(parsed.buf[a:b])
 
 
-def _patch_slow(buf, bufs, nslow):
-    """Exact values for the rare tokens the fast parser cannot round."""
-    clipped = 0
+def _settle_slow(p, bufs, nslow):
+    """Exact values for the rare numbers the fast parser cannot round.
+
+    Python's float() decides them; one that overflows makes its line bad,
+    a value that underflows to 0 drops its feature (as any 0 does), and a
+    label's sign is the sign of its value. Rebuilds the CSR arrays only in
+    those (very rare) cases.
+    """
+    data = bytes(p.buf)
+    drop_feat = []
+    bad = {}  # sample -> (reason, token start)
     for j in range(nslow):
-        x = float(bytes(buf[bufs.slow_start[j]:bufs.slow_end[j]]))
-        if abs(x) > VALUE_CLIP:
-            x = VALUE_CLIP if x > 0 else -VALUE_CLIP
-            clipped += 1
-        bufs.vals[bufs.slow_idx[j]] = x
-    return clipped
+        a, b = int(bufs.slow_start[j]), int(bufs.slow_end[j])
+        x = float(data[a:b])
+        idx = int(bufs.slow_idx[j])
+        if idx < 0:
+            s = -1 - idx
+            if x != x or abs(x) == float("inf"):
+                bad.setdefault(s, (NONFINITE_LABEL, a))
+            else:
+                p.ys[s] = 1.0 if x > 0 else -1.0
+            continue
+        if abs(x) == float("inf"):
+            s = int(np.searchsorted(p.indptr, idx, side="right")) - 1
+            bad.setdefault(s, (NONFINITE_VALUE, int(p.name_start[idx])))
+        elif x == 0.0:
+            drop_feat.append(idx)
+        else:
+            if abs(x) > VALUE_CLIP:
+                x = VALUE_CLIP if x > 0 else -VALUE_CLIP
+                p.n_clipped += 1
+            p.vals[idx] = x
+    if not drop_feat and not bad:
+        return
+    keep_f = np.ones(p.nnz, dtype=bool)
+    keep_f[drop_feat] = False
+    keep_s = np.ones(p.n_samples, dtype=bool)
+    for s in bad:
+        keep_s[s] = False
+        keep_f[p.indptr[s]:p.indptr[s + 1]] = False
+    per_sample = np.add.reduceat(keep_f.astype(np.int64), p.indptr[:-1]) if p.nnz else np.zeros(
+        p.n_samples, np.int64)
+    per_sample[p.indptr[:-1] == p.indptr[1:]] = 0  # reduceat quirk for empty samples
+    indptr = np.zeros(int(keep_s.sum()) + 1, dtype=np.int64)
+    np.cumsum(per_sample[keep_s], out=indptr[1:])
+    for name in ("hashes", "rows", "vals", "name_start", "name_len"):
+        setattr(p, name, getattr(p, name)[keep_f])
+    p.n_unknown = int((p.rows < 0).sum())
+    bad_lines = list(zip(p.bad_line.tolist(), p.bad_reason.tolist(), p.bad_col.tolist()))
+    for s, (reason, a) in bad.items():
+        line_start = data.rfind(b"\n", 0, a) + 1
+        bad_lines.append((int(p.sample_line[s]), reason, a - line_start))
+    bad_lines.sort()
+    p.bad_line = np.array([b[0] for b in bad_lines], dtype=np.int64)
+    p.bad_reason = np.array([b[1] for b in bad_lines], dtype=np.int8)
+    p.bad_col = np.array([b[2] for b in bad_lines], dtype=np.int64)
+    p.ys = p.ys[keep_s]
+    p.keys = p.keys[keep_s]
+    p.sample_line = p.sample_line[keep_s]
+    p.indptr = indptr
+    p.n_samples = len(p.ys)
+    p.nnz = len(p.vals)
 
 
 def line_text(buf, line_index, limit=200):

@@ -1,17 +1,27 @@
 """A background thread that cuts a byte stream into blocks of whole lines.
 
-The reader only reads and cuts at the last '\\n' of each chunk; parsing and
+The reader only reads and cuts after the last '\\n' it has; parsing and
 everything after it happen in the worker threads, in numba. Blocks carry
 their sequence number and first line number so results can be put back in
 input order and bad lines reported with their line numbers.
+
+A block is handed out when it reaches ``block_size`` bytes, or, when the
+input pauses (a slow pipe, ``tail -f``), as soon as it holds complete lines
+and no more data came for ``linger`` seconds. The thread waits with
+``select``, so ``stop`` takes effect within a tenth of a second even while
+the pipe is silent.
 """
 
+import os
 import queue
+import select
 import threading
+import time
 
 import numpy as np
 
 BLOCK_SIZE = 1 << 20
+_POLL = 0.1
 
 
 class Block:
@@ -24,6 +34,24 @@ class Block:
         self.n_lines = n_lines
 
 
+def _fileno(stream):
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    # data already buffered inside a Python file object would be invisible
+    # to select/os.read: only take the descriptor while that buffer is empty
+    peek = getattr(stream, "peek", None)
+    if peek is not None:
+        try:
+            raw = getattr(stream, "raw", None)
+            if raw is not None and stream.tell() != raw.tell():
+                return None
+        except (OSError, ValueError):
+            pass  # pipes cannot tell; nothing has been read from them yet
+    return fd
+
+
 class BlockReader:
     """Iterate blocks from ``stream`` (a binary file object) read in a thread.
 
@@ -32,13 +60,13 @@ class BlockReader:
     raised while reading, if any.
     """
 
-    def __init__(self, stream, block_size=BLOCK_SIZE, queue_blocks=4):
+    def __init__(self, stream, block_size=BLOCK_SIZE, queue_blocks=4, linger=0.2):
         self.stream = stream
         self.block_size = block_size
+        self.linger = linger
         self.q = queue.Queue(maxsize=queue_blocks)
         self.error = None
         self.bytes_read = 0
-        self.lines_read = 0
         self._stop = threading.Event()
         self._done = False
         self.thread = threading.Thread(target=self._run, name="streamfm-reader", daemon=True)
@@ -47,39 +75,74 @@ class BlockReader:
     def _put(self, item):
         while not self._stop.is_set():
             try:
-                self.q.put(item, timeout=0.1)
+                self.q.put(item, timeout=_POLL)
                 return True
             except queue.Full:
                 continue
         return False
 
+    def _chunks(self):
+        """Yield byte chunks, or None when the input is idle for a poll period."""
+        fd = _fileno(self.stream)
+        while not self._stop.is_set():
+            if fd is None:
+                chunk = self.stream.read(self.block_size)
+            else:
+                try:
+                    ready, _, _ = select.select([fd], [], [], _POLL)
+                except (OSError, ValueError):
+                    ready = [fd]  # not selectable (some special files): plain blocking reads
+                if not ready:
+                    yield None
+                    continue
+                chunk = os.read(fd, self.block_size)
+            if not chunk:
+                return
+            yield chunk
+
     def _run(self):
         seq = 0
         line_no = 1
-        carry = b""
+        buf = bytearray()
+        scanned = 0      # buf[:scanned] holds no '\n' after the last cut
+        last_nl = -1     # position of the last '\n' in buf, or -1
+        first_byte = 0.0
+
+        def emit(cut):
+            nonlocal seq, line_no, buf, scanned, last_nl
+            data = bytes(buf[:cut])
+            del buf[:cut]
+            scanned = len(buf)
+            last_nl = -1
+            n_lines = data.count(b"\n")
+            if data and not data.endswith(b"\n"):
+                n_lines += 1
+            ok = self._put(Block(seq, line_no, np.frombuffer(data, dtype=np.uint8), n_lines))
+            seq += 1
+            line_no += n_lines
+            return ok
+
         try:
-            while not self._stop.is_set():
-                chunk = self.stream.read(self.block_size)
-                if not chunk:
-                    break
-                self.bytes_read += len(chunk)
-                data = carry + chunk if carry else chunk
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data
+            for chunk in self._chunks():
+                if chunk is None:
+                    if last_nl >= 0 and time.time() - first_byte >= self.linger:
+                        if not emit(last_nl + 1):
+                            return
                     continue
-                carry = data[cut + 1:]
-                n_lines = data.count(b"\n", 0, cut + 1)
-                block = Block(seq, line_no, np.frombuffer(data, dtype=np.uint8, count=cut + 1), n_lines)
-                if not self._put(block):
-                    return
-                seq += 1
-                line_no += n_lines
-                self.lines_read = line_no - 1
-            if carry and not self._stop.is_set():
-                # a last line without '\n' is still a line
-                self._put(Block(seq, line_no, np.frombuffer(carry, dtype=np.uint8), 1))
-                self.lines_read = line_no
+                if not buf:
+                    first_byte = time.time()
+                self.bytes_read += len(chunk)
+                buf += chunk
+                nl = buf.rfind(b"\n", scanned)
+                if nl >= 0:
+                    last_nl = nl
+                scanned = len(buf)
+                if last_nl >= 0 and len(buf) >= self.block_size:
+                    if not emit(last_nl + 1):
+                        return
+            if buf and not self._stop.is_set():
+                # the last line may lack its '\n'; it is still a line
+                emit(len(buf))
         except Exception as e:  # surfaced by the consumer, never lost
             self.error = e
         finally:
@@ -90,17 +153,18 @@ class BlockReader:
         if self._done:
             return None
         while True:
+            if self._stop.is_set():
+                return None
             try:
-                item = self.q.get(timeout=0.1)
+                item = self.q.get(timeout=_POLL)
                 break
             except queue.Empty:
-                if self._stop.is_set():
-                    return None
+                continue
         if item is None:
             self._done = True
             self.q.put(None)  # wake the other consumers
         return item
 
     def stop(self):
-        """Stop reading; consumers get None after the blocks already queued."""
+        """Stop reading; consumers get None from now on."""
         self._stop.set()

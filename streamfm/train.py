@@ -157,9 +157,10 @@ def train_stream(model, stream, opts, log):
     flags = (opts.k0, opts.k1, model.fvs)
     t0 = time.time()
 
-    def check_bad(total_lines):
+    def check_bad(total_lines, final=False):
+        # while running, wait for 1000 lines: a bad line early on is no trend
         frac = opts.max_bad_fraction
-        if frac is not None and total_lines >= 1000 and bad.count > frac * total_lines:
+        if frac is not None and (final or total_lines >= 1000) and bad.count > frac * total_lines:
             raise BadInputStop("%d of %d lines were bad (more than --max-bad-fraction %g); "
                                "no model written" % (bad.count, total_lines, frac))
 
@@ -167,7 +168,7 @@ def train_stream(model, stream, opts, log):
         try:
             while not stop.is_set():
                 blk = reader.get()
-                if blk is None:
+                if blk is None or stop.is_set():
                     return
                 rw.acquire_read()
                 try:
@@ -210,7 +211,7 @@ def train_stream(model, stream, opts, log):
     threads = [threading.Thread(target=work, args=(w,), name="streamfm-train-%d" % i, daemon=True)
                for i, w in enumerate(workers)]
     progress = Progress(log, "fm_train", opts.progress_every, quiet=opts.quiet)
-    old_handlers = _install_signal_handlers(stop, summary)
+    old_handlers = _install_signal_handlers(stop, summary, reader)
     try:
         for th in threads:
             th.start()
@@ -233,7 +234,7 @@ def train_stream(model, stream, opts, log):
         raise errors[0]
     if reader.error is not None:
         raise reader.error
-    check_bad(summary.lines)
+    check_bad(summary.lines, final=True)
     model.samples_seen += summary.samples
     return summary
 
@@ -246,13 +247,15 @@ def _collect(summary, workers, model):
     summary.features = model.n_rows - 1
 
 
-def _install_signal_handlers(stop, summary):
+def _install_signal_handlers(stop, summary, reader):
+    """SIGINT/SIGTERM: stop reading, let the workers finish the block in hand."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum, frame):
         summary.interrupted = signal.Signals(signum).name
         stop.set()
+        reader.stop()
 
     old = {}
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt, ftrl
+from .predict import write_label_prob
 from .table import hash_bytes
 
 
@@ -50,16 +51,7 @@ def format_explained(ys, raw, indptr, phi, src, name_start, name_len, n_samples,
     max_m = ftrl.block_max_len(indptr, n_samples)
     order = np.empty(max_m + 1, dtype=np.int64)
     for smp in range(n_samples):
-        if ys[smp] > 0:
-            out[pos] = 49
-            pos += 1
-        else:
-            out[pos] = 45
-            out[pos + 1] = 49
-            pos += 2
-        out[pos] = 32
-        pos += 1
-        pos = floatfmt.write_f64(ftrl.sigmoid(raw[smp]), out, pos)
+        pos = write_label_prob(ys[smp], raw[smp], out, pos)
         out[pos] = 9
         pos += 1
         a = indptr[smp]

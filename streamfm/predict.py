@@ -46,21 +46,26 @@ class ServingModel:
                          self.k, out)
 
 
+@njit(inline="always")
+def write_label_prob(y, raw, out, pos):
+    """'1 prob' or '-1 prob' (prob = sigmoid of the raw score), alphaFM's output."""
+    if y > 0:
+        out[pos] = 49
+        pos += 1
+    else:
+        out[pos] = 45
+        out[pos + 1] = 49
+        pos += 2
+    out[pos] = 32
+    return floatfmt.write_f64(ftrl.sigmoid(raw), out, pos + 1)
+
+
 @njit(cache=True, nogil=True)
 def format_predictions(ys, raw, n, out):
-    """'label prob' lines (label 1 or -1, prob = sigmoid(raw score)); returns bytes used."""
+    """'label prob' lines, one per sample; returns the bytes used."""
     pos = 0
     for s in range(n):
-        if ys[s] > 0:
-            out[pos] = 49
-            pos += 1
-        else:
-            out[pos] = 45
-            out[pos + 1] = 49
-            pos += 2
-        out[pos] = 32
-        pos += 1
-        pos = floatfmt.write_f64(ftrl.sigmoid(raw[s]), out, pos)
+        pos = write_label_prob(ys[s], raw[s], out, pos)
         out[pos] = 10
         pos += 1
     return pos

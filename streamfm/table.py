@@ -93,29 +93,6 @@ def lookup_one(slots, row_hash, h):
 
 
 @njit(cache=True, nogil=True)
-def lookup_many(slots, row_hash, hashes, n, rows):
-    """rows[j] = row of hashes[j] or -1; returns the number of misses."""
-    mask = slots.shape[0] - 1
-    misses = 0
-    for j in range(n):
-        h = hashes[j]
-        i = _home(h, mask)
-        r = -1
-        while True:
-            s = slots[i]
-            if s == EMPTY:
-                break
-            if row_hash[s] == h:
-                r = s
-                break
-            i = (i + 1) & mask
-        rows[j] = r
-        if r < 0:
-            misses += 1
-    return misses
-
-
-@njit(cache=True, nogil=True)
 def _place(slots, row_hash, r):
     mask = slots.shape[0] - 1
     i = _home(row_hash[r], mask)
@@ -129,36 +106,6 @@ def rebuild_index(slots, row_hash, n_rows):
     """Fill an empty index with rows 1..n_rows-1 (row 0, the bias, stays out)."""
     for r in range(1, n_rows):
         _place(slots, row_hash, r)
-
-
-@njit(cache=True, nogil=True)
-def insert_names(slots, row_hash, name_off, arena, meta, hashes, rows, src, name_start, name_len, n):
-    """Give a row to every ``rows[j] == -1`` entry, creating rows for new names.
-
-    ``meta`` = [n_rows, arena_used] is updated in place. The caller guarantees
-    capacity for every miss (rows, arena bytes and index load). Returns the
-    first new row id; rows first..meta[0]-1 were created by this call.
-    """
-    first = meta[0]
-    for j in range(n):
-        if rows[j] >= 0:
-            continue
-        h = hashes[j]
-        r = lookup_one(slots, row_hash, h)
-        if r < 0:
-            r = meta[0]
-            a = meta[1]
-            ln = name_len[j]
-            s = name_start[j]
-            for t in range(ln):
-                arena[a + t] = src[s + t]
-            name_off[r + 1] = a + ln
-            meta[1] = a + ln
-            row_hash[r] = h
-            meta[0] = r + 1
-            _place(slots, row_hash, r)
-        rows[j] = r
-    return first
 
 
 @njit(cache=True, nogil=True)

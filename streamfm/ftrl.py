@@ -202,15 +202,20 @@ def score_block(indptr, rows, vals, n_samples, weights, k, out):
         out[s] = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
 
 
-# --- the per-row steps of one FTRL-FM update, shared by every trainer -----
+# --- the steps of one FTRL-FM update, shared by every trainer -------------
 #
 # A trainer (train_block here, the pairwise recall trainer) calls, per
 # sample: refresh_w and refresh_v on each of the sample's rows (weights from
-# state), scores with the returned values, then update_w / update_v with the
-# gradients. The *_seen values carry n and sqrt(n) from the refresh to the
-# update, so sqrt(n) is computed once unless n moved in between (a feature
-# repeated in the sample, or another thread's update): then it is recomputed
-# and the result is what alphaFM computes either way.
+# state), scores with the returned values, then update_w per row and, per
+# factor, v_used and v_state_after with the gradients. The *_seen values
+# carry n and sqrt(n) from the refresh to the update, so sqrt(n) is computed
+# once unless n moved in between (a feature repeated in the sample, or
+# another thread's update): then it is recomputed, and the result is what
+# alphaFM computes either way.
+#
+# The per-factor steps take and return scalars only: numba handles an array
+# passed to an inlined function with reference counting that costs, in a
+# loop over factors, more than the update itself.
 
 
 @njit(inline="always")
@@ -279,28 +284,46 @@ def update_w(params, r, g, w, n_seen, sq_seen, inv_alpha, big):
 
 
 @njit(inline="always")
-def update_v(params, r, f, k, g, v, n_seen, sq_seen, inv_alpha, big):
-    """FTRL state update of v_f for gradient g (v: the value the gradient used)."""
-    vz = VN + k
-    n = params[r, VN + f]
-    z = params[r, vz + f] if n > 0.0 else 0.0
+def v_used(n, v_start, w, fvs):
+    """The v alphaFM's update reads for a factor whose state now has ``n``:
+    the value from the refresh, unless -fvs zeroed it after an earlier
+    update of this row in the sample while w is 0."""
+    if fvs and w == 0.0 and n > 0.0:
+        return 0.0
+    return v_start
+
+
+@njit(inline="always")
+def v_state_after(n, zs, g, v, n_seen, sq_seen, inv_alpha, big):
+    """New (VN, VZ) column values of a factor after gradient g, and 1 if the
+    update would overflow (then the state is kept as it was).
+
+    ``zs`` is the VZ column as stored: z, or v itself while n is 0 (alphaFM's
+    z is 0 there), which a zero gradient leaves in place.
+    """
+    z = zs if n > 0.0 else 0.0
     n_new, z_new = _step(n, z, g, v, n_seen, sq_seen, inv_alpha)
     if not (n_new <= big and math.fabs(z_new) <= big):
-        return 1
+        return n, zs, 1
     if n_new > 0.0:
-        params[r, vz + f] = z_new
-        params[r, VN + f] = n_new
-    # n_new == 0 (a zero gradient): the VZ column keeps v
-    return 0
+        return n_new, z_new, 0
+    return n, zs, 0
 
 
 @njit(inline="always")
 def v_in_update(params, r, f, k, v_start, w, fvs):
-    """The v alphaFM's update reads: its stored v, which -fvs has zeroed after
-    an earlier update of this row in the sample while w is 0."""
-    if fvs and w == 0.0 and params[r, VN + f] > 0.0:
-        return 0.0
-    return v_start
+    """Array form of v_used (slow in a loop over factors: see above)."""
+    return v_used(params[r, VN + f], v_start, w, fvs)
+
+
+@njit(inline="always")
+def update_v(params, r, f, k, g, v, n_seen, sq_seen, inv_alpha, big):
+    """Array form of v_state_after (slow in a loop over factors: see above)."""
+    n, zs, o = v_state_after(params[r, VN + f], params[r, VN + k + f], g, v, n_seen, sq_seen,
+                             inv_alpha, big)
+    params[r, VN + f] = n
+    params[r, VN + k + f] = zs
+    return o
 
 
 @njit(cache=True, nogil=True)
@@ -352,14 +375,21 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
             for i in range(m):
                 over += update_w(params, rows[a + i], mult * vals[a + i], wloc[i],
                                  wseen[0, i], wseen[1, i], inv_w_alpha, big)
+        vz = VN + k
         for i in range(m):
             r = rows[a + i]
             x = vals[a + i]
+            w = wloc[i]
             for f in range(k):
                 j = i * k + f
-                v = v_in_update(params, r, f, k, vloc[j], wloc[i], fvs)
+                n = params[r, VN + f]
+                v = v_used(n, vloc[j], w, fvs)
                 g = mult * (vsum[f] * x - v * x * x)
-                over += update_v(params, r, f, k, g, v, vseen[0, j], vseen[1, j], inv_v_alpha, big)
+                n, zs, o = v_state_after(n, params[r, vz + f], g, v, vseen[0, j], vseen[1, j],
+                                         inv_v_alpha, big)
+                params[r, VN + f] = n
+                params[r, vz + f] = zs
+                over += o
         stats[ST_COORD_OVERFLOW] += over
     return 0
 

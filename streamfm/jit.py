@@ -3,14 +3,15 @@
 Kernels are compiled on first use and cached on disk (``cache=True``); a
 later run only loads them. Loading still maps LLVM (~70 MB of resident
 code pages) although nothing is compiled again, so once a command has
-loaded every kernel it needs, those clean file-backed pages are handed back
-to the kernel (MADV_PAGEOUT; they fault back in if LLVM is ever needed).
+loaded every kernel it needs, those pages are dropped from the process
+(they stay in the page cache and fault back in if LLVM is ever needed).
 """
 
 import ctypes
 import os
 import sys
 
+_MADV_DONTNEED = 4
 _MADV_PAGEOUT = 21
 
 
@@ -33,8 +34,31 @@ def compile_notice(dispatchers, log, quiet=False):
         log("streamfm: compiling numba kernels (first run only, about a minute; cached afterwards)")
 
 
+def _llvm_mappings():
+    """(start, end, droppable) of LLVM's file mappings in this process.
+
+    Droppable: not writable and without a single private (copy-on-write)
+    page, i.e. every resident page is an unmodified page of the file, which
+    MADV_DONTNEED may discard (it is read back from the file if touched).
+    """
+    out = []
+    cur = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                cur = None
+                if len(head) == 6 and "llvmlite" in head[5]:
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                    cur = [lo, hi, "w" not in head[1]]
+                    out.append(cur)
+            elif cur is not None and head[0] == "Anonymous:" and int(head[1]) != 0:
+                cur[2] = False
+    return out
+
+
 def release_compiler_memory():
-    """Page out LLVM's code pages; a no-op where that is not supported."""
+    """Drop LLVM's code pages from the resident set; a no-op where unsupported."""
     if not sys.platform.startswith("linux"):
         return 0
     try:
@@ -42,14 +66,13 @@ def release_compiler_memory():
         madvise = libc.madvise
         madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         released = 0
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 6 or "llvmlite" not in parts[5]:
-                    continue
-                lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                if madvise(lo, hi - lo, _MADV_PAGEOUT) == 0:
-                    released += hi - lo
+        for lo, hi, droppable in _llvm_mappings():
+            # PAGEOUT never loses data but skips pages other processes map
+            # too; DONTNEED drops them from this process only, safe for
+            # pages that are plain copies of the file
+            advice = _MADV_DONTNEED if droppable else _MADV_PAGEOUT
+            if madvise(lo, hi - lo, advice) == 0:
+                released += hi - lo
         return released
     except (OSError, AttributeError, ValueError):
         return 0

@@ -36,7 +36,8 @@ FORMAT_NAME = "streamfm-bin"
 FORMAT_VERSION = 1
 _HEADER_RESERVE = 1 << 16
 _ALIGN = 64
-CHUNK_ROWS = 1 << 15
+_OUT_BYTES = 2 << 20
+CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
 
 
 class ModelError(Exception):
@@ -340,7 +341,7 @@ def write_txt(src, path, state=True):
     """Write ``src`` (Model or ModelArrays) as an alphaFM text model."""
     arena, name_off = src.names()
     f32 = np.dtype(src.dtype) == np.float32
-    out = np.empty(8 << 20, dtype=np.uint8)
+    out = np.empty(_OUT_BYTES, dtype=np.uint8)
     empty_state = np.empty((0, 0), dtype=src.dtype)
     with _AtomicFile(path) as f:
         for r0, r1, w, s in src.chunks(state=state and src.has_state):
@@ -356,7 +357,7 @@ def write_embeddings_txt(arrays, path):
     arena, name_off = arrays.names()
     v = np.ascontiguousarray(arrays.weights[:, 1:])
     f32 = np.dtype(arrays.dtype) == np.float32
-    out = np.empty(8 << 20, dtype=np.uint8)
+    out = np.empty(_OUT_BYTES, dtype=np.uint8)
     empty_state = np.empty((v.shape[0], 0), dtype=v.dtype)
     with _AtomicFile(path) as f:
         i = 1

@@ -1,0 +1,253 @@
+"""fm_recall end to end through its console script, on data/sample."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "data", "sample")
+FM_RECALL = os.path.join(os.path.dirname(sys.executable), "fm_recall")
+FM_DUMP = os.path.join(os.path.dirname(sys.executable), "fm_dump")
+
+
+def sample(name):
+    return os.path.join(SAMPLE, name)
+
+
+def run(args, stdin=None, code=0, env=None, exe=FM_RECALL):
+    if isinstance(stdin, str) and os.path.exists(stdin):
+        with open(stdin, "rb") as f:
+            stdin = f.read()
+    p = subprocess.run([exe] + [str(a) for a in args], input=stdin, capture_output=True, env=env)
+    assert p.returncode == code, (p.returncode, p.stderr.decode()[-2000:])
+    return p.stdout.decode(), p.stderr.decode()
+
+
+def parse_results(text):
+    out = []
+    for line in text.splitlines():
+        key, _, rest = line.partition("\t")
+        out.append((key, [(t.rsplit(":", 1)[0], float(t.rsplit(":", 1)[1])) for t in rest.split()]))
+    return out
+
+
+def categories():
+    cat = {}
+    for name in ("items.txt", "new_items.txt"):
+        with open(sample(name)) as f:
+            for line in f:
+                parts = line.split()
+                cat[parts[0]] = parts[2]
+    return cat
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recall")
+    model = d / "model.txt"
+    _, err = run(["train", "-m", model, "--items", sample("items.txt"), "-dim", "1,1,8", "--epochs", "8",
+                  "--seed", "1", "-core", "1"], stdin=sample("clicks.txt"))
+    assert "violated pairs" in err and "clicks trained" in err
+    with open(sample("items.txt"), "rb") as a, open(sample("new_items.txt"), "rb") as b, \
+            open(d / "all_items.txt", "wb") as out:
+        out.write(a.read() + b.read())
+    run(["index", "-m", model, "--items", d / "all_items.txt", "-o", d / "items.idx"])
+    run(["index", "-m", model, "--users", sample("users.txt"), "-o", d / "users.idx"])
+    return d
+
+
+def test_u2i_output_order_exclusions_and_scores(trained):
+    d = trained
+    with open(sample("users.txt"), "rb") as f:
+        users = f.read().splitlines()[:40]
+    queries = b"\n".join(users[::-1]) + b"\n"
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "20",
+                  "--exclude", sample("clicks.txt"), "-core", "2"], stdin=queries)
+    res = parse_results(out)
+    assert [k for k, _ in res] == [u.split()[0].decode() for u in users[::-1]]  # input order
+    clicked = {}
+    with open(sample("clicks.txt")) as f:
+        for line in f:
+            clicked.setdefault(line.split()[0], set()).add(line.split("|")[1].strip())
+    for key, items in res:
+        assert len(items) == 20
+        scores = [s for _, s in items]
+        assert scores == sorted(scores, reverse=True)
+        assert not clicked.get(key, set()) & {i for i, _ in items}
+    # without --exclude the clicked items come back
+    out2, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "20"],
+                  stdin=queries)
+    assert any(clicked.get(k, set()) & {i for i, _ in items} for k, items in parse_results(out2))
+
+
+def test_i2i_u2u_i2u_modes(trained):
+    d = trained
+    cat = categories()
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "i2i", "--topn", "10"],
+                 stdin=b"i5\ni17\ni17 item=i17 cat=c3\n")
+    res = parse_results(out)
+    assert [k for k, _ in res] == ["i5", "i17", "i17"]
+    for key, items in res[:2]:
+        assert key not in {i for i, _ in items}   # never the query itself
+        assert all(-1.0001 <= s <= 1.0001 for _, s in items)   # cosine
+        assert sum(cat[i] == cat[key] for i, _ in items) >= 7   # neighbours share the category
+    assert res[0][1] != res[1][1]
+    ip, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "i2i", "--topn", "3",
+                 "--metric", "ip"], stdin=b"i5\n")
+    assert parse_results(ip)[0][1] != res[0][1][:3]
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "users.idx", "--mode", "u2u", "--topn", "5"],
+                 stdin=b"u3\nu4 age=a1 gender=g0\n")
+    res = parse_results(out)
+    assert len(res) == 2 and all(len(r) == 5 for _, r in res)
+    assert "u3" not in {u for u, _ in res[0][1]}
+    # i2u: features given, or the key looked up in --query-index
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "users.idx", "--mode", "i2u", "--topn", "7"],
+                 stdin=b"i5 item=i5 cat=c9 brand=b29 price=p1\n")
+    out2, _ = run(["query", "-m", d / "model.txt", "--index", d / "users.idx", "--mode", "i2u", "--topn", "7",
+                   "--query-index", d / "items.idx"], stdin=b"i5\n")
+    assert len(parse_results(out)[0][1]) == 7
+    assert [u for u, _ in parse_results(out)[0][1]] == [u for u, _ in parse_results(out2)[0][1]]
+
+
+def test_cold_start_item_retrieved_through_its_features(trained):
+    d = trained
+    with open(d / "model.txt", "rb") as f:
+        names = {line.split(b" ", 1)[0] for line in f}
+    assert b"item=i1200" not in names and b"cat=c10" in names   # the id is unknown, the category known
+    cat = categories()
+    new = [line.split()[0] for line in open(sample("new_items.txt"))]
+    # i2i from its features: its neighbours are its category
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "i2i", "--topn", "10"],
+                 stdin=open(sample("new_items.txt"), "rb").read())
+    for key, items in parse_results(out):
+        assert sum(cat[i] == cat[key] for i, _ in items) >= 6, key
+    # u2i: cold items are recommended to users (below the warm items whose ids carry their
+    # popularity, so look at the top 100)
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "100"],
+                 stdin=sample("users.txt"))
+    got = [i for _, items in parse_results(out) for i, _ in items]
+    cold = [i for i in got if i in set(new)]
+    assert len(set(cold)) >= 20 and len(cold) > 0.01 * len(got)
+    # a new user (unknown id) gets recommendations from age/gender/city
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "5"],
+                 stdin=b"u_new user=u_new age=a2 gender=g1 city=c4\n")
+    assert len(parse_results(out)[0][1]) == 5
+
+
+def test_eval_beats_popularity(trained):
+    d = trained
+    out, _ = run(["eval", "-m", d / "model.txt", "--index", d / "items.idx", "--train", sample("clicks.txt"),
+                  "-k", "10,50", "--json"], stdin=sample("clicks_test.txt"))
+    info = json.loads(out)
+    assert info["users"] == 600
+    m10, m50 = info["metrics"]["10"], info["metrics"]["50"]
+    # popularity gets 0.085 / 0.313 on this data
+    assert m10["hit_rate"] > 0.18 and m50["hit_rate"] > 0.45
+    assert m10["recall"] == pytest.approx(m10["hit_rate"])   # one held-out click per user
+    assert 0 < m10["ndcg"] <= m10["hit_rate"] and 0 < m10["coverage"] <= m50["coverage"] <= 1
+    table, _ = run(["eval", "-m", d / "model.txt", "--index", d / "items.idx", "--train", sample("clicks.txt")],
+                   stdin=sample("clicks_test.txt"))
+    assert "HitRate" in table and "NDCG" in table
+
+
+def test_model_works_with_fm_dump_and_incremental_training(trained, tmp_path):
+    d = trained
+    out, _ = run(["info", d / "model.txt"], exe=FM_DUMP)
+    assert "8 factors" in out
+    with open(sample("clicks.txt"), "rb") as f:
+        part = b"".join(f.readlines()[:500])
+    _, err = run(["train", "-im", d / "model.txt", "-m", tmp_path / "m2.bin", "-mf", "bin", "-dim", "1,1,8",
+                  "--items", sample("items.txt"), "--loss", "bpr", "--neg-dist", "pop0.75", "--pop-suppress",
+                  "0.001", "--hard-neg", "12", "--neg", "3"], stdin=part)
+    assert "continuing" in err and "clicks trained        " in err
+    run(["index", "-m", tmp_path / "m2.bin", "--items", sample("items.txt"), "-o", tmp_path / "i.idx"])
+    _, err = run(["train", "-m", tmp_path / "m3.txt", "-dim", "1,1,8", "--items", sample("items.txt"),
+                  "--loss", "logistic", "--hard-neg", "10", "--hard-neg-model", d / "model.txt", "-core", "2",
+                  "--epochs", "2"], stdin=part)
+    assert "logistic loss" in err
+
+
+def test_deterministic_with_one_core_and_a_seed(tmp_path):
+    with open(sample("clicks.txt"), "rb") as f:
+        part = b"".join(f.readlines()[:2000])
+    for name in ("a.txt", "b.txt"):
+        run(["train", "-m", tmp_path / name, "--items", sample("items.txt"), "--seed", "4", "--epochs", "2",
+             "--neg-dist", "pop", "-q"], stdin=part)
+    assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
+
+
+def test_bad_lines_and_unknown_items(tmp_path):
+    clicks = (b"u1 user=u1 age=a1 | i1\n"
+              b"u2 user=u2 age=a2 i3\n"             # no '| ITEM_KEY'
+              b"u3 user=u3 age:x | i2\n"            # a value that is not a number
+              b"u4 user=u4 | nosuchitem\n"
+              b"u5 user=u5 | i2\n")
+    _, err = run(["train", "-m", tmp_path / "m.txt", "--items", sample("items.txt")], stdin=clicks)
+    assert "stdin line 2:" in err and "stdin line 3:" in err
+    assert "line 4: clicked item 'nosuchitem' is not in --items" in err
+    assert "clicks trained        2" in err
+    _, err = run(["train", "-m", tmp_path / "m2.txt", "--items", sample("items.txt"), "--on-error", "stop"],
+                 stdin=clicks, code=3)
+    assert "line 2" in err and "no model written" in err
+    assert not (tmp_path / "m2.txt").exists()
+    _, err = run(["query", "-m", tmp_path / "m.txt", "--index", tmp_path / "nope.idx", "--mode", "u2i"],
+                 stdin=b"", code=1)
+    assert "no such index file" in err
+
+
+def test_usage_errors(trained, tmp_path):
+    d = trained
+    _, err = run(["query", "-m", d / "model.txt", "--index", d / "users.idx", "--mode", "u2i"], stdin=b"", code=1)
+    assert "searches items" in err
+    _, err = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--metric", "cos"],
+                 stdin=b"", code=2)
+    assert "--metric" in err
+    _, err = run(["train", "-m", tmp_path / "x.txt", "--items", sample("items.txt"), "--hard-neg", "3"],
+                 stdin=b"", code=2)
+    assert "--hard-neg" in err
+    # --backend faiss without faiss: a clear message (a stub module hides an installed faiss)
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "faiss.py").write_text("raise ImportError('no faiss here')\n")
+    env = dict(os.environ, PYTHONPATH=str(stub))
+    _, err = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--backend",
+                  "faiss"], stdin=b"u1 user=u1\n", code=1, env=env)
+    assert "pip install 'streamfm[faiss]'" in err
+    # a damaged index is refused with a reason
+    data = bytearray((d / "items.idx").read_bytes())
+    data[-3] ^= 0xFF
+    (tmp_path / "bad.idx").write_bytes(bytes(data))
+    _, err = run(["query", "-m", d / "model.txt", "--index", tmp_path / "bad.idx", "--mode", "u2i"],
+                 stdin=b"", code=1)
+    assert "checksum mismatch" in err
+    (tmp_path / "short.idx").write_bytes(bytes(data[: len(data) // 2]))
+    _, err = run(["query", "-m", d / "model.txt", "--index", tmp_path / "short.idx", "--mode", "u2i"],
+                 stdin=b"", code=1)
+    assert "truncated" in err
+    for sub in ("train", "index", "query", "eval"):
+        out, _ = run([sub, "--help"])
+        assert "Usage:" in out and len(out) > 400
+
+
+def test_faiss_backend_agrees_when_installed(trained):
+    """faiss is an optional extra: with it, results equal the exact backend's; without it,
+    the message above is what users get (this test then checks the exact backend alone)."""
+    d = trained
+    users = open(sample("users.txt"), "rb").read()
+    exact, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "10"],
+                   stdin=users)
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        assert len(parse_results(exact)) == 600
+        return
+    fa, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "10",
+                 "--backend", "faiss"], stdin=users)
+    a = [[i for i, _ in r] for _, r in parse_results(exact)]
+    b = [[i for i, _ in r] for _, r in parse_results(fa)]
+    same = np.mean([x == y for x, y in zip(a, b)])
+    assert same > 0.97

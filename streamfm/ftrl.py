@@ -21,6 +21,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .jit import prefetch
 from .metrics import N_METRICS, add_prediction
 
 W, WN, WZ, VN = 0, 1, 2, 3
@@ -350,10 +351,18 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
     vsum = np.zeros(k + 1)
     vsq = np.zeros(k + 1)
     no_key = np.uint64(0)
+    ncols = params.shape[1]
+    line = 64 // params.itemsize
     for s in range(n_samples):
         a = indptr[s]
         m = indptr[s + 1] - a
         y = ys[s]
+        if s + 1 < n_samples:
+            # the next sample's rows load while this one computes
+            for i in range(indptr[s + 1], indptr[s + 2]):
+                r = rows[i]
+                for c in range(0, ncols, line):
+                    prefetch(params, r, c)
         # weights from state (the bias's n, sqrt(n) go to slot m)
         w0 = refresh_w(params, 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, m)
         for i in range(m):

@@ -76,3 +76,52 @@ def release_compiler_memory():
         return released
     except (OSError, AttributeError, ValueError):
         return 0
+
+
+# -- prefetch --------------------------------------------------------------
+# numba has no prefetch; this emits LLVM's. Used to start loading the model
+# rows of the next sample while the current one computes: with a model far
+# larger than the caches, training is waiting on memory otherwise.
+
+from llvmlite import ir as _ir  # noqa: E402
+from numba import types as _types  # noqa: E402
+from numba.core import cgutils as _cgutils  # noqa: E402
+from numba.extending import intrinsic as _intrinsic  # noqa: E402
+
+
+def _emit_prefetch(context, builder, aryty, ary_val, index_vals, index_types):
+    ary = context.make_array(aryty)(context, builder, ary_val)
+    idx = [context.cast(builder, v, t, _types.intp) for v, t in zip(index_vals, index_types)]
+    ptr = _cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+    i8p = builder.bitcast(ptr, _ir.IntType(8).as_pointer())
+    i32 = _ir.IntType(32)
+    fnty = _ir.FunctionType(_ir.VoidType(), [i8p.type, i32, i32, i32])
+    fn = _cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    # read, high temporal locality, data cache
+    builder.call(fn, [i8p, _ir.Constant(i32, 0), _ir.Constant(i32, 3), _ir.Constant(i32, 1)])
+    return context.get_dummy_value()
+
+
+@_intrinsic
+def prefetch(typingctx, arr, row, col):
+    """Hint the CPU to fetch the cache line of arr[row, col] (a 2-D array)."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 2 and isinstance(row, _types.Integer)
+            and isinstance(col, _types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _emit_prefetch(context, builder, signature.args[0], args[0], args[1:], signature.args[1:])
+
+    return _types.void(arr, row, col), codegen
+
+
+@_intrinsic
+def prefetch1(typingctx, arr, i):
+    """Hint the CPU to fetch the cache line of arr[i] (a 1-D array)."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 1 and isinstance(i, _types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _emit_prefetch(context, builder, signature.args[0], args[0], args[1:], signature.args[1:])
+
+    return _types.void(arr, i), codegen

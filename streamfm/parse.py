@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt
+from .jit import prefetch1
 from .table import HASH_SEED, hash_final, hash_word
 
 # Reasons a line is rejected; the numbers are stable (they appear in reports).
@@ -207,7 +208,6 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
                 reason = BAD_LABEL
         line_nnz = nnz
         line_clip = nclip
-        line_miss = nmiss
         # features
         item = mode != CLICK
         while reason == 0:
@@ -300,21 +300,9 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
             elif x < -VALUE_CLIP:
                 x = -VALUE_CLIP
                 nclip += 1
-            # table lookup (lock-free; see table.py)
-            i = np.int64(hv & np.uint64(mask))
-            r = -1
-            while True:
-                sl = slots[i]
-                if sl < 0:
-                    break
-                if row_hash[sl] == hv:
-                    r = sl
-                    break
-                i = (i + 1) & mask
-            if r < 0:
-                nmiss += 1
+            # the lookup waits for the line's end; its slot starts loading now
+            prefetch1(slots, np.int64(hv & np.uint64(mask)))
             hashes[nnz] = hv
-            rows[nnz] = r
             vals[nnz] = x
             name_start[nnz] = ts
             name_len[nnz] = nlen
@@ -322,20 +310,35 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
         if reason == 0 and not item:
             reason = BAD_CLICK
             ts = pos
-        if reason != 0:
-            nnz = line_nnz
-            nslow = line_slow
-            nclip = line_clip
-            nmiss = line_miss
-            bad_line[nbad] = line
-            bad_reason[nbad] = reason
-            bad_col[nbad] = ts - lstart
-            nbad += 1
-        else:
+        if reason == 0:
+            # table lookups (lock-free; see table.py)
+            for j in range(line_nnz, nnz):
+                hv = hashes[j]
+                i = np.int64(hv & np.uint64(mask))
+                r = -1
+                while True:
+                    sl = slots[i]
+                    if sl < 0:
+                        break
+                    if row_hash[sl] == hv:
+                        r = sl
+                        break
+                    i = (i + 1) & mask
+                rows[j] = r
+                if r < 0:
+                    nmiss += 1
             ys[ns] = y
             sample_line[ns] = line
             ns += 1
             indptr[ns] = nnz
+        else:
+            nnz = line_nnz
+            nslow = line_slow
+            nclip = line_clip
+            bad_line[nbad] = line
+            bad_reason[nbad] = reason
+            bad_col[nbad] = ts - lstart
+            nbad += 1
         pos = _skip_line(buf, pos, n)
         line += 1
     return ns, nnz, line, nbad, nslow, nclip, nmiss

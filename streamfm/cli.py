@@ -20,6 +20,9 @@ from .model import Model, ModelError, _AtomicFile, dtype_of, read_model, write_m
 from .parse import VALUE_CLIP
 
 EXIT_BAD_INPUT = 3
+# Row capacity reserved up front: zero pages cost address space, not memory,
+# and a run that stays within it never copies the model to grow it.
+_SPARE_ROWS = 1 << 22
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -180,9 +183,10 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     t_load = time.time()
     try:
         if init_model:
-            arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
+            arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype,
+                                extra_rows=_SPARE_ROWS)
             seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
-            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype)
+            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=_SPARE_ROWS)
             del arrays
             if not quiet:
                 log("%s: continuing %s: %s features, %s samples seen before (%s)" % (
@@ -190,7 +194,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
                     _fmt_seconds(time.time() - t_load)))
         else:
             seed = 0 if seed is None else seed
-            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=1 << 22,
+            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=_SPARE_ROWS,
                           arena_capacity=1 << 25)
     except (ModelError, ValueError) as e:
         fail(cmd, str(e))

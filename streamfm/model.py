@@ -37,6 +37,8 @@ FORMAT_VERSION = 1
 _HEADER_RESERVE = 1 << 16
 _ALIGN = 64
 _OUT_BYTES = 2 << 20
+# the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
+PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
 
 
@@ -103,18 +105,14 @@ class Model:
 
     def chunks(self, weights=True, state=True, rows=CHUNK_ROWS):
         """Yield (r0, r1, weights|None, state|None) in file columns, chunk by chunk."""
-        n = self.n_rows
-        for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            p = self.params[r0:r1]
-            w = s = None
-            if weights:
-                w = np.empty((r1 - r0, 1 + self.k), dtype=self.dtype)
-                ftrl.serving_weights(p, r1 - r0, self.k, self.hp, self.fvs, w)
-            if state:
-                s = np.empty((r1 - r0, 2 + 2 * self.k), dtype=self.dtype)
-                ftrl.file_state(p, r1 - r0, self.k, s)
-            yield r0, r1, w, s
+        return _param_chunks(self.params, self.n_rows, self.k, self.hp, self.fvs, weights, state, rows)
+
+    @property
+    def file_params(self):
+        """The FTRL state rows as the binary format stores them."""
+        return self.params[: self.n_rows]
+
+    explicit_weights = None
 
     @classmethod
     def from_arrays(cls, arrays, hp, fvs, seed, dtype=None, extra_rows=1 << 16):
@@ -130,33 +128,92 @@ class Model:
         m.table = FeatureTable.from_names(arrays.arena, arrays.name_off, n,
                                           row_capacity=n + extra_rows,
                                           arena_capacity=int(arrays.name_off[n]) + (1 << 20))
-        m.params = np.zeros((m.table.row_capacity, ftrl.n_cols(m.k)), dtype=m.dtype)
-        ftrl.state_from_file(arrays.weights, arrays.state, n, m.k, m.params)
+        m.params = arrays.training_params(m.table.row_capacity, m.dtype)
         return m
 
     def names(self):
         return self.table.names_view()
 
 
-class ModelArrays:
-    """A model file's content in memory: names, weights and optional state."""
+def _param_chunks(params, n, k, hp, fvs, weights, state, rows):
+    """(r0, r1, weights|None, state|None) in model-file columns from FTRL rows."""
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        p = params[r0:r1]
+        w = s = None
+        if weights:
+            w = np.empty((r1 - r0, 1 + k), dtype=params.dtype)
+            ftrl.serving_weights(p, r1 - r0, k, hp, fvs, w)
+        if state:
+            s = np.empty((r1 - r0, 2 + 2 * k), dtype=params.dtype)
+            ftrl.file_state(p, r1 - r0, k, s)
+        yield r0, r1, w, s
 
-    def __init__(self, arena, name_off, weights, state, info):
+
+def _hp_of(info):
+    hyper = info.get("hyper") or {}
+    return np.array([float(hyper.get(name, d)) for name, d in zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS)])
+
+
+class ModelArrays:
+    """A model file's content in memory.
+
+    Its training state is either ``params`` (FTRL rows in the trainer's
+    layout, as the binary format keeps them) or ``state`` (alphaFM's columns
+    w_n, w_z, v_n, v_z, from a text model). ``explicit_weights`` are the
+    (w, v) a file states outright (text models, stripped models); without
+    them ``weights`` are derived from ``params`` as the trainer would use them.
+    """
+
+    def __init__(self, arena, name_off, weights, state, info, params=None):
         self.arena = arena
         self.name_off = name_off
-        self.weights = weights
-        self.state = state
         self.info = info
+        self.explicit_weights = weights
+        self.state = state
+        self.params = params
         self.k = int(info["k"])
-        self.dtype = weights.dtype
+        self._derived = None
+        src = params if params is not None else weights
+        self.dtype = src.dtype
 
     @property
     def n_rows(self):
-        return self.weights.shape[0]
+        return (self.params if self.params is not None else self.explicit_weights).shape[0]
 
     @property
     def has_state(self):
-        return self.state is not None
+        return self.params is not None or self.state is not None
+
+    @property
+    def weights(self):
+        """(w, v_1..v_k) per row, as predictions use them."""
+        if self.explicit_weights is not None:
+            return self.explicit_weights
+        if self._derived is None:
+            self._derived = np.empty((self.n_rows, 1 + self.k), dtype=self.dtype)
+            ftrl.serving_weights(self.params, self.n_rows, self.k, _hp_of(self.info),
+                                 bool(self.info.get("fvs", False)), self._derived)
+        return self._derived
+
+    @property
+    def file_params(self):
+        """The FTRL rows (from a text model's columns if need be)."""
+        return self.training_params(self.n_rows, self.dtype)
+
+    def training_params(self, capacity, dtype):
+        """FTRL rows in an array of ``capacity`` rows (zeros after n_rows)."""
+        n = self.n_rows
+        p = self.params
+        if p is not None and p.base is not None and p.base.shape[0] >= capacity and (
+                p.base.dtype == dtype and p.base.ndim == 2 and p.base.flags.c_contiguous):
+            return p.base  # read with spare rows behind it (read_bin extra_rows)
+        out = np.zeros((capacity, ftrl.n_cols(self.k)), dtype=dtype)
+        if p is not None:
+            out[:n] = p
+        else:
+            ftrl.state_from_file(self.explicit_weights, self.state, n, self.k, out)
+        return out
 
     def meta(self):
         return dict(self.info, n_rows=self.n_rows, dtype=dtype_name(self.dtype))
@@ -165,11 +222,20 @@ class ModelArrays:
         return self.arena, self.name_off
 
     def chunks(self, weights=True, state=True, rows=CHUNK_ROWS):
+        if self.params is not None and self.explicit_weights is None:
+            yield from _param_chunks(self.params, self.n_rows, self.k, _hp_of(self.info),
+                                     bool(self.info.get("fvs", False)), weights, state, rows)
+            return
         n = self.n_rows
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             w = self.weights[r0:r1] if weights else None
-            s = self.state[r0:r1] if (state and self.state is not None) else None
+            s = None
+            if state and self.state is not None:
+                s = self.state[r0:r1]
+            elif state and self.params is not None:
+                s = np.empty((r1 - r0, 2 + 2 * self.k), dtype=self.dtype)
+                ftrl.file_state(self.params[r0:r1], r1 - r0, self.k, s)
             yield r0, r1, w, s
 
     def name_bytes(self, r):
@@ -188,8 +254,11 @@ class ModelArrays:
         np.cumsum(lens, out=off[1:])
         arena = np.empty(int(off[-1]), dtype=np.uint8)
         _gather_names(self.arena, self.name_off, idx, off, arena)
-        state = self.state[idx] if self.state is not None else None
-        return ModelArrays(arena, off, self.weights[idx], state, dict(self.info))
+
+        def take(a):
+            return None if a is None else a[idx]
+        return ModelArrays(arena, off, take(self.explicit_weights), take(self.state), dict(self.info),
+                           params=take(self.params))
 
     def stripped(self):
         return ModelArrays(self.arena, self.name_off, self.weights, None, dict(self.info))
@@ -675,15 +744,22 @@ def _align(x):
 
 
 def write_bin(src, path, state=True):
-    """Write ``src`` (Model or ModelArrays) in streamfm's binary format."""
+    """Write ``src`` (Model or ModelArrays) in streamfm's binary format.
+
+    A full model keeps its FTRL rows as the trainer holds them (``params``),
+    so continuing it is one read; (w, v) are stored as ``weights`` only when
+    the source states them outright (a stripped model, or one converted from
+    text, whose v may be alphaFM's last-used values rather than derived ones).
+    """
     arena, name_off = src.names()
     n = src.n_rows
     k = src.k
     has_state = bool(state) and src.has_state
-    specs = [("names", np.uint8, (int(name_off[n]),)), ("name_off", np.int64, (n + 1,)),
-             ("weights", src.dtype, (n, 1 + k))]
+    specs = [("names", np.uint8, (int(name_off[n]),)), ("name_off", np.int64, (n + 1,))]
     if has_state:
-        specs.append(("state", src.dtype, (n, 2 + 2 * k)))
+        specs.append(("params", src.dtype, (n, ftrl.n_cols(k))))
+    if not has_state or src.explicit_weights is not None:
+        specs.append(("weights", src.dtype, (n, 1 + k)))
     arrays = []
     off = _HEADER_RESERVE
     for name, dt, shape in specs:
@@ -692,14 +768,14 @@ def write_bin(src, path, state=True):
     header = dict(src.meta())
     header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
                    "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
-                   "arrays": arrays})
+                   "params_columns": PARAMS_COLUMNS, "arrays": arrays})
     with _AtomicFile(path) as f:
         f.write(b"\0" * _HEADER_RESERVE)
         pieces = {
             "names": lambda: [arena[: name_off[n]]],
             "name_off": lambda: [name_off[: n + 1]],
+            "params": lambda: [src.file_params],
             "weights": lambda: (c[2] for c in src.chunks(weights=True, state=False)),
-            "state": lambda: (c[3] for c in src.chunks(weights=False, state=True)),
         }
         for spec in arrays:
             _seek_pad(f, spec["offset"])
@@ -754,24 +830,39 @@ def read_bin_header(path):
     return header
 
 
-def read_bin(path, k=None, state=True, verify=True):
-    """Read a binary model into ModelArrays (``state=False``: w and v only)."""
+def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
+    """Read a binary model into ModelArrays.
+
+    ``state``: True requires the FTRL rows, False reads only what prediction
+    needs, None reads everything. ``extra_rows``: spare capacity behind the
+    FTRL rows, so a continued model needs no second copy of them.
+    """
     header = read_bin_header(path)
     mk = int(header["k"])
     if k is not None and int(k) != mk:
         raise ModelError("%s: model has %d factors (-dim ...,%d) but %d were asked for"
                          % (path, mk, mk, int(k)))
     specs = {a["name"]: a for a in header["arrays"]}
-    if state and "state" not in specs:
+    if "params" in specs and header.get("params_columns") != PARAMS_COLUMNS:
+        raise ModelError("%s: FTRL rows in an unknown layout (%r)" % (path, header.get("params_columns")))
+    if state and "params" not in specs:
         raise ModelError("%s: stripped model (w and v only) has no training state; "
                          "it can be used for prediction, not for -im" % path)
-    if state is None:
-        state = "state" in specs
+    want = ["names", "name_off"]
+    if "params" in specs and (state is not False or "weights" not in specs):
+        want.append("params")
+    if "weights" in specs:
+        want.append("weights")
     out = {}
     with open(path, "rb") as f:
-        for name in ("names", "name_off", "weights") + (("state",) if state else ()):
+        for name in want:
             a = specs[name]
-            arr = np.empty(a["shape"], dtype=np.dtype(a["dtype"]))
+            shape = tuple(a["shape"])
+            if name == "params" and extra_rows:
+                full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=np.dtype(a["dtype"]))
+                arr = full[: shape[0]]
+            else:
+                arr = np.empty(shape, dtype=np.dtype(a["dtype"]))
             f.seek(a["offset"])
             got = f.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
             if got != a["nbytes"]:
@@ -783,9 +874,9 @@ def read_bin(path, k=None, state=True, verify=True):
     off = out["name_off"]
     if off.shape[0] != n + 1 or off[0] != 0 or off[-1] != out["names"].shape[0] or np.any(np.diff(off) < 0):
         raise ModelError("%s: corrupted: inconsistent name offsets" % path)
-    meta = {key: header[key] for key in header if key != "arrays"}
+    meta = {key: header[key] for key in header if key not in ("arrays", "params_columns")}
     meta["format"] = "bin"
-    arrays = ModelArrays(out["names"], off, out["weights"], out.get("state"), meta)
+    arrays = ModelArrays(out["names"], off, out.get("weights"), None, meta, params=out.get("params"))
     _check_unique(arrays, path)
     return arrays
 
@@ -810,22 +901,23 @@ def detect_format(path):
     return "bin" if MAGIC.startswith(head) else "txt"
 
 
-def read_model(path, k=None, state=True, fmt=None, dtype=None):
+def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0):
     """ModelArrays from a txt or bin model file (format detected from its bytes).
 
     ``fmt`` (the -mf/-imf flag) is accepted for alphaFM compatibility; the
-    file's bytes decide.
+    file's bytes decide. ``dtype`` converts the numbers; ``extra_rows`` leaves
+    spare FTRL rows for a model that will keep training (binary files).
     """
     real = detect_format(path)
-    if real == "bin":
-        arrays = read_bin(path, k=k, state=state)
-        if dtype is not None and np.dtype(dtype) != arrays.dtype:
-            arrays.weights = arrays.weights.astype(dtype)
-            if arrays.state is not None:
-                arrays.state = arrays.state.astype(dtype)
-            arrays.dtype = np.dtype(dtype)
-        return arrays
-    return read_txt(path, k=k, state=state, dtype=dtype)
+    if real == "txt":
+        return read_txt(path, k=k, state=state, dtype=dtype)
+    arrays = read_bin(path, k=k, state=state, extra_rows=extra_rows)
+    if dtype is not None and np.dtype(dtype) != arrays.dtype:
+        def conv(a):
+            return None if a is None else a.astype(dtype)
+        arrays = ModelArrays(arrays.arena, arrays.name_off, conv(arrays.explicit_weights), None,
+                             arrays.info, params=conv(arrays.params))
+    return arrays
 
 
 def write_model(src, path, fmt="txt", state=True):

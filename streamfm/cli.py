@@ -16,7 +16,7 @@ import numpy as np
 from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
-from .model import Model, ModelError, _AtomicFile, dtype_of, read_model, write_model
+from .model import Model, ModelError, _AtomicFile, detect_format, dtype_of, read_model, write_model
 from .parse import VALUE_CLIP
 
 EXIT_BAD_INPUT = 3
@@ -180,6 +180,14 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     if bad_lines:
         _check_writable(bad_lines, cmd)
     stream = _open_input(input_path)
+    try:
+        continue_fmt = detect_format(init_model) if init_model else None
+    except ModelError as e:
+        fail(cmd, str(e))
+    # every kernel first: the compiler's memory goes before the model comes
+    warm_up(k, dtype, hp, bool(fvs), 0 if seed is None else seed, model_format, log, quiet,
+            continue_fmt)
+    jit.release_compiler_memory()
     t_load = time.time()
     try:
         if init_model:
@@ -200,8 +208,6 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         fail(cmd, str(e))
     opts = Options(k0=k0, k1=k1, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
                    quiet=quiet, bad_lines=bad_lines, progress_every=progress_every)
-    warm_up(model, model_format, log, quiet)
-    jit.release_compiler_memory()
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("%s: reading samples from the terminal (pipe a file in, or use --input FILE)" % cmd)
     try:
@@ -368,7 +374,7 @@ def fm_dump():
 
 def _load_for_dump(path, state=True):
     try:
-        return read_model(path, state=state)
+        return read_model(path, state=state, table=True)
     except ModelError as e:
         fail("fm_dump", str(e))
 
@@ -381,7 +387,7 @@ def dump_info(model_path):
 
     try:
         fmt = detect_format(model_path)
-        arrays = read_model(model_path, state=None)
+        arrays = read_model(model_path, state=None, table=True)
     except ModelError as e:
         fail("fm_dump", str(e))
     w = arrays.weights

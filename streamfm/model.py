@@ -125,9 +125,8 @@ class Model:
         m.fvs = bool(fvs)
         m.seed = int(seed)
         m.samples_seen = int(arrays.info.get("samples_seen", 0))
-        m.table = FeatureTable.from_names(arrays.arena, arrays.name_off, n,
-                                          row_capacity=n + extra_rows,
-                                          arena_capacity=int(arrays.name_off[n]) + (1 << 20))
+        m.table = table_for(arrays, row_capacity=n + extra_rows,
+                            arena_capacity=int(arrays.name_off[n]) + (1 << 20))
         m.params = arrays.training_params(m.table.row_capacity, m.dtype)
         return m
 
@@ -666,21 +665,16 @@ def read_txt(path, k=None, state=True, dtype=None):
     if rows == 0:
         raise ModelError("%s: no bias line" % path)
     meta = {"k": fk, "dtype": dtype_name(dtype), "n_rows": rows, "format": "txt", "full": full}
-    arrays = ModelArrays(arena[:a], name_off[: rows + 1], weights[:rows],
-                         st[:rows] if want_state else None, meta)
-    _check_unique(arrays, path, first_line=2)
-    return arrays
+    return ModelArrays(arena[:a], name_off[: rows + 1], weights[:rows],
+                       st[:rows] if want_state else None, meta)
 
 
-def _check_unique(arrays, path, first_line=None):
-    """A name twice in a model file: one line would silently shadow the other."""
-    try:
-        FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows)
-    except ValueError:
-        dup = _first_duplicate(arrays)
-        where = (" (lines %d and %d)" % (dup[0] + first_line - 1, dup[1] + first_line - 1)
-                 if first_line else "")
-        raise ModelError("%s: feature %r appears twice%s" % (path, arrays.name(dup[1]), where)) from None
+def duplicate_error(arrays, path):
+    """The ModelError for a name that appears twice in a model file (one line
+    would silently shadow the other); building the feature table finds it."""
+    first, second = _first_duplicate(arrays)
+    where = " (lines %d and %d)" % (first + 1, second + 1) if arrays.info.get("format") == "txt" else ""
+    return ModelError("%s: feature %r appears twice%s" % (path, arrays.name(second), where))
 
 
 def _first_duplicate(arrays):
@@ -876,9 +870,7 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
         raise ModelError("%s: corrupted: inconsistent name offsets" % path)
     meta = {key: header[key] for key in header if key not in ("arrays", "params_columns")}
     meta["format"] = "bin"
-    arrays = ModelArrays(out["names"], off, out.get("weights"), None, meta, params=out.get("params"))
-    _check_unique(arrays, path)
-    return arrays
+    return ModelArrays(out["names"], off, out.get("weights"), None, meta, params=out.get("params"))
 
 
 # ----------------------------------------------------------------------------
@@ -901,23 +893,39 @@ def detect_format(path):
     return "bin" if MAGIC.startswith(head) else "txt"
 
 
-def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0):
+def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, table=False):
     """ModelArrays from a txt or bin model file (format detected from its bytes).
 
     ``fmt`` (the -mf/-imf flag) is accepted for alphaFM compatibility; the
     file's bytes decide. ``dtype`` converts the numbers; ``extra_rows`` leaves
     spare FTRL rows for a model that will keep training (binary files).
+    ``table``: also build the feature table (``arrays.table``), which is how
+    a name that appears twice is found; callers that build their own table
+    pass False and get the same error from ``table_for``.
     """
     real = detect_format(path)
     if real == "txt":
-        return read_txt(path, k=k, state=state, dtype=dtype)
-    arrays = read_bin(path, k=k, state=state, extra_rows=extra_rows)
-    if dtype is not None and np.dtype(dtype) != arrays.dtype:
-        def conv(a):
-            return None if a is None else a.astype(dtype)
-        arrays = ModelArrays(arrays.arena, arrays.name_off, conv(arrays.explicit_weights), None,
-                             arrays.info, params=conv(arrays.params))
+        arrays = read_txt(path, k=k, state=state, dtype=dtype)
+    else:
+        arrays = read_bin(path, k=k, state=state, extra_rows=extra_rows)
+        if dtype is not None and np.dtype(dtype) != arrays.dtype:
+            def conv(a):
+                return None if a is None else a.astype(dtype)
+            arrays = ModelArrays(arrays.arena, arrays.name_off, conv(arrays.explicit_weights), None,
+                                 arrays.info, params=conv(arrays.params))
+    arrays.path = path
+    if table:
+        arrays.table = table_for(arrays)
     return arrays
+
+
+def table_for(arrays, row_capacity=0, arena_capacity=0):
+    """The FeatureTable of a model file's names (ModelError on a duplicate)."""
+    try:
+        return FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows,
+                                       row_capacity=row_capacity, arena_capacity=arena_capacity)
+    except ValueError:
+        raise duplicate_error(arrays, getattr(arrays, "path", "model")) from None
 
 
 def write_model(src, path, fmt="txt", state=True):

@@ -13,9 +13,8 @@ from numba import njit
 from . import floatfmt, ftrl, parse
 from .badlines import BadInputStop, BadLineLog
 from .metrics import MetricSummary, Progress, add_prediction, new_accumulators
-from .model import read_model
+from .model import read_model, table_for
 from .reader import BlockReader
-from .table import FeatureTable
 
 
 class ServingModel:
@@ -29,8 +28,7 @@ class ServingModel:
 
     @classmethod
     def from_arrays(cls, arrays):
-        table = FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows)
-        return cls(table, arrays.weights, arrays.k, arrays.info)
+        return cls(table_for(arrays), arrays.weights, arrays.k, arrays.info)
 
     @classmethod
     def load(cls, path, k=None):

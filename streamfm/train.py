@@ -269,22 +269,31 @@ def _restore_signal_handlers(old):
             signal.signal(sig, h)
 
 
-def warm_up(model, fmt, log, quiet):
-    """Compile or load every kernel a training run needs, on a tiny sample.
+def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
+    """Compile or load every kernel a training run needs, on a tiny model.
 
-    Loading them all up front lets the compiler's memory be released before
-    the model grows, and puts the one-time compile notice before the wait.
+    Trains it, writes it in ``fmt`` and, for a run that continues a model of
+    format ``continue_fmt``, reads it back as -im does. Loading the kernels
+    up front lets the compiler's memory be released before the model is
+    loaded or grows, and puts the one-time compile notice before the wait.
     """
     import io
+    import os
+    import tempfile
 
     from . import jit
-    from .model import Model, warm_up_writer
-    from .table import hash_arena, find_duplicate
+    from .model import Model, read_model, write_model
+    from .table import find_duplicate, hash_arena
 
-    jit.compile_notice([parse.parse_block, add_features, ftrl.train_block,
-                        ftrl.serving_weights, ftrl.file_state, hash_arena, find_duplicate], log, quiet)
-    tiny = Model(model.k, model.dtype, hp=model.hp, fvs=model.fvs, seed=model.seed,
-                 row_capacity=16, arena_capacity=64)
+    jit.compile_notice([parse.parse_block, add_features, ftrl.train_block, ftrl.serving_weights,
+                        ftrl.file_state, hash_arena, find_duplicate], log, quiet)
+    tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
     tiny.reserve(2000, 0)  # table growth has kernels of its own
-    warm_up_writer(tiny, fmt)
+    with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+        for f in {fmt, continue_fmt} - {None}:
+            path = os.path.join(d, "tiny." + f)
+            write_model(tiny, path, f)
+            if f == continue_fmt:
+                Model.from_arrays(read_model(path, k=k, state=True, dtype=dtype), hp, fvs, seed,
+                                  dtype=dtype, extra_rows=16)

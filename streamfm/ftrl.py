@@ -187,9 +187,17 @@ def score_block(indptr, rows, vals, n_samples, weights, k, out):
     vsum = np.zeros(k + 1)
     vsq = np.zeros(k + 1)
     w0 = np.float64(weights[0, 0])
+    ncols = weights.shape[1]
+    line = 64 // weights.itemsize
     for s in range(n_samples):
         a = indptr[s]
         m = indptr[s + 1] - a
+        if s + 1 < n_samples:
+            for i in range(indptr[s + 1], indptr[s + 2]):
+                r = rows[i]
+                if r >= 0:
+                    for c in range(0, ncols, line):
+                        prefetch(weights, r, c)
         for i in range(m):
             r = rows[a + i]
             if r < 0:

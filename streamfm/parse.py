@@ -311,19 +311,30 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
             reason = BAD_CLICK
             ts = pos
         if reason == 0:
-            # table lookups (lock-free; see table.py)
+            # table lookups (lock-free; see table.py), in two passes so the
+            # hash of each candidate row loads while the next slot is read
+            for j in range(line_nnz, nnz):
+                sl = slots[np.int64(hashes[j] & np.uint64(mask))]
+                rows[j] = sl
+                if sl >= 0:
+                    prefetch1(row_hash, sl)
             for j in range(line_nnz, nnz):
                 hv = hashes[j]
-                i = np.int64(hv & np.uint64(mask))
+                sl = rows[j]
                 r = -1
-                while True:
-                    sl = slots[i]
-                    if sl < 0:
-                        break
+                if sl >= 0:
                     if row_hash[sl] == hv:
                         r = sl
-                        break
-                    i = (i + 1) & mask
+                    else:
+                        i = (np.int64(hv & np.uint64(mask)) + 1) & mask
+                        while True:
+                            sl = slots[i]
+                            if sl < 0:
+                                break
+                            if row_hash[sl] == hv:
+                                r = sl
+                                break
+                            i = (i + 1) & mask
                 rows[j] = r
                 if r < 0:
                     nmiss += 1

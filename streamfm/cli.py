@@ -16,7 +16,8 @@ import numpy as np
 from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
-from .model import Model, ModelError, _AtomicFile, detect_format, dtype_of, read_model, write_model
+from .model import (Model, ModelError, _AtomicFile, detect_format, dtype_of, file_dtype, read_model,
+                    write_model)
 from .parse import VALUE_CLIP
 
 EXIT_BAD_INPUT = 3
@@ -323,13 +324,13 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     stream = _open_input(input_path)
     if out_path != "-":
         _check_writable(out_path, cmd)
-    t0 = time.time()
     try:
+        warm_up(detect_format(model_path), file_dtype(model_path), log, quiet)
+        t0 = time.time()
         model = ServingModel.load(model_path, k=k)
     except (ModelError, ValueError) as e:
         fail(cmd, str(e))
     t_load = time.time() - t0
-    warm_up(model, log, quiet)
     opts = Options(cores=cores, on_error=on_error, quiet=quiet, bad_lines=bad_lines,
                    progress_every=progress_every)
     make = Explainer(model, topn=explain).on_block_factory if explain else None

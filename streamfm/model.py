@@ -928,6 +928,13 @@ def table_for(arrays, row_capacity=0, arena_capacity=0):
         raise duplicate_error(arrays, getattr(arrays, "path", "model")) from None
 
 
+def file_dtype(path):
+    """The number type a model file holds (text models load as float64)."""
+    if detect_format(path) == "bin":
+        return np.dtype(read_bin_header(path)["dtype"])
+    return np.dtype(np.float64)
+
+
 def write_model(src, path, fmt="txt", state=True):
     if fmt == "bin":
         write_bin(src, path, state=state)

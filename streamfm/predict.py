@@ -196,14 +196,29 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     return summary
 
 
-def warm_up(model, log, quiet):
-    """Compile or load the prediction kernels before the input arrives."""
+def warm_up(fmt, dtype, log, quiet):
+    """Compile or load the kernels that loading a ``fmt`` model and predicting
+    need, on a tiny model, so that the real model is then loaded at disk speed."""
     import io
+    import os
+    import tempfile
 
     from . import jit
+    from .model import ModelArrays, write_model
     from .train import Options
 
     jit.compile_notice([parse.parse_block, ftrl.score_block, format_predictions,
                         accumulate_metrics], log, quiet)
+    with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+        path = os.path.join(d, "tiny." + fmt)
+        if fmt == "txt":
+            with open(path, "wb") as f:
+                f.write(b"bias 0.1 0 0\na 0.2 0.3 0 0 0 0\n")
+        else:
+            params = np.zeros((2, ftrl.n_cols(1)), dtype=dtype)
+            arrays = ModelArrays(np.frombuffer(b"biasa", np.uint8), np.array([0, 4, 5]), None, None,
+                                 {"k": 1}, params=params)
+            write_model(arrays, path, "bin")
+        model = ServingModel.load(path)
     predict_stream(model, io.BytesIO(b"1 a:1 b\n"), io.BytesIO(), Options(quiet=True), log,
                    metrics=True)

@@ -405,19 +405,38 @@ def _format_rows(arena, name_off, r0, weights, state, start, out, f32):
     return i, pos
 
 
-def write_txt(src, path, state=True):
-    """Write ``src`` (Model or ModelArrays) as an alphaFM text model."""
+def write_txt(src, path, state=True, threads=None):
+    """Write ``src`` (Model or ModelArrays) as an alphaFM text model.
+
+    Chunks of rows are formatted on ``threads`` threads (the kernel releases
+    the GIL) and written in order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     arena, name_off = src.names()
     f32 = np.dtype(src.dtype) == np.float32
-    out = np.empty(_OUT_BYTES, dtype=np.uint8)
-    empty_state = np.empty((0, 0), dtype=src.dtype)
-    with _AtomicFile(path) as f:
-        for r0, r1, w, s in src.chunks(state=state and src.has_state):
-            s = empty_state.reshape(r1 - r0, 0) if s is None else s
-            i = 0
-            while i < r1 - r0:
-                i, nb = _format_rows(arena, name_off, r0, w, s, i, out, f32)
-                f.write(memoryview(out)[:nb])
+    threads = threads or min(4, os.cpu_count() or 1)
+
+    def fmt(job):
+        r0, r1, w, s = job
+        if s is None:
+            s = np.empty((r1 - r0, 0), dtype=src.dtype)
+        out = np.empty(_OUT_BYTES, dtype=np.uint8)
+        parts = []
+        i = 0
+        while i < r1 - r0:
+            i, nb = _format_rows(arena, name_off, r0, w, s, i, out, f32)
+            parts.append(out[:nb].tobytes())
+        return parts
+
+    with _AtomicFile(path) as f, ThreadPoolExecutor(threads) as pool:
+        pending = []
+        for job in src.chunks(state=state and src.has_state):
+            pending.append(pool.submit(fmt, job))
+            if len(pending) > 2 * threads:
+                f.writelines(pending.pop(0).result())
+        for fut in pending:
+            f.writelines(fut.result())
 
 
 def write_embeddings_txt(arrays, path):

@@ -99,7 +99,7 @@ def _check_writable(path, cmd):
 
 
 def _fmt_seconds(s):
-    return "%.1f s" % s
+    return "%.2f s" % s if s < 10 else "%.1f s" % s
 
 
 # ---------------------------------------------------------------------------

@@ -405,38 +405,35 @@ def _format_rows(arena, name_off, r0, weights, state, start, out, f32):
     return i, pos
 
 
-def write_txt(src, path, state=True, threads=None):
+def write_txt(src, path, state=True, threads=2):
     """Write ``src`` (Model or ModelArrays) as an alphaFM text model.
 
     Chunks of rows are formatted on ``threads`` threads (the kernel releases
-    the GIL) and written in order.
+    the GIL) and written in order; a few chunks in flight bound the memory.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     arena, name_off = src.names()
     f32 = np.dtype(src.dtype) == np.float32
-    threads = threads or min(4, os.cpu_count() or 1)
+    per_row = 27 * (3 + 3 * src.k) + 2  # each number takes <= 26 bytes and a space
 
     def fmt(job):
         r0, r1, w, s = job
         if s is None:
             s = np.empty((r1 - r0, 0), dtype=src.dtype)
-        out = np.empty(_OUT_BYTES, dtype=np.uint8)
-        parts = []
-        i = 0
-        while i < r1 - r0:
-            i, nb = _format_rows(arena, name_off, r0, w, s, i, out, f32)
-            parts.append(out[:nb].tobytes())
-        return parts
+        out = np.empty(int(name_off[r1] - name_off[r0]) + (r1 - r0) * per_row, dtype=np.uint8)
+        i, nb = _format_rows(arena, name_off, r0, w, s, 0, out, f32)
+        assert i == r1 - r0
+        return out[:nb]
 
     with _AtomicFile(path) as f, ThreadPoolExecutor(threads) as pool:
         pending = []
-        for job in src.chunks(state=state and src.has_state):
+        for job in src.chunks(state=state and src.has_state, rows=CHUNK_ROWS // 2):
             pending.append(pool.submit(fmt, job))
-            if len(pending) > 2 * threads:
-                f.writelines(pending.pop(0).result())
+            if len(pending) > threads:
+                f.write(pending.pop(0).result())
         for fut in pending:
-            f.writelines(fut.result())
+            f.write(fut.result())
 
 
 def write_embeddings_txt(arrays, path):

@@ -1,13 +1,17 @@
 """The bad-input policy shared by every command that reads samples.
 
 A bad line is counted, reported with its line number and reason (the first
-few on stderr, all of them in ``--bad-lines FILE``), then skipped; with
-``--on-error stop`` the first one stops the run.
+few on stderr, all of them in ``--bad-lines FILE`` as 'LINE<TAB>REASON<TAB>line',
+LINE prefixed with 'FILE:' for a command's secondary inputs), then skipped;
+with ``--on-error stop`` the first one stops the run.
 """
 
+import os
 import threading
 
 from . import parse
+
+_opened = set()  # bad-lines files this process has started
 
 
 def printable(raw):
@@ -31,7 +35,13 @@ class BadLineLog:
         self.by_reason = {}
         self.first = None
         self.lock = threading.Lock()
-        self.file = open(opts.bad_lines, "wb") if opts.bad_lines else None
+        self.file = None
+        if opts.bad_lines:
+            # a command that reads several files (recall: catalog, clicks)
+            # keeps one bad-lines file: the first log truncates, the others add
+            path = os.path.abspath(opts.bad_lines)
+            self.file = open(path, "ab" if path in _opened else "wb")
+            _opened.add(path)
 
     def add(self, block, parsed):
         """Record the bad lines of one parsed block."""
@@ -56,7 +66,9 @@ class BadLineLog:
                     self.log("%s: more bad lines; the counts follow at the end%s" % (
                         self.source, "" if self.file else " (--bad-lines FILE keeps them all)"))
                 if self.file:
-                    self.file.write(b"%d\t%s\t" % (line_no, parse.REASONS[reason].encode()) + raw + b"\n")
+                    where = b"%d" % line_no if self.source == "input" else (
+                        self.source.encode("utf-8", "surrogateescape") + b":%d" % line_no)
+                    self.file.write(where + b"\t%s\t" % parse.REASONS[reason].encode() + raw + b"\n")
 
     def stop_message(self, what):
         line_no, reason, col = self.first

@@ -16,7 +16,7 @@ import numpy as np
 from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
-from .model import (Model, ModelError, _AtomicFile, detect_format, dtype_of, file_dtype, read_model,
+from .model import (Model, ModelError, AtomicFile, detect_format, dtype_of, file_dtype, read_model,
                     write_model)
 from .parse import VALUE_CLIP
 
@@ -116,7 +116,9 @@ _HP_HELP = {
 
 def _hp_options(f):
     for name, default in reversed(list(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS))):
-        f = click.option("-" + name, name, type=float, default=default, show_default=True,
+        # alpha divides; the others are magnitudes
+        kind = click.FloatRange(0, min_open=True) if name.endswith("alpha") else click.FloatRange(0)
+        f = click.option("-" + name, name, type=kind, default=default, show_default=True,
                          help=_HP_HELP[name] + ".")(f)
     return f
 
@@ -341,7 +343,7 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
             sys.stdout.buffer.flush()
         else:
             # written like a model: a failed run leaves no partial prediction file
-            with _AtomicFile(out_path) as out:
+            with AtomicFile(out_path) as out:
                 summary = predict_stream(model, stream, out, opts, log, make_on_block=make,
                                          metrics=metrics)
     except BadInputStop as e:
@@ -350,6 +352,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
         fail(cmd, str(e))
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as e:
+        fail(cmd, "reading input: %s" % (e.strerror or e))
     if not quiet:
         rate = summary.samples / max(summary.seconds, 1e-9)
         log("%s: %s lines, %s scored, %s bad, %s lines/s (model load %s)" % (
@@ -382,6 +386,7 @@ def _load_for_dump(path, state=True):
 
 @fm_dump.command("info", context_settings=CONTEXT)
 @click.argument("model_path", metavar="MODEL")
+@interruptible("fm_dump info")
 def dump_info(model_path):
     """Print a model's shape, sparsity and hyper-parameters."""
     from .model import detect_format
@@ -434,6 +439,7 @@ def _nonzero_rows(arrays):
               help="Output format (default: the other one).")
 @click.option("--nonzero", is_flag=True,
               help="Keep only features whose w or v is non-zero (alphaFM model_bin_tool task 3).")
+@interruptible("fm_dump convert")
 def dump_convert(src_path, dst_path, to_fmt, nonzero):
     """Convert a model between text and binary, keeping everything it holds."""
     from .model import detect_format
@@ -454,6 +460,7 @@ def dump_convert(src_path, dst_path, to_fmt, nonzero):
 @click.option("--to", "to_fmt", type=click.Choice(["txt", "bin"]), default=None,
               help="Output format (default: the input's).")
 @click.option("--nonzero", is_flag=True, help="Also drop features whose w and v are all zero.")
+@interruptible("fm_dump strip")
 def dump_strip(src_path, dst_path, to_fmt, nonzero):
     """Keep only w and v (what fm_predict needs): a smaller model for serving."""
     from .model import detect_format
@@ -475,9 +482,10 @@ def dump_strip(src_path, dst_path, to_fmt, nonzero):
               help="txt: 'name v_1 .. v_k' lines; npy: an (n, k) matrix in OUT plus the names, "
                    "one a line, in OUT.names.")
 @click.option("--nonzero", is_flag=True, help="Skip features whose v is all zero.")
+@interruptible("fm_dump embeddings")
 def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
     """Write every feature's factor vector v (the bias has none)."""
-    from .model import _AtomicFile, write_embeddings_txt
+    from .model import AtomicFile, write_embeddings_txt
 
     arrays = _load_for_dump(src_path, state=False)
     v = arrays.weights[1:, 1:]
@@ -485,9 +493,9 @@ def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
     sub = arrays.select(np.r_[False, np.any(v != 0, axis=1)] if nonzero else np.ones(arrays.n_rows, bool))
     try:
         if out_fmt == "npy":
-            with _AtomicFile(dst_path) as f:
+            with AtomicFile(dst_path) as f:
                 np.save(f, np.ascontiguousarray(sub.weights[1:, 1:]))
-            with _AtomicFile(dst_path + ".names") as f:
+            with AtomicFile(dst_path + ".names") as f:
                 f.write(b"".join(sub.name_bytes(r) + b"\n" for r in range(1, sub.n_rows)))
         else:
             write_embeddings_txt(sub, dst_path)
@@ -508,6 +516,7 @@ def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
 @click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
               help="On a bad input line: skip it (reported on stderr), or stop and exit 3.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
+@interruptible("fm_dump importance")
 def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     """Global feature importance: mean |phi| per feature over a data stream.
 
@@ -532,6 +541,8 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
         summary = predict_stream(model, stream, None, opts, log, make_on_block=ex.on_block_factory)
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OSError as e:
+        fail(cmd, "reading input: %s" % (e.strerror or e))
     count, sum_phi, sum_abs = ex.totals()
     arena, name_off = model.table.names_view()
     if sep is not None:

@@ -20,6 +20,8 @@ AUC_BINS = 1 << 16
 @njit(inline="always")
 def add_prediction(stats, hist, y, prob):
     """Account one prediction ``prob`` of a sample with label y (> 0 positive)."""
+    if not (0.0 <= prob <= 1.0):
+        prob = 0.5  # NaN from a model holding infinities: count it, never index with it
     stats[M_SAMPLES] += 1
     stats[M_PROB_SUM] += prob
     if y > 0:

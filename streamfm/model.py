@@ -21,6 +21,7 @@ renamed over it, so a crash never leaves a half-written model.
 """
 
 import os
+import re
 import tempfile
 import zlib
 
@@ -36,7 +37,6 @@ FORMAT_NAME = "streamfm-bin"
 FORMAT_VERSION = 1
 _HEADER_RESERVE = 1 << 16
 _ALIGN = 64
-_OUT_BYTES = 2 << 20
 # the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
 PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
@@ -198,6 +198,8 @@ class ModelArrays:
     @property
     def file_params(self):
         """The FTRL rows (from a text model's columns if need be)."""
+        if self.params is not None:
+            return self.params
         return self.training_params(self.n_rows, self.dtype)
 
     def training_params(self, capacity, dtype):
@@ -276,7 +278,7 @@ def _gather_names(arena, name_off, idx, off, out):
 # Atomic writes
 
 
-class _AtomicFile:
+class AtomicFile:
     """A temporary file beside ``path`` that replaces it only on success.
 
     The temporary's name carries the writer's pid, so a later write to the
@@ -426,7 +428,7 @@ def write_txt(src, path, state=True, threads=2):
         assert i == r1 - r0
         return out[:nb]
 
-    with _AtomicFile(path) as f, ThreadPoolExecutor(threads) as pool:
+    with AtomicFile(path) as f, ThreadPoolExecutor(threads) as pool:
         pending = []
         for job in src.chunks(state=state and src.has_state, rows=CHUNK_ROWS // 2):
             pending.append(pool.submit(fmt, job))
@@ -441,23 +443,15 @@ def write_embeddings_txt(arrays, path):
     arena, name_off = arrays.names()
     v = np.ascontiguousarray(arrays.weights[:, 1:])
     f32 = np.dtype(arrays.dtype) == np.float32
-    out = np.empty(_OUT_BYTES, dtype=np.uint8)
     empty_state = np.empty((v.shape[0], 0), dtype=v.dtype)
-    with _AtomicFile(path) as f:
-        i = 1
-        while i < v.shape[0]:
-            i, nb = _format_rows(arena, name_off, 0, v, empty_state, i, out, f32)
+    n = v.shape[0]
+    with AtomicFile(path) as f:
+        for r0 in range(1, n, CHUNK_ROWS):
+            r1 = min(n, r0 + CHUNK_ROWS)
+            out = np.empty(int(name_off[r1] - name_off[r0]) + (r1 - r0) * (27 * v.shape[1] + 2),
+                           dtype=np.uint8)
+            _, nb = _format_rows(arena, name_off, r0, v[r0:r1], empty_state[r0:r1], 0, out, f32)
             f.write(memoryview(out)[:nb])
-
-
-def warm_up_writer(src, fmt):
-    """Run the writer's kernels on the first rows of ``src`` without writing."""
-    arena, name_off = src.names()
-    for r0, r1, w, s in src.chunks(state=True, rows=4):
-        if fmt == "txt":
-            out = np.empty(1 << 16, dtype=np.uint8)
-            _format_rows(arena, name_off, r0, w, s, 0, out, np.dtype(src.dtype) == np.float32)
-        break
 
 
 _TXT_OK, _TXT_FIELDS, _TXT_NUMBER, _TXT_NONFINITE, _TXT_BIAS, _TXT_NEGATIVE_N = 0, 1, 2, 3, 4, 5
@@ -581,38 +575,45 @@ def _read_blocks(f, size=8 << 20):
         yield line_no, np.frombuffer(carry, dtype=np.uint8)
 
 
+def _fields(line):
+    """A model line's fields, split as the loader splits them (spaces, tabs)."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return [t for t in re.split(rb"[ \t]+", line) if t]
+
+
 def _txt_shape(path):
     """(k or None, full, lines) from the bias line and the first feature line."""
     with open(path, "rb") as f:
-        head = f.read(1 << 16)
-        lines = head.count(b"\n")
+        first = f.readline(1 << 16)
+        second = f.readline()
+        lines = first.count(b"\n") + second.count(b"\n")
         while True:
             b = f.read(8 << 20)
             if not b:
                 break
             lines += b.count(b"\n")
-    if not head:
+    if not first:
         raise ModelError("%s: empty file, not a model" % path)
-    text_lines = head.split(b"\n")
-    first = text_lines[0].split()
-    if not first or first[0] != b"bias" or len(first) not in (2, 4):
+    bias = _fields(first)
+    if not bias or bias[0] != b"bias" or len(bias) not in (2, 4):
         raise ModelError("%s: not an FM model: the first line must be 'bias w w_n w_z' "
                          "(or 'bias w' in a stripped model)" % path)
-    full = len(first) == 4
+    full = len(bias) == 4
     k = None
-    if len(text_lines) > 1:
-        for ln in text_lines[1:2]:
-            fields = ln.split()
-            if fields:
-                t = len(fields) - 1
-                if full:
-                    if (t - 3) % 3 or t < 3:
-                        raise ModelError("%s line 2: %d fields is not a full model line "
-                                         "(name w v_1..v_k w_n w_z v_n_1..v_n_k v_z_1..v_z_k)"
-                                         % (path, len(fields)))
-                    k = (t - 3) // 3
-                else:
-                    k = t - 1
+    fields = _fields(second)
+    if fields:
+        t = len(fields) - 1
+        if full:
+            if (t - 3) % 3 or t < 3:
+                raise ModelError("%s line 2: %d fields is not a full model line "
+                                 "(name w v_1..v_k w_n w_z v_n_1..v_n_k v_z_1..v_z_k)"
+                                 % (path, len(fields)))
+            k = (t - 3) // 3
+        else:
+            k = t - 1
     return k, full, lines + 1
 
 
@@ -735,7 +736,7 @@ def _txt_error(path, line_no, err, field, found, k, full, is_bias, block, eline)
 
 def _line_field(block, eline, field):
     lines = bytes(block).split(b"\n")
-    fields = lines[eline].split() if eline < len(lines) else []
+    fields = _fields(lines[eline]) if eline < len(lines) else []
     return fields[field].decode("utf-8", "backslashreplace")[:40] if field < len(fields) else ""
 
 
@@ -779,7 +780,7 @@ def write_bin(src, path, state=True):
     header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
                    "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
                    "params_columns": PARAMS_COLUMNS, "arrays": arrays})
-    with _AtomicFile(path) as f:
+    with AtomicFile(path) as f:
         f.write(b"\0" * _HEADER_RESERVE)
         pieces = {
             "names": lambda: [arena[: name_off[n]]],

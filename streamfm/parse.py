@@ -510,9 +510,8 @@ def _settle_slow(p, bufs, nslow):
     for s in bad:
         keep_s[s] = False
         keep_f[p.indptr[s]:p.indptr[s + 1]] = False
-    per_sample = np.add.reduceat(keep_f.astype(np.int64), p.indptr[:-1]) if p.nnz else np.zeros(
-        p.n_samples, np.int64)
-    per_sample[p.indptr[:-1] == p.indptr[1:]] = 0  # reduceat quirk for empty samples
+    kept = np.r_[0, np.cumsum(keep_f)]
+    per_sample = kept[p.indptr[1:]] - kept[p.indptr[:-1]]
     indptr = np.zeros(int(keep_s.sum()) + 1, dtype=np.int64)
     np.cumsum(per_sample[keep_s], out=indptr[1:])
     for name in ("hashes", "rows", "vals", "name_start", "name_len"):

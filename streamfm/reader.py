@@ -63,20 +63,26 @@ class BlockReader:
     raised while reading, if any.
     """
 
-    def __init__(self, stream, block_size=BLOCK_SIZE, queue_blocks=3, linger=0.2):
+    def __init__(self, stream, block_size=BLOCK_SIZE, queue_blocks=3, linger=0.2, stop=None):
         self.stream = stream
         self.block_size = block_size
         self.linger = linger
         self.q = queue.Queue(maxsize=queue_blocks)
         self.error = None
         self.bytes_read = 0
+        # ``stop``: an Event of the caller's (set by a signal handler) that
+        # also stops reading; ``stop()`` below never sets it
         self._stop = threading.Event()
+        self._outer = stop
         self._done = False
         self.thread = threading.Thread(target=self._run, name="streamfm-reader", daemon=True)
         self.thread.start()
 
+    def _stopped(self):
+        return self._stop.is_set() or (self._outer is not None and self._outer.is_set())
+
     def _put(self, item):
-        while not self._stop.is_set():
+        while not self._stopped():
             try:
                 self.q.put(item, timeout=_POLL)
                 return True
@@ -87,7 +93,7 @@ class BlockReader:
     def _chunks(self):
         """Yield byte chunks, or None when the input is idle for a poll period."""
         fd = _fileno(self.stream)
-        while not self._stop.is_set():
+        while not self._stopped():
             if fd is None:
                 chunk = self.stream.read(self.block_size)
             else:
@@ -143,7 +149,7 @@ class BlockReader:
                 if last_nl >= 0 and len(buf) >= self.block_size:
                     if not emit(last_nl + 1):
                         return
-            if buf and not self._stop.is_set():
+            if buf and not self._stopped():
                 # the last line may lack its '\n'; it is still a line
                 emit(len(buf))
         except Exception as e:  # surfaced by the consumer, never lost
@@ -156,7 +162,7 @@ class BlockReader:
         if self._done:
             return None
         while True:
-            if self._stop.is_set():
+            if self._stopped():
                 return None
             try:
                 item = self.q.get(timeout=_POLL)

@@ -139,11 +139,13 @@ class _Worker:
         self.clipped = 0
 
 
-def train_stream(model, stream, opts, log):
+def train_stream(model, stream, opts, log, signals=True):
     """Train ``model`` on the lines of ``stream``; returns a Summary.
 
     Raises BadInputStop (no model must be written) when --on-error stop
     meets a bad line or the bad fraction exceeds --max-bad-fraction.
+    ``signals``: SIGINT/SIGTERM stop the run and set ``summary.interrupted``
+    (False leaves them to the caller, e.g. as KeyboardInterrupt).
     """
     summary = Summary()
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
@@ -211,7 +213,7 @@ def train_stream(model, stream, opts, log):
     threads = [threading.Thread(target=work, args=(w,), name="streamfm-train-%d" % i, daemon=True)
                for i, w in enumerate(workers)]
     progress = Progress(log, "fm_train", opts.progress_every, quiet=opts.quiet)
-    old_handlers = _install_signal_handlers(stop, summary, reader)
+    old_handlers = _install_signal_handlers(stop, summary, reader) if signals else None
     try:
         for th in threads:
             th.start()
@@ -288,7 +290,7 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     jit.compile_notice([parse.parse_block, add_features, ftrl.train_block, ftrl.serving_weights,
                         ftrl.file_state, hash_arena, find_duplicate], log, quiet)
     tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
-    train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
+    train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log, signals=False)
     tiny.reserve(2000, 0)  # table growth has kernels of its own
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
         for f in {fmt, continue_fmt} - {None}:

@@ -411,6 +411,14 @@ def test_long_number_that_underflows_to_zero_drops_the_feature():
     assert feats == [(b"a", 1.0), (b"b", 2.0)]
 
 
+def test_slow_number_settled_in_a_block_ending_with_featureless_lines():
+    # the rebuild after a dropped feature must handle samples without features
+    s = b"2470328229206232720882e-345"
+    p = parse_bytes(b"1 z:" + s + b"\n0 a:2\n1\n1\n")
+    assert bad_of(p) == []
+    assert samples_of(p) == [(1.0, []), (-1.0, [(b"a", 2.0)]), (1.0, []), (1.0, [])]
+
+
 # ---------------------------------------------------------------------------
 # property test against an independent implementation of the grammar
 

@@ -17,9 +17,10 @@ import click
 import numpy as np
 
 from ..badlines import BadInputStop
-from ..cli import CONTEXT, EXIT_BAD_INPUT, _check_writable, _fmt_seconds, _hp_options, log, parse_dim
+from ..cli import (CONTEXT, EXIT_BAD_INPUT, _check_writable, _continue_seed, _fmt_seconds, _hp_options,
+                   interruptible, log, parse_dim)
 from ..metrics import fmt_int
-from ..model import ModelError, dtype_of
+from ..model import ModelError, AtomicFile, dtype_of
 
 _ON_ERROR = click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
                          help="On a bad line: skip it (counted and reported with its line number), "
@@ -174,8 +175,9 @@ def fm_recall():
               help="Pairwise hinge max(0, margin - s(u,i+) + s(u,i-)), pairwise BPR "
                    "-log sigmoid(s(u,i+) - s(u,i-)), or pointwise logistic (clicks 1, negatives 0).")
 @click.option("--margin", type=float, default=1.0, show_default=True, help="Margin of the hinge loss.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the initial v and of sampling and shuffling.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the initial v and of sampling and shuffling (default: the -im binary "
+                   "model's seed, else 0).")
 @click.option("--keep-untrained", is_flag=True,
               help="Also write catalog features no click or negative ever reached (they hold only their "
                    "random initial v); by default they are left out, so they count as unknown.")
@@ -185,6 +187,7 @@ def fm_recall():
 @click.option("--save-on-interrupt", is_flag=True,
               help="On SIGINT/SIGTERM, write the model trained so far (default: write nothing).")
 @_QUIET
+@interruptible("fm_recall train")
 def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
               init_stdev, cores, init_model, init_model_format, fvs, mnt, items_path, input_path, epochs, neg,
               neg_dist, pop_suppress, hard_neg, hard_neg_model, loss, margin, seed, keep_untrained, on_error,
@@ -233,11 +236,13 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
     try:
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
+            seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
             model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype)
             del arrays
             if not quiet:
                 log("fm_recall train: continuing %s: %s features" % (init_model, fmt_int(model.n_rows - 1)))
         else:
+            seed = 0 if seed is None else seed
             model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=1 << 18,
                           arena_capacity=1 << 22)
         hard = None
@@ -356,6 +361,7 @@ class _TrainProgress:
 @_MAX_BAD
 @_BAD_LINES
 @_QUIET
+@interruptible("fm_recall index")
 def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fraction, bad_lines, quiet):
     """Embed every item (or user) record with the model into an index file.
 
@@ -440,6 +446,7 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
 @_ON_ERROR
 @_BAD_LINES
 @_QUIET
+@interruptible("fm_recall query")
 def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_index_path, backend, cores,
               input_path, out_path, on_error, bad_lines, quiet):
     """Answer query lines: 'QUERY_KEY<TAB>KEY:SCORE KEY:SCORE ...', best first, in input order.
@@ -493,22 +500,24 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
         fail(cmd, str(e))
     runner = QueryRunner(model, index, searcher, mode, topn, excl, qindex)
     stream = _input(input_path, cmd)
-    out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")
     try:
-        summary = run_queries(runner, stream, out, opts, log, input_path or "stdin",
-                              progress=_QueryProgress(quiet))
+        if out_path == "-":
+            summary = run_queries(runner, stream, sys.stdout.buffer, opts, log, input_path or "stdin",
+                                  progress=_QueryProgress(quiet))
+            sys.stdout.buffer.flush()
+        else:
+            # like fm_predict -out: a failed run leaves no partial file
+            with AtomicFile(out_path) as out:
+                summary = run_queries(runner, stream, out, opts, log, input_path or "stdin",
+                                      progress=_QueryProgress(quiet))
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except ModelError as e:
+        fail(cmd, str(e))
     except BrokenPipeError:
         sys.exit(1)
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-        else:
-            try:
-                out.flush()
-            except BrokenPipeError:
-                pass
+    except OSError as e:
+        fail(cmd, "reading queries: %s" % (e.strerror or e))
     if not quiet:
         s = summary
         log("fm_recall query: %s queries (%s), %s bad lines, %s queries/s" % (
@@ -555,6 +564,7 @@ class _QueryProgress:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout instead of a table.")
 @_ON_ERROR
 @_QUIET
+@interruptible("fm_recall eval")
 def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json, on_error, quiet):
     """HitRate@K, Recall@K, NDCG@K and catalog coverage of u2i on held-out clicks.
 

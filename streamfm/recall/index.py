@@ -30,7 +30,7 @@ import msgpack
 import numpy as np
 from numba import njit
 
-from ..model import _AtomicFile, ModelError
+from ..model import AtomicFile, ModelError
 
 MAGIC = b"\x89SFMIDX\n"
 FORMAT_NAME = "streamfm-recall-index"
@@ -76,7 +76,7 @@ def write_index(path, kind, vectors, key_arena, key_off, model_info):
     packed = msgpack.packb(header, use_bin_type=True)
     if len(packed) + 16 > specs[0]["offset"]:
         raise IndexError_("%s: index header too large" % path)
-    with _AtomicFile(path) as f:
+    with AtomicFile(path) as f:
         f.write(MAGIC)
         f.write(np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes())
         f.write(packed)

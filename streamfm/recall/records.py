@@ -157,7 +157,7 @@ class RecordReader:
     """
 
     def __init__(self, stream, mode, opts, log, source, table=None, model=None, block_size=None,
-                 progress=None):
+                 progress=None, stop=None):
         self.progress = progress
         self.mode = mode
         self.opts = opts
@@ -169,7 +169,8 @@ class RecordReader:
         self.clipped = 0
         self.unknown = 0
         self.bufs = parse.ParseBuffers(0)
-        self.reader = BlockReader(stream, **({"block_size": block_size} if block_size else {}))
+        self.reader = BlockReader(stream, stop=stop,
+                                  **({"block_size": block_size} if block_size else {}))
 
     def __iter__(self):
         try:

@@ -635,7 +635,8 @@ def train(model, catalog, stream, cfg, opts, log, source="clicks", hard=None, st
         if progress is not None and cfg.epochs > 1:
             progress(summary, 0, model.n_rows - 1)
 
-    reader = RecordReader(stream, parse.CLICK, opts, log, source, model=model, progress=reading)
+    reader = RecordReader(stream, parse.CLICK, opts, log, source, model=model, progress=reading,
+                          stop=stop)
     missing_shown = [0]
 
     def note_missing(recs, item):

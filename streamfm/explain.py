@@ -17,7 +17,6 @@ from .table import hash_bytes
 @njit(cache=True, nogil=True)
 def phi_block(indptr, rows, vals, n_samples, weights, k, phi):
     """phi[j] = attribution of feature j (CSR order); unknown rows get 0."""
-    max_m = ftrl.block_max_len(indptr, n_samples)
     s = np.zeros(k + 1)
     for smp in range(n_samples):
         a = indptr[smp]
@@ -41,7 +40,7 @@ def phi_block(indptr, rows, vals, n_samples, weights, k, phi):
                 v = weights[r, 1 + f]
                 inter += v * (s[f] - v * x)
             phi[a + i] = weights[r, 0] * x + 0.5 * x * inter
-    return max_m
+    return 0
 
 
 @njit(cache=True, nogil=True)

@@ -29,6 +29,7 @@ W, WN, WZ, VN = 0, 1, 2, 3
 # hp vector: the FTRL hyper-parameters, in this order.
 HP_NAMES = ("w_alpha", "w_beta", "w_l1", "w_l2", "v_alpha", "v_beta", "v_l1", "v_l2", "init_stdev")
 HP_DEFAULTS = (0.05, 1.0, 0.1, 5.0, 0.05, 1.0, 0.1, 5.0, 0.1)
+HP_INIT_STDEV = HP_NAMES.index("init_stdev")
 
 # train_block's stats vector: the metrics' counters, then its own.
 ST_SKIPPED_OVERFLOW = N_METRICS
@@ -40,10 +41,6 @@ _SGN_EPS = 1e-10  # alphaFM's utils::sgn threshold
 
 def n_cols(k):
     return 3 + 2 * k
-
-
-def vz_col(k):
-    return VN + k
 
 
 @njit(inline="always")
@@ -319,22 +316,6 @@ def v_state_after(n, zs, g, v, n_seen, sq_seen, inv_alpha, big):
     return n, zs, 0
 
 
-@njit(inline="always")
-def v_in_update(params, r, f, k, v_start, w, fvs):
-    """Array form of v_used (slow in a loop over factors: see above)."""
-    return v_used(params[r, VN + f], v_start, w, fvs)
-
-
-@njit(inline="always")
-def update_v(params, r, f, k, g, v, n_seen, sq_seen, inv_alpha, big):
-    """Array form of v_state_after (slow in a loop over factors: see above)."""
-    n, zs, o = v_state_after(params[r, VN + f], params[r, VN + k + f], g, v, n_seen, sq_seen,
-                             inv_alpha, big)
-    params[r, VN + f] = n
-    params[r, VN + k + f] = zs
-    return o
-
-
 @njit(cache=True, nogil=True)
 def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
                 k0, k1, fvs, seed, stats, hist):
@@ -347,7 +328,7 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
     """
     w_alpha, w_beta, w_l1, w_l2 = hp[0], hp[1], hp[2], hp[3]
     v_alpha, v_beta, v_l1, v_l2 = hp[4], hp[5], hp[6], hp[7]
-    stdev = hp[8]
+    stdev = hp[HP_INIT_STDEV]
     inv_w_alpha = 1.0 / w_alpha
     inv_v_alpha = 1.0 / v_alpha
     big = np.finfo(params.dtype).max

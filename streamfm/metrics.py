@@ -102,12 +102,10 @@ def auc_exact(labels, scores):
     y = labels[order]
     # average ranks over ties
     ranks = np.empty(len(s), dtype=np.float64)
-    i = 0
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
     ends = np.r_[starts[1:], len(s)]
     for a, b in zip(starts, ends):
         ranks[a:b] = (a + b + 1) / 2.0
-        i = b
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 

@@ -20,6 +20,7 @@ Every file is written to a temporary file beside the target, fsynced and
 renamed over it, so a crash never leaves a half-written model.
 """
 
+import contextlib
 import os
 import re
 import tempfile
@@ -30,7 +31,7 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt, ftrl
-from .table import FeatureTable
+from .table import FeatureTable, lookup_one, place
 
 MAGIC = b"\x89SFMBIN\n"
 FORMAT_NAME = "streamfm-bin"
@@ -132,6 +133,53 @@ class Model:
 
     def names(self):
         return self.table.names_view()
+
+    def add_unknown(self, parsed, data, pause=contextlib.nullcontext):
+        """Rows for the features of a parsed block the table does not know.
+
+        ``data`` is the block the names were parsed from; ``pause()`` is
+        entered around growing the arrays (trainers in other threads must be
+        out of their kernels then). Callers serialise calls.
+        """
+        new_bytes = int(parsed.name_len[parsed.rows < 0].sum())
+        if self.table.needs_growth(parsed.n_unknown, new_bytes):
+            with pause():
+                self.reserve(parsed.n_unknown, new_bytes)
+        t = self.table
+        add_features(t.slots, t.row_hash, t.name_off, t.arena, t.meta, parsed.hashes, parsed.rows,
+                     data, parsed.name_start, parsed.name_len, parsed.nnz, self.params, self.k,
+                     self.seed, self.hp[ftrl.HP_INIT_STDEV])
+
+
+@njit(cache=True, nogil=True)
+def add_features(slots, row_hash, name_off, arena, meta, hashes, rows, src, name_start,
+                 name_len, n, params, k, seed, stdev):
+    """Rows for the entries with rows[j] == -1, creating rows for new names.
+
+    A new row's name, hash and initial state are written before the row is
+    published in the index, so a concurrent lookup never sees it half made.
+    The caller holds the insert lock and has reserved capacity for n rows.
+    """
+    for j in range(n):
+        if rows[j] >= 0:
+            continue
+        h = hashes[j]
+        r = lookup_one(slots, row_hash, h)
+        if r < 0:
+            r = meta[0]
+            a = meta[1]
+            ln = name_len[j]
+            s = name_start[j]
+            for t in range(ln):
+                arena[a + t] = src[s + t]
+            name_off[r + 1] = a + ln
+            meta[1] = a + ln
+            row_hash[r] = h
+            ftrl.init_row(params, r, h, k, seed, stdev)
+            meta[0] = r + 1
+            place(slots, row_hash, r)
+        rows[j] = r
+    return 0
 
 
 def _param_chunks(params, n, k, hp, fvs, weights, state, rows):
@@ -260,9 +308,6 @@ class ModelArrays:
             return None if a is None else a[idx]
         return ModelArrays(arena, off, take(self.explicit_weights), take(self.state), dict(self.info),
                            params=take(self.params))
-
-    def stripped(self):
-        return ModelArrays(self.arena, self.name_off, self.weights, None, dict(self.info))
 
 
 @njit(cache=True, nogil=True)

@@ -531,21 +531,3 @@ def _settle_slow(p, bufs, nslow):
     p.indptr = indptr
     p.n_samples = len(p.ys)
     p.nnz = len(p.vals)
-
-
-def line_text(buf, line_index, limit=200):
-    """The text of line ``line_index`` of a block (for error messages)."""
-    pos = 0
-    n = buf.shape[0]
-    data = bytes(buf)
-    for _ in range(line_index):
-        pos = data.find(b"\n", pos)
-        if pos < 0:
-            return ""
-        pos += 1
-    end = data.find(b"\n", pos)
-    if end < 0:
-        end = n
-    text = data[pos:end].rstrip(b"\r")
-    s = text[:limit].decode("utf-8", "backslashreplace")
-    return s + ("..." if len(text) > limit else "")

@@ -102,8 +102,6 @@ class PredictSummary:
         self.bad = 0
         self.clipped = 0
         self.seconds = 0.0
-        self.loss_sum = 0.0
-        self.hist = None
 
 
 def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False):

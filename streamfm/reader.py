@@ -118,11 +118,12 @@ class BlockReader:
         first_byte = 0.0
 
         def emit(cut):
-            nonlocal seq, line_no, buf, scanned, last_nl
+            nonlocal seq, line_no, scanned, last_nl, first_byte
             data = bytes(buf[:cut])
             del buf[:cut]
             scanned = len(buf)
             last_nl = -1
+            first_byte = time.time()  # the linger of what is left starts now
             n_lines = data.count(b"\n")
             if data and not data.endswith(b"\n"):
                 n_lines += 1

@@ -93,7 +93,7 @@ def lookup_one(slots, row_hash, h):
 
 
 @njit(cache=True, nogil=True)
-def _place(slots, row_hash, r):
+def place(slots, row_hash, r):
     mask = slots.shape[0] - 1
     i = _home(row_hash[r], mask)
     while slots[i] != EMPTY:
@@ -105,7 +105,7 @@ def _place(slots, row_hash, r):
 def rebuild_index(slots, row_hash, n_rows):
     """Fill an empty index with rows 1..n_rows-1 (row 0, the bias, stays out)."""
     for r in range(1, n_rows):
-        _place(slots, row_hash, r)
+        place(slots, row_hash, r)
 
 
 @njit(cache=True, nogil=True)

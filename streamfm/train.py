@@ -9,18 +9,15 @@ kernels (a readers-writer lock around them); nothing else pauses them.
 With one worker the run is sequential and deterministic.
 """
 
+import contextlib
 import signal
 import threading
 import time
-
-import numpy as np
-from numba import njit
 
 from . import ftrl, parse
 from .badlines import BadInputStop, BadLineLog
 from .metrics import N_METRICS, MetricSummary, Progress, new_accumulators
 from .reader import BlockReader
-from .table import _place, lookup_one
 
 
 class RWLock:
@@ -57,36 +54,13 @@ class RWLock:
             self._writer = False
             self._cond.notify_all()
 
-
-@njit(cache=True, nogil=True)
-def add_features(slots, row_hash, name_off, arena, meta, hashes, rows, src, name_start,
-                 name_len, n, params, k, seed, stdev):
-    """Rows for the entries with rows[j] == -1, creating rows for new names.
-
-    A new row's name, hash and initial state are written before the row is
-    published in the index, so a concurrent lookup never sees it half made.
-    The caller holds the insert lock and has reserved capacity for n rows.
-    """
-    for j in range(n):
-        if rows[j] >= 0:
-            continue
-        h = hashes[j]
-        r = lookup_one(slots, row_hash, h)
-        if r < 0:
-            r = meta[0]
-            a = meta[1]
-            ln = name_len[j]
-            s = name_start[j]
-            for t in range(ln):
-                arena[a + t] = src[s + t]
-            name_off[r + 1] = a + ln
-            meta[1] = a + ln
-            row_hash[r] = h
-            ftrl.init_row(params, r, h, k, seed, stdev)
-            meta[0] = r + 1
-            _place(slots, row_hash, r)
-        rows[j] = r
-    return 0
+    @contextlib.contextmanager
+    def writing(self):
+        self.acquire_write()
+        try:
+            yield
+        finally:
+            self.release_write()
 
 
 class Options:
@@ -94,7 +68,7 @@ class Options:
 
     def __init__(self, k0=True, k1=True, cores=1, on_error="skip", max_bad_fraction=None,
                  quiet=False, bad_lines=None, progress_every=5.0, max_errors_shown=10,
-                 block_size=None, log=None):
+                 block_size=None):
         self.k0 = bool(k0)
         self.k1 = bool(k1)
         self.cores = max(1, int(cores))
@@ -105,7 +79,6 @@ class Options:
         self.progress_every = progress_every
         self.max_errors_shown = max_errors_shown
         self.block_size = block_size
-        self.log = log
 
 
 class Summary(MetricSummary):
@@ -115,12 +88,10 @@ class Summary(MetricSummary):
         MetricSummary.__init__(self, *new_accumulators(ftrl.N_STATS - N_METRICS))
         self.lines = 0
         self.bad = 0
-        self.bad_by_reason = {}
         self.bad_description = ""
         self.clipped = 0
         self.seconds = 0.0
         self.interrupted = False
-        self.features = 0
 
     @property
     def overflow_samples(self):
@@ -184,21 +155,10 @@ def train_stream(model, stream, opts, log, signals=True):
                     if opts.on_error == "stop":
                         raise BadInputStop(bad.stop_message(", no model written"))
                 check_bad(sum(x.lines for x in workers))
-                nnz = p.nnz
                 rows = p.rows
                 if p.n_unknown:
                     with insert_lock:
-                        new_bytes = int(p.name_len[rows < 0].sum())
-                        if model.table.needs_growth(p.n_unknown, new_bytes):
-                            rw.acquire_write()
-                            try:
-                                model.reserve(p.n_unknown, new_bytes)
-                            finally:
-                                rw.release_write()
-                        t = model.table
-                        add_features(t.slots, t.row_hash, t.name_off, t.arena, t.meta, p.hashes, rows,
-                                     blk.data, p.name_start, p.name_len, nnz, model.params, k,
-                                     model.seed, model.hp[8])
+                        model.add_unknown(p, blk.data, pause=rw.writing)
                 rw.acquire_read()
                 try:
                     ftrl.train_block(p.indptr, rows, p.vals, p.ys, p.n_samples, model.params,
@@ -230,7 +190,6 @@ def train_stream(model, stream, opts, log, signals=True):
     summary.seconds = time.time() - t0
     _collect(summary, workers, model)
     summary.bad = bad.count
-    summary.bad_by_reason = dict(bad.by_reason)
     summary.bad_description = bad.describe()
     if errors:
         raise errors[0]
@@ -246,7 +205,6 @@ def _collect(summary, workers, model):
     summary.hist = sum(w.hist for w in workers)
     summary.lines = sum(w.lines for w in workers)
     summary.clipped = sum(w.clipped for w in workers)
-    summary.features = model.n_rows - 1
 
 
 def _install_signal_handlers(stop, summary, reader):
@@ -285,9 +243,10 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
 
     from . import jit
     from .model import Model, read_model, write_model
+    from .model import add_features as model_add_features
     from .table import find_duplicate, hash_arena
 
-    jit.compile_notice([parse.parse_block, add_features, ftrl.train_block, ftrl.serving_weights,
+    jit.compile_notice([parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights,
                         ftrl.file_state, hash_arena, find_duplicate], log, quiet)
     tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log, signals=False)

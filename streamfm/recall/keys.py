@@ -86,19 +86,3 @@ class KeyIndex:
         out = np.empty(hashes.shape[0], dtype=np.int64)
         lookup_hashes(self.slots, self.key_hash, hashes, hashes.shape[0], out)
         return out
-
-    def find(self, key):
-        """Position of one key (str or bytes), or -1."""
-        if isinstance(key, str):
-            key = key.encode("utf-8")
-        buf = np.frombuffer(key, dtype=np.uint8)
-        return int(lookup_one(self.slots, self.key_hash, hash_bytes(buf, 0, len(buf))))
-
-
-def key_hash_of(key):
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    buf = np.frombuffer(key, dtype=np.uint8)
-    return np.uint64(hash_bytes(buf, 0, len(buf)))
-
-

@@ -167,7 +167,6 @@ class RecordReader:
         self.source = source
         self.lines = 0
         self.clipped = 0
-        self.unknown = 0
         self.bufs = parse.ParseBuffers(0)
         self.reader = BlockReader(stream, stop=stop,
                                   **({"block_size": block_size} if block_size else {}))
@@ -186,11 +185,8 @@ class RecordReader:
                     if self.opts.on_error == "stop":
                         raise BadInputStop("%s %s" % (self.source, self.bad.stop_message("")))
                     self.check_fraction(self.lines)
-                if p.n_unknown:
-                    if self.model is not None:
-                        self._add_features(blk, p)
-                    else:
-                        self.unknown += int(p.n_unknown)
+                if p.n_unknown and self.model is not None:
+                    self.model.add_unknown(p, blk.data)
                 if self.progress is not None:
                     self.progress(self)
                 yield block_records(blk, p, self.mode)
@@ -206,18 +202,6 @@ class RecordReader:
         if frac is not None and (final or lines >= 1000) and self.bad.count > frac * max(lines, 1):
             raise BadInputStop("%s: %d of %d lines were bad (more than --max-bad-fraction %g)"
                                % (self.source, self.bad.count, lines, frac))
-
-    def _add_features(self, blk, p):
-        from ..train import add_features
-
-        m = self.model
-        rows = p.rows
-        new_bytes = int(p.name_len[rows < 0].sum())
-        if m.table.needs_growth(p.n_unknown, new_bytes):
-            m.reserve(p.n_unknown, new_bytes)
-        t = m.table
-        add_features(t.slots, t.row_hash, t.name_off, t.arena, t.meta, p.hashes, rows, blk.data,
-                     p.name_start, p.name_len, p.nnz, m.params, m.k, m.seed, m.hp[8])
 
     def read_all(self):
         return Records.concat(list(self), click=self.mode == parse.CLICK)
@@ -243,12 +227,3 @@ class ReadProgress:
         self.last = now
         self.log("%s: reading %s: %s lines%s" % (self.name, reader.source, "{:,}".format(reader.lines),
                                                   ", %d bad" % reader.bad.count if reader.bad.count else ""))
-
-
-def open_binary(path):
-    """A binary stream for a path ('-' = standard input)."""
-    import sys
-
-    if path in (None, "-"):
-        return sys.stdin.buffer
-    return open(path, "rb")

@@ -98,6 +98,17 @@ def _check_writable(path, cmd):
         fail(cmd, "cannot write %s: it is a directory" % path)
 
 
+def to_output(out_path, run):
+    """``run(out)`` on standard output ('-') or on a file written atomically:
+    a run that fails leaves no partial file (as with models)."""
+    if out_path == "-":
+        result = run(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return result
+    with AtomicFile(out_path) as out:
+        return run(out)
+
+
 def _fmt_seconds(s):
     return "%.2f s" % s if s < 10 else "%.1f s" % s
 
@@ -337,15 +348,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
                    progress_every=progress_every)
     make = Explainer(model, topn=explain).on_block_factory if explain else None
     try:
-        if out_path == "-":
-            summary = predict_stream(model, stream, sys.stdout.buffer, opts, log, make_on_block=make,
-                                     metrics=metrics)
-            sys.stdout.buffer.flush()
-        else:
-            # written like a model: a failed run leaves no partial prediction file
-            with AtomicFile(out_path) as out:
-                summary = predict_stream(model, stream, out, opts, log, make_on_block=make,
-                                         metrics=metrics)
+        summary = to_output(out_path, lambda out: predict_stream(
+            model, stream, out, opts, log, make_on_block=make, metrics=metrics))
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
     except ModelError as e:
@@ -389,7 +393,6 @@ def _load_for_dump(path, state=True):
 @interruptible("fm_dump info")
 def dump_info(model_path):
     """Print a model's shape, sparsity and hyper-parameters."""
-    from .model import detect_format
 
     try:
         fmt = detect_format(model_path)
@@ -442,16 +445,20 @@ def _nonzero_rows(arrays):
 @interruptible("fm_dump convert")
 def dump_convert(src_path, dst_path, to_fmt, nonzero):
     """Convert a model between text and binary, keeping everything it holds."""
-    from .model import detect_format
+    _rewrite(src_path, dst_path, nonzero, state=None,
+             to_fmt=lambda fmt: to_fmt or ("txt" if fmt == "bin" else "bin"))
 
+
+def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
+    """Read a model, drop all-zero features if asked, write it in to_fmt(its format)."""
     try:
         fmt = detect_format(src_path)
     except ModelError as e:
         fail("fm_dump", str(e))
-    arrays = _load_for_dump(src_path, state=None)
+    arrays = _load_for_dump(src_path, state=state)
     if nonzero:
         arrays = arrays.select(_nonzero_rows(arrays))
-    _write_or_fail(arrays, dst_path, to_fmt or ("txt" if fmt == "bin" else "bin"))
+    _write_or_fail(arrays, dst_path, to_fmt(fmt), state=state is not False)
 
 
 @fm_dump.command("strip", context_settings=CONTEXT)
@@ -463,16 +470,7 @@ def dump_convert(src_path, dst_path, to_fmt, nonzero):
 @interruptible("fm_dump strip")
 def dump_strip(src_path, dst_path, to_fmt, nonzero):
     """Keep only w and v (what fm_predict needs): a smaller model for serving."""
-    from .model import detect_format
-
-    try:
-        fmt = detect_format(src_path)
-    except ModelError as e:
-        fail("fm_dump", str(e))
-    arrays = _load_for_dump(src_path, state=False)
-    if nonzero:
-        arrays = arrays.select(_nonzero_rows(arrays))
-    _write_or_fail(arrays, dst_path, to_fmt or fmt, state=False)
+    _rewrite(src_path, dst_path, nonzero, state=False, to_fmt=lambda fmt: to_fmt or fmt)
 
 
 @fm_dump.command("embeddings", context_settings=CONTEXT)

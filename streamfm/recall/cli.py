@@ -18,9 +18,9 @@ import numpy as np
 
 from ..badlines import BadInputStop
 from ..cli import (CONTEXT, EXIT_BAD_INPUT, _check_writable, _continue_seed, _fmt_seconds, _hp_options,
-                   interruptible, log, parse_dim)
+                   interruptible, log, parse_dim, to_output)
 from ..metrics import fmt_int
-from ..model import ModelError, AtomicFile, dtype_of
+from ..model import ModelError, dtype_of
 
 _ON_ERROR = click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
                          help="On a bad line: skip it (counted and reported with its line number), "
@@ -501,15 +501,8 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
     runner = QueryRunner(model, index, searcher, mode, topn, excl, qindex)
     stream = _input(input_path, cmd)
     try:
-        if out_path == "-":
-            summary = run_queries(runner, stream, sys.stdout.buffer, opts, log, input_path or "stdin",
-                                  progress=_QueryProgress(quiet))
-            sys.stdout.buffer.flush()
-        else:
-            # like fm_predict -out: a failed run leaves no partial file
-            with AtomicFile(out_path) as out:
-                summary = run_queries(runner, stream, out, opts, log, input_path or "stdin",
-                                      progress=_QueryProgress(quiet))
+        summary = to_output(out_path, lambda out: run_queries(
+            runner, stream, out, opts, log, input_path or "stdin", progress=_QueryProgress(quiet)))
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
     except ModelError as e:

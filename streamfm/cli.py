@@ -393,7 +393,6 @@ def _load_for_dump(path, state=True):
 @interruptible("fm_dump info")
 def dump_info(model_path):
     """Print a model's shape, sparsity and hyper-parameters."""
-
     try:
         fmt = detect_format(model_path)
         arrays = read_model(model_path, state=None, table=True)
@@ -483,7 +482,7 @@ def dump_strip(src_path, dst_path, to_fmt, nonzero):
 @interruptible("fm_dump embeddings")
 def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
     """Write every feature's factor vector v (the bias has none)."""
-    from .model import AtomicFile, write_embeddings_txt
+    from .model import write_embeddings_txt
 
     arrays = _load_for_dump(src_path, state=False)
     v = arrays.weights[1:, 1:]

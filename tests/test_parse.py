@@ -599,3 +599,26 @@ def test_parser_matches_reference_grammar(lines, final_newline):
     for j in range(p.nnz):
         a = int(p.name_start[j])
         assert p.hashes[j] == hash_name(data[a:a + int(p.name_len[j])])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(_line(), min_size=1, max_size=40), st.sampled_from([1, 2]))
+def test_trainer_survives_random_lines_and_counts_skips_exactly(lines, cores):
+    """The whole trainer (reader, parser, table, update) on random valid and
+    invalid lines: never crashes, skips exactly the bad lines, trains the rest,
+    and keeps every number of the model finite."""
+    import io
+
+    from streamfm.model import Model
+    from streamfm.train import Options, train_stream
+
+    data = b"\n".join(lines) + b"\n"
+    want_samples, want_bad, _ = reference_parse(data)
+    m = Model(3, np.float64, seed=5)
+    s = train_stream(m, io.BytesIO(data), Options(quiet=True, cores=cores, block_size=64),
+                     lambda msg: None, signals=False)
+    assert s.bad == len(want_bad)
+    assert s.samples + s.overflow_samples == len(want_samples)
+    assert m.n_rows - 1 == len({name for _, feats in want_samples for name, _ in feats})
+    assert np.isfinite(m.params[: m.n_rows]).all()

@@ -98,15 +98,25 @@ def _check_writable(path, cmd):
         fail(cmd, "cannot write %s: it is a directory" % path)
 
 
-def to_output(out_path, run):
-    """``run(out)`` on standard output ('-') or on a file written atomically:
-    a run that fails leaves no partial file (as with models)."""
-    if out_path == "-":
-        result = run(sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return result
-    with AtomicFile(out_path) as out:
-        return run(out)
+def to_output(cmd, out_path, run, reading="input"):
+    """``run(out)`` on standard output ('-') or on a file written atomically
+    (a run that fails leaves no partial file, as with models); its failures
+    end the command with a one-line error and the documented exit code."""
+    try:
+        if out_path == "-":
+            result = run(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return result
+        with AtomicFile(out_path) as out:
+            return run(out)
+    except BadInputStop as e:
+        fail(cmd, str(e), EXIT_BAD_INPUT)
+    except ModelError as e:
+        fail(cmd, str(e))
+    except BrokenPipeError:
+        sys.exit(1)
+    except OSError as e:
+        fail(cmd, "reading %s: %s" % (reading, e.strerror or e))
 
 
 def _fmt_seconds(s):
@@ -347,17 +357,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     opts = Options(cores=cores, on_error=on_error, quiet=quiet, bad_lines=bad_lines,
                    progress_every=progress_every)
     make = Explainer(model, topn=explain).on_block_factory if explain else None
-    try:
-        summary = to_output(out_path, lambda out: predict_stream(
-            model, stream, out, opts, log, make_on_block=make, metrics=metrics))
-    except BadInputStop as e:
-        fail(cmd, str(e), EXIT_BAD_INPUT)
-    except ModelError as e:
-        fail(cmd, str(e))
-    except BrokenPipeError:
-        sys.exit(1)
-    except OSError as e:
-        fail(cmd, "reading input: %s" % (e.strerror or e))
+    summary = to_output(cmd, out_path, lambda out: predict_stream(
+        model, stream, out, opts, log, make_on_block=make, metrics=metrics))
     if not quiet:
         rate = summary.samples / max(summary.seconds, 1e-9)
         log("%s: %s lines, %s scored, %s bad, %s lines/s (model load %s)" % (

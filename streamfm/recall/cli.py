@@ -500,17 +500,9 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
         fail(cmd, str(e))
     runner = QueryRunner(model, index, searcher, mode, topn, excl, qindex)
     stream = _input(input_path, cmd)
-    try:
-        summary = to_output(out_path, lambda out: run_queries(
-            runner, stream, out, opts, log, input_path or "stdin", progress=_QueryProgress(quiet)))
-    except BadInputStop as e:
-        fail(cmd, str(e), EXIT_BAD_INPUT)
-    except ModelError as e:
-        fail(cmd, str(e))
-    except BrokenPipeError:
-        sys.exit(1)
-    except OSError as e:
-        fail(cmd, "reading queries: %s" % (e.strerror or e))
+    summary = to_output("fm_recall " + cmd, out_path, lambda out: run_queries(
+        runner, stream, out, opts, log, input_path or "stdin", progress=_QueryProgress(quiet)),
+        reading="queries")
     if not quiet:
         s = summary
         log("fm_recall query: %s queries (%s), %s bad lines, %s queries/s" % (

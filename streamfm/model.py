@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt, ftrl
+from .errors import ModelFormatError as ModelError  # one class; the commands' name for it
 from .table import FeatureTable, lookup_one, place
 
 MAGIC = b"\x89SFMBIN\n"
@@ -41,10 +42,6 @@ _ALIGN = 64
 # the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
 PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
-
-
-class ModelError(Exception):
-    """A model file that cannot be used; str() is a one-line explanation."""
 
 
 def dtype_of(mnt):

@@ -120,8 +120,9 @@ class QueryRunner:
             found = (self.query_index.keys.lookup(recs.key_hash[bare]) if self.query_index is not None
                      else np.full(bare.shape[0], -1, np.int64))
             ok = found >= 0
-            vec[bare[ok]] = self.query_index.vectors[found[ok]]
-            own[bare[ok]] = self.query_index.vectors[found[ok], k]
+            if ok.any():  # (no query index at all: nothing to take)
+                vec[bare[ok]] = self.query_index.vectors[found[ok]]
+                own[bare[ok]] = self.query_index.vectors[found[ok], k]
             summary.unresolved += int((~ok).sum())
             vec[bare[~ok]] = 0.0
             own[bare[~ok]] = 0.0

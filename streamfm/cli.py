@@ -574,3 +574,60 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     if not quiet:
         log("%s: %s samples, %s features seen, %s bad lines" % (
             cmd, fmt_int(summary.samples), fmt_int(int((count[1:] > 0).sum())), fmt_int(summary.bad)))
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@fm_dump.command("merge", context_settings=CONTEXT)
+@click.argument("model_paths", metavar="MODEL...", nargs=-1, required=True)
+@click.option("-o", "out_path", metavar="OUT", required=True, help="Where to write the merged model.")
+@click.option("--base", "base_path", metavar="BASE", default=None,
+              help="The model the inputs were all trained from (e.g. yesterday's, continued with -im "
+                   "on each part): increments are counted from its n, and the result keeps its features. "
+                   "Without it, the models count as trained from nothing.")
+@click.option("--to", "to_fmt", type=click.Choice(["bin", "txt"]), default="bin", show_default=True,
+              help="Format of OUT.")
+@click.option("--rule", type=click.Choice(["blend", "dn", "sum"]), default="blend", show_default=True,
+              help="How the weights combine (docs/design-merge.md): blend: FTRL's sums where the models "
+                   "trained a weight little, their n-increment-weighted mean where they trained it to "
+                   "convergence; dn: always that mean; sum: always the sums (overshoots).")
+@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+@interruptible("fm_dump merge")
+def dump_merge(model_paths, out_path, base_path, to_fmt, rule, quiet):
+    """Merge models trained in parallel on parts of the data into one.
+
+    Every MODEL (txt or bin, with its training state) must hold the same
+    factor count and hyper-parameters (a text model takes the defaults).
+    Features are matched by name; per coordinate the weights are averaged
+    with the models' FTRL n as weights, n adds up, and z is rebuilt so that
+    fm_train -im continues the merged model consistently.
+
+    \b
+    Examples:
+      fm_dump merge part0.bin part1.bin part2.bin -o day.bin
+      fm_dump merge --base yesterday.bin h0.bin h1.bin -o today.bin
+    """
+    from .merge import merge_models
+
+    cmd = "fm_dump merge"
+    _check_writable(out_path, "fm_dump")
+    for p in model_paths + ((base_path,) if base_path else ()):
+        if _same_file(p, out_path):
+            fail(cmd, "-o %s is one of the input models: write the merge to another file" % out_path)
+    t0 = time.time()
+    try:
+        fm = merge_models(model_paths, base=base_path, rule=rule)
+        t_merge = time.time() - t0
+        fm.save(out_path, format=to_fmt)
+    except (ModelError, ValueError) as e:
+        fail(cmd, str(e))
+    if not quiet:
+        log("%s: %d models%s -> %s: %s features, %s samples seen (merge %s, total %s)" % (
+            cmd, len(model_paths), " onto %s" % base_path if base_path else "", out_path,
+            fmt_int(fm.n_features), fmt_int(fm.samples_seen), _fmt_seconds(t_merge),
+            _fmt_seconds(time.time() - t0)))

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Quality of the distributed merge, and throughput of the Dask driver (issue 14).
+
+On the bench's 1M-line CTR set (bench_train.py's data, generated if missing):
+
+1. Quality: one sequential model on all lines against the distributed driver
+   (streamfm.distributed.train, in process: the same model Dask and Spark
+   build on the same split) at 2, 4 and 8 partitions, on random splits
+   (each line to a random partition, file order kept within one) and
+   contiguous ones (consecutive chunks), with the settings tried: cold
+   (one merge at the end, no warm start), warm start, sync rounds, and the
+   weighting of the merge. Test logloss / AUC on the 200k held-out lines.
+2. Throughput of streamfm.dask.train on a LocalCluster of 1 and of 2
+   single-threaded worker processes (lines/s, wall time including the
+   merges and the model's trips between processes).
+
+    python bench/bench_distributed.py                  # everything
+    python bench/bench_distributed.py --part quality   # or: --part dask
+    python bench/bench_distributed.py --lines 200000   # quicker
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench_train import ensure_data, machine  # noqa: E402
+
+import streamfm  # noqa: E402
+from streamfm import distributed  # noqa: E402
+
+FM_PARAMS = dict(k=8, seed=1)
+
+
+def read_lines(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def split(lines, parts, how, seed=1):
+    if how == "contiguous":
+        bounds = np.linspace(0, len(lines), parts + 1).astype(np.int64)
+        return [lines[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    owner = np.random.default_rng(seed).integers(0, parts, len(lines))
+    return [[lines[i] for i in np.flatnonzero(owner == p)] for p in range(parts)]
+
+
+def score(fm, test):
+    fm.predict_proba(test, cores=2)
+    r = fm.last_report
+    return r.logloss, r.auc
+
+
+SETTINGS = {
+    # name: (warm_start lines, rounds after the warm start or None for one, merge rule)
+    "cold": (0, None, "n"),
+    "cold, dn": (0, None, "dn"),
+    "warm 50k": (50_000, None, "n"),
+    "warm 50k, dn": (50_000, None, "dn"),
+    "warm 50k, sum": (50_000, None, "sum"),
+    "warm 50k, 4 rounds": (50_000, 4, "n"),
+    "warm 50k, 4 rounds, dn": (50_000, 4, "dn"),
+    "warm 50k, 4 rounds, sum": (50_000, 4, "sum"),
+    "warm 50k, 10 rounds": (50_000, 10, "n"),
+    "warm 50k, 10 rounds, dn": (50_000, 10, "dn"),
+    "warm 50k, 10 rounds, sum": (50_000, 10, "sum"),
+    "no warm, 10 rounds": (0, 10, "n"),
+}
+
+
+def quality(args, train, test):
+    lines = read_lines(train)
+    test_lines = read_lines(test)
+    n = len(lines)
+    scale = n / 1_000_000
+    t0 = time.time()
+    seq = streamfm.FM(**FM_PARAMS)
+    seq.partial_fit(lines)
+    t_seq = time.time() - t0
+    ll0, auc0 = score(seq, test_lines)
+    print("## Quality: distributed merge against one sequential model")
+    print()
+    print("one sequential model (FM.partial_fit, 1 thread, %s lines, %.1f s): test logloss %.4f, AUC %.4f"
+          % (format(n, ","), t_seq, ll0, auc0))
+    print()
+    print("| split | partitions | setting | rounds | test logloss | gap | test AUC | seconds (2 threads) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for how in args.splits:
+        for parts in args.parts:
+            data = split(lines, parts, how)
+            for name in args.settings:
+                warm, rounds, rule = SETTINGS[name]
+                warm = int(warm * scale)
+                per_part = (n - warm) / parts
+                sync = None if rounds is None else max(1, int(np.ceil(per_part / rounds)))
+                t0 = time.time()
+                fm = distributed.train(data, sync_every=sync, warm_start=warm, threads=2, rule=rule,
+                                       **FM_PARAMS)
+                secs = time.time() - t0
+                ll, auc = score(fm, test_lines)
+                n_rounds = len(distributed.plan_rounds([len(d) for d in data], sync, warm))
+                print("| %s | %d | %s | %d | %.4f | %+.4f | %.4f | %.1f |" % (
+                    how, parts, name, n_rounds, ll, ll - ll0, auc, secs))
+                sys.stdout.flush()
+    print()
+
+
+def dask_throughput(args, train):
+    from dask import bag as db
+    from distributed import Client, LocalCluster
+
+    import streamfm.dask as sfd
+
+    n = sum(1 for _ in open(train, "rb"))
+    print("## Dask driver throughput (streamfm.dask.train, %s lines, %d partitions, %s)"
+          % (format(n, ","), args.dask_partitions,
+             "one merge" if args.dask_rounds is None else "%d rounds" % args.dask_rounds))
+    print()
+    print("| workers | wall s | lines/s | vs. FM.partial_fit, 1 thread |")
+    print("|---|---|---|---|")
+    t0 = time.time()
+    seq = streamfm.FM(**FM_PARAMS)
+    seq.partial_fit(train)
+    rate_seq = n / (time.time() - t0)
+    print("| (in process, FM.partial_fit) | %.1f | %s | 1.00x |" % (n / rate_seq, format(int(rate_seq), ",")))
+    size = os.path.getsize(train)
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            bag = db.read_text(train, blocksize=size // args.dask_partitions + 1).persist()
+            client.wait_for_workers(workers)
+            # one small run loads the kernels in every worker (not timed)
+            sfd.train(db.from_sequence([b"1 a:1 b:1", b"0 c:1"] * 4, npartitions=workers), client=client,
+                      **FM_PARAMS)
+            per_part = n / args.dask_partitions
+            sync = None if args.dask_rounds is None else int(np.ceil(per_part / args.dask_rounds))
+            t0 = time.time()
+            fm = sfd.train(bag, client=client, sync_every=sync, warm_start=0, **FM_PARAMS)
+            wall = time.time() - t0
+            assert fm.last_report.lines == n
+            print("| %d | %.1f | %s | %.2fx |" % (workers, wall, format(int(n / wall), ","),
+                                                   (n / wall) / rate_seq))
+            sys.stdout.flush()
+    print()
+    print("This machine has %d cores: 2 workers can at best double one worker's rate, less what the "
+          "merges, the model's trips between processes and the scheduler take." % os.cpu_count())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=1_000_000, help="training lines (default 1,000,000)")
+    ap.add_argument("--test-lines", type=int, default=200_000, help="held-out lines (default 200,000)")
+    ap.add_argument("--data", default=os.path.join(HERE, "data"), help="where the data files are")
+    ap.add_argument("--part", choices=["all", "quality", "dask"], default="all")
+    ap.add_argument("--parts", type=int, nargs="+", default=[2, 4, 8], help="partition counts")
+    ap.add_argument("--splits", nargs="+", default=["random", "contiguous"], choices=["random", "contiguous"])
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                    metavar="SETTING", help="of: %s" % "; ".join(SETTINGS))
+    ap.add_argument("--dask-partitions", type=int, default=8)
+    ap.add_argument("--dask-rounds", type=int, default=None)
+    args = ap.parse_args()
+
+    train = os.path.join(args.data, "ctr_train_%d.txt" % args.lines)
+    test = os.path.join(args.data, "ctr_test_%d.txt" % args.test_lines)
+    ensure_data(train, args.lines, seed=1)
+    ensure_data(test, args.test_lines, seed=2)
+    print("# streamfm distributed benchmark")
+    print()
+    print("machine: %s; %s" % (machine(), time.strftime("%Y-%m-%d %H:%M")))
+    print("model: FM(%s), default FTRL hyper-parameters" % ", ".join("%s=%r" % kv for kv in FM_PARAMS.items()))
+    print()
+    if args.part in ("all", "quality"):
+        quality(args, train, test)
+    if args.part in ("all", "dask"):
+        dask_throughput(args, train)
+
+
+if __name__ == "__main__":
+    main()

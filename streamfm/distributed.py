@@ -1,0 +1,258 @@
+"""Training on partitions of the data in rounds: the driver, for any engine.
+
+    base = the given model (or a new one)
+    [warm start: partition 0 trains alone on its first ``warm_start`` lines]
+    repeat until every line is used:
+        every partition trains a copy of base on its next ``sync_every`` lines
+        base = base with the merge of their States written over it
+
+(``merge.py`` holds the tasks and the merge rule.) An engine runs the rounds'
+tasks: ``LocalEngine`` on threads of this process, ``streamfm.dask`` on a
+Dask cluster, ``streamfm.spark`` on Spark. With one partition the rounds
+continue one model on consecutive lines, which is exactly one sequential
+run (``FM.partial_fit`` on all the lines).
+"""
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import merge as _merge
+from .errors import ParameterError
+
+logger = logging.getLogger("streamfm")
+
+
+def plan_rounds(lengths, sync_every=None, warm_start=0):
+    """The rounds of a run: per round, a list of (partition, start, stop) line ranges.
+
+    ``lengths``: lines per partition. ``warm_start``: the first round is
+    partition 0 alone on its first ``warm_start`` lines. ``sync_every``:
+    lines per partition between two merges (None: one round over
+    everything). Every line is in exactly one range, and each partition's
+    ranges follow its order.
+    """
+    lengths = [int(n) for n in lengths]
+    if sync_every is not None and (isinstance(sync_every, bool) or int(sync_every) < 1):
+        raise ParameterError("sync_every must be a positive number of lines, not %r" % (sync_every,))
+    if int(warm_start) < 0:
+        raise ParameterError("warm_start must be >= 0, not %r" % (warm_start,))
+    offsets = [0] * len(lengths)
+    rounds = []
+    if warm_start and lengths and lengths[0]:
+        offsets[0] = min(int(warm_start), lengths[0])
+        rounds.append([(0, 0, offsets[0])])
+    while True:
+        tasks = []
+        for p, n in enumerate(lengths):
+            if offsets[p] < n:
+                stop = n if sync_every is None else min(n, offsets[p] + int(sync_every))
+                tasks.append((p, offsets[p], stop))
+                offsets[p] = stop
+        if not tasks:
+            return rounds
+        rounds.append(tasks)
+
+
+class Totals:
+    """Counts of a distributed run: lines, samples, bad lines, progressive logloss, rounds."""
+
+    def __init__(self):
+        self.lines = self.samples = self.bad = self.rounds = 0
+        self.loss_sum = 0.0
+
+    def add(self, lines, samples, bad, loss_sum):
+        self.lines += lines
+        self.samples += samples
+        self.bad += bad
+        self.loss_sum += loss_sum
+        self.rounds += 1
+
+    def report(self, n_features, seconds):
+        """A ``streamfm.Report`` of the run (AUC is not combined across partitions: NaN)."""
+        from .fm import Report
+
+        r = Report("distributed train")
+        r.lines, r.samples, r.bad = self.lines, self.samples, self.bad
+        r.logloss = self.loss_sum / self.samples if self.samples else float("nan")
+        r.n_features = n_features
+        r.seconds = seconds
+        return r
+
+
+def counts(state):
+    """(lines, samples, bad, loss_sum) of a State."""
+    return state.lines, state.samples, state.bad, state.loss_sum
+
+
+def apply_state(base, state):
+    """``base.apply(state)`` as a task function."""
+    return base.apply(state)
+
+
+def run(engine, base, sync_every=None, warm_start=0):
+    """Run the rounds on ``engine`` from ``base`` (a ``merge.Base``); returns a ``streamfm.FM``
+    whose ``last_report`` counts the run.
+
+    The engine provides ``lengths()`` (lines per partition), ``ship(base)``
+    (a handle the tasks read the base through), ``round(handle, tasks, i)``
+    (train the tasks, merge their States: a handle of the merged State),
+    ``counts(state)`` ((lines, samples, bad, loss_sum) of it),
+    ``apply(handle, state)`` (the next base's handle) and ``fetch(handle)``
+    (the Base itself).
+    """
+    t0 = time.time()
+    rounds = plan_rounds(engine.lengths(), sync_every, warm_start)
+    totals = Totals()
+    handle = engine.ship(base)
+    for i, tasks in enumerate(rounds):
+        state = engine.round(handle, tasks, i)
+        totals.add(*engine.counts(state))
+        handle = engine.apply(handle, state)
+        logger.info("distributed train: round %d of %d: %d tasks, %d lines so far", i + 1, len(rounds),
+                    len(tasks), totals.lines)
+    fm = engine.fetch(handle).fm()
+    fm.last_report = totals.report(fm.n_features, time.time() - t0)
+    return fm
+
+
+def start_base(fm=None, **fm_params):
+    """The Base a run starts from: the model ``fm`` continues (a copy), or a new FM(**fm_params)."""
+    if fm is not None:
+        if fm_params:
+            raise ParameterError("give either a model to continue or FM parameters, not both "
+                                 "(got %s)" % ", ".join(sorted(fm_params)))
+        return _merge.Base.of(fm)
+    return _merge.empty_base(**fm_params)
+
+
+class LocalEngine:
+    """Rounds on threads of this process (the tasks release the GIL in their kernels).
+
+    ``partitions``: a list of partitions, each what ``merge.train_partition``
+    takes (a list of lines, a (matrix, y) pair...). ``threads``: tasks run
+    at once. ``rule``: the merge rule (``merge.merge``). ``task_options``:
+    keyword arguments of every task.
+    """
+
+    def __init__(self, partitions, threads=1, rule="blend", **task_options):
+        self.partitions = list(partitions)
+        self.threads = max(1, int(threads))
+        self.rule = rule
+        self.task_options = task_options
+
+    def lengths(self):
+        return [_length(p) for p in self.partitions]
+
+    def ship(self, base):
+        return base
+
+    def round(self, base, tasks, i):
+        def one(task):
+            p, start, stop = task
+            return _merge.train_partition(base, self.partitions[p], start, stop, **self.task_options)
+
+        if self.threads == 1 or len(tasks) == 1:
+            states = [one(t) for t in tasks]
+        else:
+            with ThreadPoolExecutor(min(self.threads, len(tasks))) as ex:
+                states = list(ex.map(one, tasks))
+        return _merge.merge(states, self.rule)
+
+    def counts(self, state):
+        return counts(state)
+
+    def apply(self, base, state):
+        return base.apply(state)
+
+    def fetch(self, base):
+        return base
+
+
+def _length(p):
+    if isinstance(p, tuple) and len(p) == 2:
+        return p[0].shape[0]
+    return len(p)
+
+
+def train(partitions, fm=None, *, sync_every=None, warm_start=0, threads=1, rule="blend", on_error="skip",
+          max_bad_fraction=None, feature_names=None, **fm_params):
+    """Train an FM on partitions of the data with the merge rounds, in this process.
+
+    The same run as ``streamfm.dask.train`` and ``streamfm.spark.train`` on
+    the same partitions (the same model, bit for bit), without an engine:
+    for tests, for comparing settings, and for a machine with many cores.
+
+    Parameters
+    ----------
+    partitions : list
+        Each a list of lines (str or bytes) or a (matrix, y) pair.
+    fm : streamfm.FM, optional
+        A model to continue (yesterday's, for incremental training); not
+        changed. Without it, a new ``FM(**fm_params)``.
+    sync_every : int, optional
+        Lines per partition between merges (None: one merge at the end).
+    warm_start : int
+        Lines of partition 0 trained alone before the others start, so all
+        partitions begin from one model whose factors already agree.
+    threads : int
+        Tasks run at once. Each task trains on one thread (deterministic).
+    rule : str
+        The merge rule: "blend" (default), "dn" or "sum" (see ``merge.merge``).
+    on_error, max_bad_fraction
+        As in ``FM.partial_fit``, per task.
+    feature_names : sequence, optional
+        Column names of (matrix, y) partitions.
+
+    Returns a new ``streamfm.FM``; its ``last_report`` counts the lines,
+    samples and bad lines of all partitions and their progressive logloss.
+    """
+    base = start_base(fm, **fm_params)
+    _merge.Merger(rule)  # checks the name
+    engine = LocalEngine(partitions, threads, rule, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                         feature_names=feature_names)
+    return run(engine, base, sync_every, warm_start)
+
+
+class Scorer:
+    """What prediction on a worker needs: hyper-parameters, names and (w, v) per row.
+
+    Ships to workers (numpy arrays and a dict); ``predict(lines)`` scores a
+    partition. The table of names is built once per Scorer object.
+    """
+
+    def __init__(self, hyper, arena, name_off, weights, info):
+        self.hyper = dict(hyper)
+        self.arena = arena
+        self.name_off = name_off
+        self.weights = weights
+        self.info = dict(info)
+        self._fm = None
+
+    @classmethod
+    def of(cls, fm):
+        sm = fm.serving_model()
+        arena, off = sm.table.names_view()
+        n = sm.n_rows
+        info = dict(sm.info, k=fm.k, n_rows=n)
+        return cls(fm.hyper_parameters(), arena.copy(), off.copy(), sm.weights[:n].copy(), info)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fm"] = None
+        return state
+
+    def fm(self):
+        """An ``streamfm.FM`` that predicts with these weights (it cannot be trained)."""
+        if self._fm is None:
+            from .fm import FM
+            from .model import ModelArrays
+
+            fm = FM(**self.hyper)
+            fm.replace_model(ModelArrays(self.arena, self.name_off, self.weights, None, self.info))
+            self._fm = fm
+        return self._fm
+
+    def predict(self, lines):
+        """Probabilities of the lines (NaN for a bad one), in order."""
+        return self.fm().predict_proba(lines)

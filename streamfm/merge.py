@@ -1,0 +1,829 @@
+"""Merging FM models trained in parallel: the engine-independent core (docs/design-merge.md).
+
+Training on several machines runs in rounds. A round starts from one shared
+model, the *base*; every partition of the data trains a private copy of it
+on its lines (``train_partition``) and keeps only the rows it changed, each
+with the base's n of that row: a ``State``. States are merged (``merge``)
+and the result is written over the base (``Base.apply``), which starts the
+next round. Tasks hold no global state: a task is a function of the base
+and its lines, so a failed one is simply run again.
+
+The merge rule, per coordinate (w of each feature, each v_f, the bias), over
+the states that hold the coordinate, with ``n0`` the base's n and ``n_p``,
+``z_p`` partition p's FTRL state and ``theta_p`` its weight::
+
+    dn_p  = n_p - n0                  (0: the partition never trained it)
+    n     = n0 + sum_p dn_p
+    theta = sum_p dn_p theta_p / sum_p dn_p
+    z     = the z for which FTRL's closed form gives theta at n
+
+so training continues from a merged model (``-im``) as it would from one
+that reached ``theta`` with that n. A coordinate trained by one partition
+only keeps that partition's numbers exactly; one trained by none keeps the
+base's. The sums run as weighted running means over the states in any
+order: ``merge`` is commutative and associative up to float rounding, and a
+merged State is a State again (a tree of merges equals one merge).
+
+Features are joined by their names' bytes (a hash of its own, checked by
+byte comparison), never by the feature-table hashes of the models, so
+models whose tables hash differently merge as well.
+"""
+
+import itertools
+import math
+
+import numpy as np
+from numba import njit
+
+from . import ftrl
+from .errors import ModelFormatError, ParameterError
+
+W, WN, WZ, VN = ftrl.W, ftrl.WN, ftrl.WZ, ftrl.VN
+
+_EMPTY = -1
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIX = np.uint64(0x94D049BB133111EB)
+_S31 = np.uint64(31)
+
+# merge kernels' error codes
+_OK, _ERR_BASE_N, _ERR_BELOW_BASE = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------
+# The name index: names (bytes in one arena) -> rows, joined by content
+
+
+@njit(inline="always")
+def _name_hash(arena, a, b):
+    h = _FNV_OFFSET
+    for i in range(a, b):
+        h = (h ^ np.uint64(arena[i])) * _FNV_PRIME
+    h = (h ^ (h >> _S31)) * _MIX
+    return h ^ (h >> _S31)
+
+
+@njit(inline="always")
+def _same_name(arena1, a1, b1, arena2, a2, b2):
+    if b1 - a1 != b2 - a2:
+        return False
+    for t in range(b1 - a1):
+        if arena1[a1 + t] != arena2[a2 + t]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _index_place(slots, hashes, n_rows):
+    mask = slots.shape[0] - 1
+    for r in range(1, n_rows):
+        i = np.int64(hashes[r] & np.uint64(mask))
+        while slots[i] != _EMPTY:
+            i = (i + 1) & mask
+        slots[i] = r
+
+
+@njit(cache=True, nogil=True)
+def _join(slots, hashes, arena, name_off, meta, src_arena, src_off, src_n, insert, rows):
+    """rows[r] = the index's row named as source row r (row 0, the bias, is row 0).
+
+    A name the index lacks is appended when ``insert`` (the caller reserved
+    room), else gets -1. Returns the first source row whose name is already
+    taken by an earlier source row (a name held twice), or -1.
+    """
+    mask = slots.shape[0] - 1
+    n_before = meta[0]
+    rows[0] = 0
+    for r in range(1, src_n):
+        a = src_off[r]
+        b = src_off[r + 1]
+        h = _name_hash(src_arena, a, b)
+        i = np.int64(h & np.uint64(mask))
+        found = -1
+        while True:
+            o = slots[i]
+            if o == _EMPTY:
+                break
+            if hashes[o] == h and _same_name(arena, name_off[o], name_off[o + 1], src_arena, a, b):
+                found = o
+                break
+            i = (i + 1) & mask
+        if found >= n_before:
+            return r
+        if found < 0 and insert:
+            found = meta[0]
+            pos = meta[1]
+            for t in range(b - a):
+                arena[pos + t] = src_arena[a + t]
+            name_off[found + 1] = pos + b - a
+            hashes[found] = h
+            slots[i] = found
+            meta[0] = found + 1
+            meta[1] = pos + b - a
+        rows[r] = found
+    return -1
+
+
+class _Names:
+    """A growable set of names (row 0 = the bias, never looked up) with its index."""
+
+    def __init__(self, arena, name_off, n_rows, extra_rows=0, extra_bytes=0):
+        used = int(name_off[n_rows])
+        self.arena = np.zeros(max(used + extra_bytes, 16), np.uint8)
+        self.arena[:used] = arena[:used]
+        self.name_off = np.zeros(n_rows + extra_rows + 1, np.int64)
+        self.name_off[: n_rows + 1] = name_off[: n_rows + 1]
+        self.hashes = np.zeros(n_rows + extra_rows, np.uint64)
+        _hash_names(self.arena, self.name_off, self.hashes, n_rows)
+        self.meta = np.array([n_rows, used], np.int64)
+        self.slots = np.full(_slots_for(n_rows + extra_rows), _EMPTY, np.int64)
+        dup = _find_dup(self.slots, self.hashes, self.arena, self.name_off, n_rows)
+        if dup >= 0:
+            raise ModelFormatError("feature %r appears twice" % self.name(dup))
+
+    @property
+    def n_rows(self):
+        return int(self.meta[0])
+
+    def name(self, r):
+        return bytes(self.arena[self.name_off[r]:self.name_off[r + 1]]).decode("utf-8", "backslashreplace")
+
+    def reserve(self, rows, nbytes):
+        n, used = self.n_rows, int(self.meta[1])
+        if n + rows > self.hashes.shape[0]:
+            cap = max(n + rows, 2 * self.hashes.shape[0])
+            self.hashes = _grown(self.hashes, cap, n)
+            self.name_off = _grown(self.name_off, cap + 1, n + 1)
+        if used + nbytes > self.arena.shape[0]:
+            self.arena = _grown(self.arena, max(used + nbytes, 2 * self.arena.shape[0]), used)
+        if 2 * (n + rows) > self.slots.shape[0]:
+            self.slots = np.full(_slots_for(max(n + rows, 2 * n)), _EMPTY, np.int64)
+            _index_place(self.slots, self.hashes, n)
+
+    def join(self, arena, name_off, n_rows, insert):
+        """Rows (in this set) of the names ``arena[name_off[r]:name_off[r+1]]``, r < n_rows."""
+        if insert:
+            self.reserve(n_rows, int(name_off[n_rows]))
+        rows = np.empty(n_rows, np.int64)
+        dup = _join(self.slots, self.hashes, self.arena, self.name_off, self.meta, arena, name_off,
+                    n_rows, insert, rows)
+        if dup >= 0:
+            raise ModelFormatError("feature %r appears twice"
+                                   % bytes(arena[name_off[dup]:name_off[dup + 1]]).decode("utf-8", "replace"))
+        return rows
+
+    def names(self):
+        n = self.n_rows
+        return self.arena[: self.name_off[n]].copy(), self.name_off[: n + 1].copy()
+
+
+def _slots_for(n):
+    size = 1024
+    while size < 2 * n:
+        size *= 2
+    return size
+
+
+def _grown(a, cap, keep):
+    out = np.zeros((cap,) + a.shape[1:], a.dtype)
+    out[:keep] = a[:keep]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _hash_names(arena, name_off, hashes, n_rows):
+    for r in range(1, n_rows):
+        hashes[r] = _name_hash(arena, name_off[r], name_off[r + 1])
+
+
+@njit(cache=True, nogil=True)
+def _find_dup(slots, hashes, arena, name_off, n_rows):
+    mask = slots.shape[0] - 1
+    for r in range(1, n_rows):
+        h = hashes[r]
+        i = np.int64(h & np.uint64(mask))
+        while True:
+            o = slots[i]
+            if o == _EMPTY:
+                slots[i] = r
+                break
+            if hashes[o] == h and _same_name(arena, name_off[o], name_off[o + 1], arena, name_off[r],
+                                             name_off[r + 1]):
+                return r
+            i = (i + 1) & mask
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _gather_names(arena, name_off, idx, out_off, out):
+    for j in range(idx.shape[0]):
+        s = name_off[idx[j]]
+        ln = name_off[idx[j] + 1] - s
+        out_off[j + 1] = out_off[j] + ln
+        for t in range(ln):
+            out[out_off[j] + t] = arena[s + t]
+
+
+def _take_names(arena, name_off, idx):
+    lens = name_off[idx + 1] - name_off[idx]
+    out = np.empty(int(lens.sum()), np.uint8)
+    off = np.zeros(idx.shape[0] + 1, np.int64)
+    _gather_names(arena, name_off, idx, off, out)
+    return out, off
+
+
+# ---------------------------------------------------------------------------
+# States and the merge rule
+
+
+def _n_columns(k):
+    """The params columns of the n of w, v_1..v_k (a State's n0 columns)."""
+    return np.array([WN] + [VN + f for f in range(k)], np.int64)
+
+
+def _z_columns(k):
+    """The params columns of the z of w, v_1..v_k (a State's z0 columns)."""
+    return np.array([WZ] + [VN + k + f for f in range(k)], np.int64)
+
+
+# the sums a merge keeps per coordinate, over the states that trained it
+ACC_DN, ACC_MEAN, ACC_ZSUM, ACC_K, ACC_Z = range(5)
+N_ACC = 5
+RULES = {"blend": 0, "dn": 1, "sum": 2}
+_BLEND, _DN, _SUM = 0, 1, 2
+COUPLING = 3.0
+
+
+class State:
+    """The rows of a model one or more partitions changed, relative to a base.
+
+    Attributes: ``arena``/``name_off`` (the rows' names; row 0 is the bias),
+    ``params`` (FTRL rows in ``ftrl.py``'s layout: w, w_n, w_z, v_n[k],
+    v_z[k]), ``n0``/``z0`` (float64, one column per coordinate w, v_1..v_k:
+    the base's n and z as its FTRL rows hold them; 0 for a feature the base
+    does not hold), ``k``, ``hp`` (the 9 FTRL hyper-parameters,
+    ``ftrl.HP_NAMES``), ``fvs``, ``seed``, and the counts of the lines that
+    made it: ``lines``, ``samples``, ``bad``, ``loss_sum`` (progressive
+    logloss times samples).
+
+    A partition's State holds its trained rows. A merged State also holds,
+    per coordinate, ``cnt`` (the partitions that trained it) and ``acc``
+    (their sums, ``ACC_*``); its ``params`` are exact where cnt <= 1 and
+    are computed from the sums by ``finished_params`` (``Base.apply``).
+    Keeping sums rather than results is what makes merging associative.
+    States pickle compactly (numpy arrays and numbers).
+    """
+
+    def __init__(self, arena, name_off, params, n0, z0, k, hp, fvs, seed, lines=0, samples=0, bad=0,
+                 loss_sum=0.0, cnt=None, acc=None, rule="blend"):
+        self.arena = arena
+        self.name_off = name_off
+        self.params = params
+        self.n0 = n0
+        self.z0 = z0
+        self.k = int(k)
+        self.hp = np.asarray(hp, np.float64)
+        self.fvs = bool(fvs)
+        self.seed = int(seed)
+        self.lines = int(lines)
+        self.samples = int(samples)
+        self.bad = int(bad)
+        self.loss_sum = float(loss_sum)
+        self.cnt = cnt
+        self.acc = acc
+        self.rule = rule
+
+    @property
+    def n_rows(self):
+        return self.params.shape[0]
+
+    @property
+    def dtype(self):
+        return self.params.dtype
+
+    @property
+    def logloss(self):
+        """Progressive logloss of the samples that made the state (NaN if none)."""
+        return self.loss_sum / self.samples if self.samples else float("nan")
+
+    def name(self, r):
+        return bytes(self.arena[self.name_off[r]:self.name_off[r + 1]]).decode("utf-8", "backslashreplace")
+
+    def finished_params(self):
+        """The FTRL rows of the merged model: the rule applied where two or more partitions trained."""
+        if self.acc is None:
+            return self.params
+        out = self.params.copy()
+        _finish(self.n_rows, self.k, self.hp, RULES[self.rule], COUPLING, out, self.n0, self.z0, self.cnt,
+                self.acc)
+        return out
+
+    def __repr__(self):
+        return "State(%d rows, k=%d, %d samples)" % (self.n_rows - 1, self.k, self.samples)
+
+
+def _check_same(first, s):
+    if s.k != first.k:
+        raise ParameterError("cannot merge models with %d and %d factors" % (first.k, s.k))
+    if not np.array_equal(s.hp, first.hp):
+        diff = [n for n, a, b in zip(ftrl.HP_NAMES, first.hp, s.hp) if a != b]
+        raise ParameterError("cannot merge models with different hyper-parameters (%s)" % ", ".join(diff))
+    if s.fvs != first.fvs:
+        raise ParameterError("cannot merge models with different fvs")
+
+
+@njit(inline="always")
+def _coord(c, k, hp):
+    """(n column, z column, alpha, beta, l1, l2) of coordinate c (0: w, 1+f: v_f)."""
+    if c == 0:
+        return WN, WZ, hp[0], hp[1], hp[2], hp[3]
+    return VN + c - 1, VN + k + c - 1, hp[4], hp[5], hp[6], hp[7]
+
+
+@njit(inline="always")
+def _base_weight(z0, n0, alpha, beta, l1, l2):
+    """The weight the partitions started from (0 where the base never trained the
+    coordinate: n0 = 0, where no rule depends on it)."""
+    if n0 > 0.0:
+        return ftrl.weight_from_state(z0, n0, alpha, beta, l1, l2)
+    return 0.0
+
+
+@njit(inline="always")
+def contraction(n0, n1, alpha, beta, l2):
+    r"""K = \int_{n0}^{n1} dn / D(n), D(n) = l2 + (beta + sqrt(n)) / alpha.
+
+    With g^2 standing for the curvature a gradient comes with, FTRL shrinks
+    a persistent error of a coordinate by about exp(-K) while its n goes
+    from n0 to n1 (docs/design-merge.md). With u = sqrt(n), c = alpha l2 + beta:
+    K = 2 alpha [u1 - u0 - c ln((u1 + c) / (u0 + c))].
+    """
+    c = alpha * l2 + beta
+    u0 = math.sqrt(n0)
+    u1 = math.sqrt(n1)
+    return 2.0 * alpha * ((u1 - u0) - c * math.log((u1 + c) / (u0 + c)))
+
+
+@njit(inline="always")
+def z_for_weight(theta, n, z_hint, alpha, beta, l1, l2):
+    """The FTRL z whose weight at n is theta (the inverse of ftrl.weight_from_state).
+
+    For theta != 0, from theta = -(z - sgn(z) l1) / (l2 + (beta + sqrt(n)) / alpha):
+    z = -theta (l2 + (beta + sqrt(n)) / alpha) - sgn(theta) l1. Every z in
+    [-l1, l1] gives theta = 0: then ``z_hint`` clipped to that interval.
+    """
+    if theta == 0.0:
+        return min(max(z_hint, -l1), l1)
+    d = l2 + (beta + math.sqrt(n)) / alpha
+    return -theta * d - (l1 if theta > 0.0 else -l1)
+
+
+@njit(cache=True, nogil=True)
+def _accumulate(rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, seen, out_params, out_n0, out_z0,
+                cnt, acc):
+    """Add one state's rows (row r goes to out row rows[r]) to a running merge.
+
+    Per coordinate c (0: w, 1+f: v_f) of out row o: cnt (partitions that
+    trained it: dn = n - n0 > 0) and acc, the sums over them of dn, of
+    dn (theta - theta0), of z - z0, of dn K(n0, n) and of dn z. A merged
+    state (``has_acc``) brings its own counts and sums. The first partition
+    to train a coordinate leaves its raw (n, z) (and w) in out_params, so a
+    coordinate one partition trained keeps its numbers exactly; one no
+    partition trained holds the element-wise maximum of the states' values
+    (they are equal but for -fvs re-draws of an untrained v). Returns
+    (code, row): _ERR_BASE_N when two states disagree on a base (n, z),
+    _ERR_BELOW_BASE when a state's n is below the base's.
+    """
+    for r in range(rows.shape[0]):
+        o = rows[r]
+        first = not seen[o]
+        for c in range(k + 1):
+            ncol, zcol, alpha, beta, l1, l2 = _coord(c, k, hp)
+            n = np.float64(params[r, ncol])
+            z = np.float64(params[r, zcol])
+            bn = n0[r, c]
+            bz = z0[r, c]
+            if first:
+                out_n0[o, c] = bn
+                out_z0[o, c] = bz
+            elif out_n0[o, c] != bn or out_z0[o, c] != bz:
+                return _ERR_BASE_N, r
+            dn = n - bn
+            if has_acc:
+                sc = s_cnt[r, c]
+            elif dn < 0.0:
+                return _ERR_BELOW_BASE, r
+            else:
+                sc = 1 if dn > 0.0 else 0
+            if sc > 0:
+                if cnt[o, c] == 0 and sc == 1:
+                    out_params[o, ncol] = params[r, ncol]
+                    out_params[o, zcol] = params[r, zcol]
+                    if c == 0:
+                        out_params[o, W] = params[r, W]
+                if has_acc:
+                    for j in range(N_ACC):
+                        acc[o, c, j] += s_acc[r, c, j]
+                else:
+                    theta = ftrl.weight_from_state(z, n, alpha, beta, l1, l2)
+                    acc[o, c, ACC_DN] += dn
+                    acc[o, c, ACC_MEAN] += dn * (theta - _base_weight(bz, bn, alpha, beta, l1, l2))
+                    acc[o, c, ACC_ZSUM] += z - (bz if bn > 0.0 else 0.0)
+                    acc[o, c, ACC_K] += dn * contraction(bn, n, alpha, beta, l2)
+                    acc[o, c, ACC_Z] += dn * z
+                cnt[o, c] += sc
+            elif cnt[o, c] == 0:
+                if first:
+                    out_params[o, ncol] = params[r, ncol]
+                    out_params[o, zcol] = params[r, zcol]
+                    if c == 0:
+                        out_params[o, W] = params[r, W]
+                else:
+                    out_params[o, zcol] = max(out_params[o, zcol], params[r, zcol])
+                    if c == 0:
+                        out_params[o, W] = max(out_params[o, W], params[r, W])
+        seen[o] = True
+    return _OK, -1
+
+
+@njit(cache=True, nogil=True)
+def _finish(n_rows, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc):
+    """The merged coordinates (trained by two or more partitions): n = n0 + sum dn,
+    the rule's weight theta, and the z that FTRL's closed form maps to theta.
+
+    blend: theta = (1 - lam) theta_sum + lam theta_mean, lam = 1 - exp(-coupling K),
+    K the dn-weighted mean of the partitions' K(n0, n_p); dn: theta_mean;
+    sum: theta_sum. theta_sum is FTRL's weight at (z0 + sum (z_p - z0), n),
+    theta_mean = theta0 + sum dn_p (theta_p - theta0) / sum dn_p.
+    """
+    for o in range(n_rows):
+        for c in range(k + 1):
+            if cnt[o, c] < 2:
+                continue
+            ncol, zcol, alpha, beta, l1, l2 = _coord(c, k, hp)
+            bn = out_n0[o, c]
+            s = acc[o, c, ACC_DN]
+            n = bn + s
+            zs = (out_z0[o, c] if bn > 0.0 else 0.0) + acc[o, c, ACC_ZSUM]
+            if rule == _SUM:
+                theta = ftrl.weight_from_state(zs, n, alpha, beta, l1, l2)
+                z = zs
+            else:
+                tm = _base_weight(out_z0[o, c], bn, alpha, beta, l1, l2) + acc[o, c, ACC_MEAN] / s
+                zm = acc[o, c, ACC_Z] / s
+                if rule == _DN:
+                    theta = tm
+                    hint = zm
+                else:
+                    lam = 1.0 - math.exp(-coupling * acc[o, c, ACC_K] / s)
+                    theta = (1.0 - lam) * ftrl.weight_from_state(zs, n, alpha, beta, l1, l2) + lam * tm
+                    hint = (1.0 - lam) * zs + lam * zm
+                z = z_for_weight(theta, n, hint, alpha, beta, l1, l2)
+            out_params[o, ncol] = n
+            out_params[o, zcol] = z
+            if c == 0:
+                out_params[o, W] = theta
+
+
+class Merger:
+    """A running merge: ``add`` States one at a time (each may be freed after), then ``result``.
+
+    ``merge(states)`` is a Merger over the list; ``fm_dump merge`` uses this
+    form to merge model files without holding them all in memory.
+    ``rule``: see ``merge``.
+    """
+
+    _ARRAYS = ("params", "n0", "z0", "cnt", "acc", "seen")
+
+    def __init__(self, rule="blend"):
+        if rule not in RULES:
+            raise ParameterError("merge rule must be one of %s, not %r" % (", ".join(RULES), rule))
+        self.rule = rule
+        self.first = None
+        self.names = None
+        self.count = 0
+
+    def add(self, state):
+        if self.first is None:
+            self.first = state
+            k = state.k
+            self.names = _Names(np.frombuffer(b"bias", np.uint8), np.array([0, 4], np.int64), 1,
+                                extra_rows=state.n_rows, extra_bytes=int(state.name_off[-1]))
+            cap = max(state.n_rows, 1)
+            self.params = np.zeros((cap, ftrl.n_cols(k)), state.dtype)
+            self.n0 = np.zeros((cap, k + 1))
+            self.z0 = np.zeros((cap, k + 1))
+            self.cnt = np.zeros((cap, k + 1), np.int32)
+            self.acc = np.zeros((cap, k + 1, N_ACC))
+            self.seen = np.zeros(cap, np.bool_)
+            self.totals = [0, 0, 0, 0.0]
+        else:
+            _check_same(self.first, state)
+        rows = self.names.join(state.arena, state.name_off, state.n_rows, insert=True)
+        self._fit(self.names.n_rows)
+        params = state.params.astype(self.params.dtype, copy=False)
+        has_acc = state.acc is not None
+        s_cnt = state.cnt if has_acc else np.zeros((0, 0), np.int32)
+        s_acc = state.acc if has_acc else np.zeros((0, 0, 0))
+        code, r = _accumulate(rows, params, state.n0, state.z0, has_acc, s_cnt, s_acc, state.k, state.hp,
+                              self.seen, self.params, self.n0, self.z0, self.cnt, self.acc)
+        if code == _ERR_BASE_N:
+            raise ModelFormatError("cannot merge: the models were not trained from the same base "
+                                   "(feature %r starts from different n, z)" % state.name(r))
+        if code == _ERR_BELOW_BASE:
+            raise ModelFormatError("cannot merge: feature %r has less training (n) than in the base: "
+                                   "the model does not continue that base" % state.name(r))
+        self.count += 1
+        t = self.totals
+        t[0] += state.lines
+        t[1] += state.samples
+        t[2] += state.bad
+        t[3] += state.loss_sum
+
+    def _fit(self, n):
+        cap = self.params.shape[0]
+        if n <= cap:
+            return
+        cap = max(n, 2 * cap)
+        for name in self._ARRAYS:
+            a = getattr(self, name)
+            setattr(self, name, _grown(a, cap, a.shape[0]))
+
+    def result(self):
+        """The merged State (rows: the union of the states' rows, in first-seen order)."""
+        if self.first is None:
+            raise ParameterError("nothing to merge")
+        s = self.first
+        n = self.names.n_rows
+        arena, off = self.names.names()
+        t = self.totals
+        return State(arena, off, self.params[:n].copy(), self.n0[:n].copy(), self.z0[:n].copy(), s.k, s.hp,
+                     s.fvs, s.seed, lines=t[0], samples=t[1], bad=t[2], loss_sum=t[3],
+                     cnt=self.cnt[:n].copy(), acc=self.acc[:n].copy(), rule=self.rule)
+
+
+def merge(states, rule="blend"):
+    """Merge States of one base into one State: commutative and associative (up to
+    the order of float additions), so engines may group the merges as they like.
+
+    Per coordinate (w and each v_f of every feature, the bias), over the
+    partitions that trained it (dn_p = n_p - n0 > 0; the others have weight
+    0): n = n0 + sum_p dn_p, and the weight (``rule``):
+
+    - ``"blend"`` (default): theta = (1 - lam) theta_sum + lam theta_mean with
+      lam = 1 - exp(-3 K): the FTRL sums where each partition trained the
+      coordinate little (their evidence adds up, as in one stream), the
+      increment-weighted mean where each partition trained it to
+      convergence (K, ``contraction``, measures how far);
+    - ``"dn"``: theta_mean = theta0 + sum_p dn_p (theta_p - theta0) / sum_p dn_p;
+    - ``"sum"``: theta_sum, FTRL's weight at z = z0 + sum_p (z_p - z0)
+      (overshoots where partitions converge; for comparison).
+
+    z is rebuilt from theta with FTRL's closed form (``z_for_weight``), so
+    training continues from the merged model as from any (docs/design-merge.md
+    derives the rule). A coordinate one partition trained keeps that
+    partition's numbers exactly; one no partition trained keeps the base's.
+    ``states``: an iterable of State (same k, hyper-parameters and fvs).
+    Raises ModelFormatError when they do not share a base.
+    """
+    m = Merger(rule)
+    for s in states:
+        m.add(s)
+    return m.result()
+
+
+def merge_pair(a, b, rule="blend"):
+    """merge([a, b]): the reduce function of an engine's tree reduction."""
+    return merge([a, b], rule)
+
+
+# ---------------------------------------------------------------------------
+# The base model and one partition's training
+
+
+@njit(cache=True, nogil=True)
+def _changed_rows(params, base_params, n_base, n_rows, out):
+    """Rows of a trained copy that differ from the base (row 0 always, new rows all)."""
+    m = 0
+    out[m] = 0
+    m += 1
+    ncols = params.shape[1]
+    for r in range(1, n_rows):
+        changed = r >= n_base
+        if not changed:
+            for c in range(ncols):
+                if params[r, c] != base_params[r, c]:
+                    changed = True
+                    break
+        if changed:
+            out[m] = r
+            m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _copy_rows(src, rows, dst):
+    for i in range(rows.shape[0]):
+        for c in range(src.shape[1]):
+            dst[rows[i], c] = src[i, c]
+
+
+class Base:
+    """A model to train partitions from: an FM's hyper-parameters and its rows.
+
+    This is what ships to the workers (it pickles as numpy arrays and a
+    dict): ``hyper`` (``FM.hyper_parameters()``), ``arena``/``name_off``
+    (names, row 0 the bias), ``params`` (FTRL rows), ``info`` (the model's
+    header fields, e.g. ``samples_seen``). Its arrays are never written to:
+    ``fm()`` trains a copy.
+    """
+
+    def __init__(self, hyper, arena, name_off, params, info):
+        self.hyper = dict(hyper)
+        self.arena = arena
+        self.name_off = name_off
+        self.params = params
+        self.info = dict(info)
+
+    @classmethod
+    def of(cls, fm):
+        """The Base of an FM (a copy of its rows; ``fm`` is not changed)."""
+        m = fm.training_model()
+        arena, off = m.names()
+        n = m.n_rows
+        return cls(fm.hyper_parameters(), arena.copy(), off[: n + 1].copy(), m.file_params[:n].copy(), m.meta())
+
+    @property
+    def n_rows(self):
+        return self.params.shape[0]
+
+    @property
+    def k(self):
+        return int(self.hyper["k"])
+
+    def arrays(self, params=None):
+        """The rows as a ``model.ModelArrays`` (the model-file view)."""
+        from .model import ModelArrays
+
+        p = self.params if params is None else params
+        info = dict(self.info, k=self.k, n_rows=p.shape[0])
+        return ModelArrays(self.arena, self.name_off, None, None, info, params=p)
+
+    def fm(self):
+        """A trainable ``streamfm.FM`` on a private copy of the rows."""
+        from .fm import FM
+
+        fm = FM(**self.hyper)
+        # a fresh array: the model must not grow into (or write through to) ours
+        fm.replace_model(self.arrays(np.array(self.params, copy=True)))
+        return fm
+
+    def apply(self, state):
+        """The Base with ``state``'s rows written over (by name) and its new features appended."""
+        info = dict(self.info)
+        info["samples_seen"] = int(info.get("samples_seen", 0)) + state.samples
+        if self.n_rows == 1:  # an empty base: the state's rows (bias included) are the model
+            params = state.finished_params().astype(self.params.dtype, copy=False)
+            return Base(self.hyper, state.arena, state.name_off, params, info)
+        names = _Names(self.arena, self.name_off, self.n_rows, extra_rows=state.n_rows,
+                       extra_bytes=int(state.name_off[-1]))
+        rows = names.join(state.arena, state.name_off, state.n_rows, insert=True)
+        n = names.n_rows
+        params = np.zeros((n, self.params.shape[1]), self.params.dtype)
+        params[: self.n_rows] = self.params
+        _copy_rows(state.finished_params().astype(params.dtype, copy=False), rows, params)
+        arena, off = names.names()
+        return Base(self.hyper, arena, off, params, info)
+
+    def state_of(self, model, lines=0, samples=0, bad=0, loss_sum=0.0):
+        """The State of ``model`` (a ``model.Model`` trained from a copy of this base):
+        the rows it changed, with this base's n of each."""
+        n, nb, k = model.n_rows, self.n_rows, self.k
+        p = model.params
+        idx = np.empty(n, np.int64)
+        m = _changed_rows(p, self.params, nb, n, idx)
+        idx = idx[:m]
+        arena, off = model.names()
+        sub_arena, sub_off = _take_names(arena, off, idx)
+        n0 = np.zeros((m, k + 1))
+        z0 = np.zeros((m, k + 1))
+        old = idx < nb
+        base_rows = self.params[idx[old]]
+        n0[old] = base_rows[:, _n_columns(k)]
+        z0[old] = base_rows[:, _z_columns(k)]
+        return State(sub_arena, sub_off, p[idx], n0, z0, k, model.hp, model.fvs, model.seed, lines=lines,
+                     samples=samples, bad=bad, loss_sum=loss_sum)
+
+    def state_of_model(self, arrays, hp, fvs):
+        """The State of a whole model's content (``model.ModelArrays``) relative to this base:
+        every row, each with the base's n of its feature (joined by name); ``hp``
+        and ``fvs`` are the model's own."""
+        n = arrays.n_rows
+        arena, off = arrays.names()
+        n0 = np.zeros((n, self.k + 1))
+        z0 = np.zeros((n, self.k + 1))
+        if self.n_rows > 1:
+            rows = _Names(self.arena, self.name_off, self.n_rows).join(arena, off, n, insert=False)
+            known = rows >= 0
+            base_rows = self.params[rows[known]]
+            n0[known] = base_rows[:, _n_columns(self.k)]
+            z0[known] = base_rows[:, _z_columns(self.k)]
+        samples = int(arrays.info.get("samples_seen", 0)) - int(self.info.get("samples_seen", 0))
+        return State(arena, off, arrays.file_params, n0, z0, arrays.k, hp, fvs, self.hyper["seed"],
+                     samples=max(samples, 0))
+
+
+def empty_base(**fm_params):
+    """The Base of a new, untrained FM(**fm_params)."""
+    from .fm import FM
+
+    return Base.of(FM(**fm_params))
+
+
+def _lines_of(data, start, stop):
+    """Lines start..stop-1 of a partition (a sequence, an iterable or a (matrix, y) pair)."""
+    if isinstance(data, tuple) and len(data) == 2:
+        X, y = data
+        return X[start:stop], (None if y is None else y[start:stop])
+    if start == 0 and stop is None:
+        return data, None
+    if hasattr(data, "iloc"):  # a pandas Series of lines
+        return data.iloc[start:stop].tolist(), None
+    if isinstance(data, (list, tuple)):
+        return data[start:stop], None
+    return itertools.islice(data, start, stop), None
+
+
+def train_partition(base, data, start=0, stop=None, *, cores=1, on_error="skip", max_bad_fraction=None,
+                    feature_names=None):
+    """Train a copy of ``base`` on one partition's lines start..stop-1; returns its State.
+
+    ``data``: what ``FM.partial_fit`` takes as lines (a list or any iterable
+    of str/bytes lines, a pandas Series of them), or a pair (matrix, y) of a
+    CSR matrix (or 2-D array) and its labels, with ``feature_names``.
+    ``cores``: threads of this task (1: deterministic). The task reads
+    nothing but its arguments, so running it again gives the same State.
+    """
+    fm = base.fm()
+    lines, y = _lines_of(data, start, stop)
+    report = fm.partial_fit(lines, y, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                            feature_names=feature_names)
+    loss = report.logloss * report.samples if report.samples else 0.0
+    return base.state_of(fm.training_model(), lines=report.lines, samples=report.samples, bad=report.bad,
+                         loss_sum=loss)
+
+
+# ---------------------------------------------------------------------------
+# Whole models (fm_dump merge, the API)
+
+
+def merge_models(models, base=None, rule="blend", **hyper):
+    """Merge whole models into one ``streamfm.FM`` (what ``fm_dump merge`` runs).
+
+    ``models``: FM objects or model file paths (binary or text, with their
+    training state), read one at a time. ``base``: the model they were all
+    trained from (an FM or a path): each feature's increments are counted
+    from its n there, and the result holds the base's features too. Without
+    a base the increments are the models' whole n (models trained from
+    nothing, or on disjoint data from scratch). Hyper-parameters, ``fvs``
+    and ``seed`` come from the base, else the first model; binary files keep
+    theirs, text models take ``hyper`` (``FM`` keyword arguments), else the
+    defaults. ``rule``: see ``merge``. Raises ParameterError when the models' factor counts or
+    hyper-parameters differ, ModelFormatError when a model is unreadable or
+    has less training than the base on some feature.
+    """
+    models = list(models)
+    if not models:
+        raise ParameterError("nothing to merge")
+    merger = Merger(rule)
+    b = _as_base(base, hyper) if base is not None else None
+    for m in models:
+        mb = _as_base(m, hyper)
+        if b is None:
+            b = Base(mb.hyper, np.frombuffer(b"bias", np.uint8), np.array([0, 4], np.int64),
+                     np.zeros((1, mb.params.shape[1]), mb.params.dtype), {"samples_seen": 0})
+        if mb.k != b.k:
+            raise ParameterError("cannot merge models with %d and %d factors" % (b.k, mb.k))
+        hp = np.array([float(mb.hyper[h]) for h in ftrl.HP_NAMES])
+        merger.add(b.state_of_model(mb.arrays(), hp, mb.hyper["fvs"]))
+        del mb
+    return b.apply(merger.result()).fm()
+
+
+def _as_base(m, hyper):
+    """A Base of an FM or a model file (read with its training state)."""
+    from .fm import FM, HYPER_PARAMETERS
+    from .model import read_model
+
+    if isinstance(m, FM):
+        return Base.of(m)
+    arrays = read_model(str(m), state=True)
+    info = arrays.info
+    h = dict(HYPER_PARAMETERS)
+    h.update(info.get("hyper") or {})
+    h["fvs"] = bool(info.get("fvs", False))
+    h["seed"] = int(info.get("seed", 0) or 0)
+    h.update(hyper)
+    h.update(k=arrays.k, dtype=str(arrays.dtype), k0=True, k1=True)
+    arena, off = arrays.names()
+    return Base(h, arena, off, arrays.file_params, info)

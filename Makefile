@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    := out/demo
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-spark bench clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Spark tests: pyspark (pinned, ~450 MB) into the venv and a JRE 17 when there is no
+# java (Debian's package; needs root), then tests/test_spark.py on local[2].
+SPARK_STAMP := $(VENV)/.spark-stamp
+$(SPARK_STAMP): $(STAMP)
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1); \
+	if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
+	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null; fi
+	$(BIN)/python -m pip install --quiet 'pyspark==4.3.0'
+	touch $(SPARK_STAMP)
+
+test-spark: $(SPARK_STAMP)
+	$(BIN)/python -m pytest tests/test_spark.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py

@@ -62,20 +62,15 @@ def score(fm, test):
 
 
 SETTINGS = {
-    # name: (warm_start lines, rounds after the warm start or None for one, merge rule)
-    "cold": (0, None, "n"),
-    "cold, dn": (0, None, "dn"),
-    "warm 50k": (50_000, None, "n"),
-    "warm 50k, dn": (50_000, None, "dn"),
-    "warm 50k, sum": (50_000, None, "sum"),
-    "warm 50k, 4 rounds": (50_000, 4, "n"),
-    "warm 50k, 4 rounds, dn": (50_000, 4, "dn"),
-    "warm 50k, 4 rounds, sum": (50_000, 4, "sum"),
-    "warm 50k, 10 rounds": (50_000, 10, "n"),
-    "warm 50k, 10 rounds, dn": (50_000, 10, "dn"),
-    "warm 50k, 10 rounds, sum": (50_000, 10, "sum"),
-    "no warm, 10 rounds": (0, 10, "n"),
+    # name: (warm_start lines at 1M, rounds after the warm start (None: one merge), merge rule)
+    "cold, mean": (0, None, "dn"),
+    "warm 100k, mean": (100_000, None, "dn"),
+    "warm 100k, 10 rounds, mean": (100_000, 10, "dn"),
+    "warm 100k, 10 rounds, sum": (100_000, 10, "sum"),
+    "warm 100k, 10 rounds, blend": (100_000, 10, "blend"),
+    "warm 100k, 30 rounds, blend": (100_000, 30, "blend"),
 }
+MAIN = "warm 100k, 30 rounds, blend"
 
 
 def quality(args, train, test):
@@ -95,23 +90,26 @@ def quality(args, train, test):
     print()
     print("| split | partitions | setting | rounds | test logloss | gap | test AUC | seconds (2 threads) |")
     print("|---|---|---|---|---|---|---|---|")
-    for how in args.splits:
-        for parts in args.parts:
-            data = split(lines, parts, how)
-            for name in args.settings:
-                warm, rounds, rule = SETTINGS[name]
-                warm = int(warm * scale)
-                per_part = (n - warm) / parts
-                sync = None if rounds is None else max(1, int(np.ceil(per_part / rounds)))
-                t0 = time.time()
-                fm = distributed.train(data, sync_every=sync, warm_start=warm, threads=2, rule=rule,
-                                       **FM_PARAMS)
-                secs = time.time() - t0
-                ll, auc = score(fm, test_lines)
-                n_rounds = len(distributed.plan_rounds([len(d) for d in data], sync, warm))
-                print("| %s | %d | %s | %d | %.4f | %+.4f | %.4f | %.1f |" % (
-                    how, parts, name, n_rounds, ll, ll - ll0, auc, secs))
-                sys.stdout.flush()
+    runs = [(how, parts, MAIN) for how in args.splits for parts in args.parts]
+    runs += [("random", 4, name) for name in args.settings if name != MAIN]
+    cache = {}
+    for how, parts, name in runs:
+        if (how, parts) not in cache:
+            cache.clear()
+            cache[(how, parts)] = split(lines, parts, how)
+        data = cache[(how, parts)]
+        warm, rounds, rule = SETTINGS[name]
+        warm = int(warm * scale)
+        per_part = (n - warm) / parts
+        sync = None if rounds is None else max(1, int(np.ceil(per_part / rounds)))
+        t0 = time.time()
+        fm = distributed.train(data, sync_every=sync, warm_start=warm, threads=2, rule=rule, **FM_PARAMS)
+        secs = time.time() - t0
+        ll, auc = score(fm, test_lines)
+        n_rounds = len(distributed.plan_rounds([len(d) for d in data], sync, warm))
+        print("| %s | %d | %s | %d | %.4f | %+.4f | %.4f | %.1f |" % (
+            how, parts, name, n_rounds, ll, ll - ll0, auc, secs))
+        sys.stdout.flush()
     print()
 
 
@@ -164,8 +162,9 @@ def main():
     ap.add_argument("--part", choices=["all", "quality", "dask"], default="all")
     ap.add_argument("--parts", type=int, nargs="+", default=[2, 4, 8], help="partition counts")
     ap.add_argument("--splits", nargs="+", default=["random", "contiguous"], choices=["random", "contiguous"])
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
-                    metavar="SETTING", help="of: %s" % "; ".join(SETTINGS))
+    ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS),
+                    metavar="SETTING", help="compared at 4 random partitions (the splits x partitions "
+                    "table uses %r), of: %s" % (MAIN, "; ".join(SETTINGS)))
     ap.add_argument("--dask-partitions", type=int, default=8)
     ap.add_argument("--dask-rounds", type=int, default=None)
     args = ap.parse_args()

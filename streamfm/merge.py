@@ -341,15 +341,6 @@ def _coord(c, k, hp):
 
 
 @njit(inline="always")
-def _base_weight(z0, n0, alpha, beta, l1, l2):
-    """The weight the partitions started from (0 where the base never trained the
-    coordinate: n0 = 0, where no rule depends on it)."""
-    if n0 > 0.0:
-        return ftrl.weight_from_state(z0, n0, alpha, beta, l1, l2)
-    return 0.0
-
-
-@njit(inline="always")
 def contraction(n0, n1, alpha, beta, l2):
     r"""K = \int_{n0}^{n1} dn / D(n), D(n) = l2 + (beta + sqrt(n)) / alpha.
 
@@ -385,7 +376,7 @@ def _accumulate(rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, seen, out_pa
 
     Per coordinate c (0: w, 1+f: v_f) of out row o: cnt (partitions that
     trained it: dn = n - n0 > 0) and acc, the sums over them of dn, of
-    dn (theta - theta0), of z - z0, of dn K(n0, n) and of dn z. A merged
+    dn theta, of z - z0, of dn K(n0, n) and of dn z. A merged
     state (``has_acc``) brings its own counts and sums. The first partition
     to train a coordinate leaves its raw (n, z) (and w) in out_params, so a
     coordinate one partition trained keeps its numbers exactly; one no
@@ -427,7 +418,7 @@ def _accumulate(rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, seen, out_pa
                 else:
                     theta = ftrl.weight_from_state(z, n, alpha, beta, l1, l2)
                     acc[o, c, ACC_DN] += dn
-                    acc[o, c, ACC_MEAN] += dn * (theta - _base_weight(bz, bn, alpha, beta, l1, l2))
+                    acc[o, c, ACC_MEAN] += dn * theta
                     acc[o, c, ACC_ZSUM] += z - (bz if bn > 0.0 else 0.0)
                     acc[o, c, ACC_K] += dn * contraction(bn, n, alpha, beta, l2)
                     acc[o, c, ACC_Z] += dn * z
@@ -454,7 +445,8 @@ def _finish(n_rows, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc)
     blend: theta = (1 - lam) theta_sum + lam theta_mean, lam = 1 - exp(-coupling K),
     K the dn-weighted mean of the partitions' K(n0, n_p); dn: theta_mean;
     sum: theta_sum. theta_sum is FTRL's weight at (z0 + sum (z_p - z0), n),
-    theta_mean = theta0 + sum dn_p (theta_p - theta0) / sum dn_p.
+    theta_mean = sum dn_p theta_p / sum dn_p (= theta0 + the mean move; summed
+    as weights, not moves, so partitions that all reached 0 give exactly 0).
     """
     for o in range(n_rows):
         for c in range(k + 1):
@@ -469,7 +461,7 @@ def _finish(n_rows, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc)
                 theta = ftrl.weight_from_state(zs, n, alpha, beta, l1, l2)
                 z = zs
             else:
-                tm = _base_weight(out_z0[o, c], bn, alpha, beta, l1, l2) + acc[o, c, ACC_MEAN] / s
+                tm = acc[o, c, ACC_MEAN] / s
                 zm = acc[o, c, ACC_Z] / s
                 if rule == _DN:
                     theta = tm
@@ -575,7 +567,7 @@ def merge(states, rule="blend"):
       coordinate little (their evidence adds up, as in one stream), the
       increment-weighted mean where each partition trained it to
       convergence (K, ``contraction``, measures how far);
-    - ``"dn"``: theta_mean = theta0 + sum_p dn_p (theta_p - theta0) / sum_p dn_p;
+    - ``"dn"``: theta_mean = sum_p dn_p theta_p / sum_p dn_p;
     - ``"sum"``: theta_sum, FTRL's weight at z = z0 + sum_p (z_p - z0)
       (overshoots where partitions converge; for comparison).
 

@@ -1,0 +1,391 @@
+"""The merge of partitions' models and the round driver (issue 14).
+
+Exact checks: one partition is one sequential run bit for bit; a State
+written over its base is the partition's model bit for bit; the merged
+numbers equal a pure-Python evaluation of the rule (docs/design-merge.md);
+a merged model continues with fm_train -im exactly as through the API.
+"""
+
+import io
+import itertools
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import streamfm
+from streamfm import distributed, merge
+from streamfm.ftrl import HP_NAMES, VN, W, WN, WZ
+from streamfm.synth import write_ctr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import FM_DUMP, FM_TRAIN, assert_ok, assert_one_line_error, run  # noqa: E402
+from reference import ftrl_weight  # noqa: E402
+
+K = 4
+
+
+def ctr_lines(n, seed):
+    buf = io.BytesIO()
+    write_ctr(buf, n, seed=seed, scale=0.01)
+    return buf.getvalue().split(b"\n")[:-1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ctr_lines(6000, seed=11)
+
+
+def rows_by_name(fm):
+    """{name bytes: FTRL row} of an FM (row 0 as b'' for the bias)."""
+    m = fm.training_model()
+    out = {b"": m.params[0].copy()}
+    for r in range(1, m.n_rows):
+        out[m.table.name_bytes(r)] = m.params[r].copy()
+    return out
+
+
+def next_weights(fm):
+    """(w, v_1..v_k) per row as the next training step computes them from (z, n)
+    (the stored w is the one computed before the last update: alphaFM's)."""
+    m = fm.training_model()
+    n = m.n_rows
+    out = fm.serving_model().weights.copy()
+    a, b, l1, l2 = m.hp[:4]
+    out[:, 0] = [ftrl_weight(z, nn, a, b, l1, l2) if nn > 0 else w
+                 for z, nn, w in zip(m.params[:n, WZ], m.params[:n, WN], m.params[:n, W])]
+    return out
+
+
+def bits(a):
+    return np.ascontiguousarray(a).view(np.uint64)
+
+
+def assert_same_model(a, b, seen=True):
+    ma, mb = a.training_model(), b.training_model()
+    n = ma.n_rows
+    assert mb.n_rows == n
+    assert [ma.table.name_bytes(r) for r in range(n)] == [mb.table.name_bytes(r) for r in range(n)]
+    assert np.array_equal(bits(ma.params[:n]), bits(mb.params[:n])), "FTRL rows differ"
+    assert not seen or ma.samples_seen == mb.samples_seen
+
+
+# ---------------------------------------------------------------------------
+# the schedule
+
+
+def test_plan_rounds_cover_every_line_once_in_order():
+    lengths = [10, 0, 7, 25]
+    for sync, warm in [(None, 0), (4, 0), (4, 6), (3, 100), (1, 1)]:
+        rounds = distributed.plan_rounds(lengths, sync, warm)
+        seen = {p: [] for p in range(len(lengths))}
+        for tasks in rounds:
+            assert tasks and len({p for p, _, _ in tasks}) == len(tasks)
+            for p, a, b in tasks:
+                assert a < b and (sync is None or b - a <= sync or (p == 0 and a == 0 and warm))
+                seen[p].extend(range(a, b))
+        assert all(seen[p] == list(range(n)) for p, n in enumerate(lengths))
+        if warm:
+            assert rounds[0] == [(0, 0, min(warm, lengths[0]))]
+    assert len(distributed.plan_rounds([10, 10], 4)) == 3
+    with pytest.raises(streamfm.ParameterError):
+        distributed.plan_rounds([5], 0)
+
+
+# ---------------------------------------------------------------------------
+# one partition, one State
+
+
+@pytest.mark.parametrize("k,fvs", [(0, False), (K, False), (K, True)])
+@pytest.mark.parametrize("sync,warm", [(None, 0), (700, 0), (500, 1300)])
+def test_one_partition_equals_a_sequential_run(data, k, fvs, sync, warm):
+    hp = dict(w_l1=0.5, v_l1=0.05) if fvs else {}
+    seq = streamfm.FM(k=k, fvs=fvs, seed=3, **hp)
+    seq.partial_fit(data)
+    dist = distributed.train([data], sync_every=sync, warm_start=warm, k=k, fvs=fvs, seed=3, **hp)
+    assert_same_model(seq, dist)
+    rep = dist.last_report
+    assert (rep.lines, rep.samples, rep.bad) == (len(data), len(data), 0)
+    assert rep.logloss == pytest.approx(seq.last_report.logloss, rel=1e-12)
+
+
+def test_state_written_over_its_base_is_the_partitions_model(data):
+    fm = streamfm.FM(k=K, seed=1)
+    fm.partial_fit(data[:2000])
+    base = merge.Base.of(fm)
+    before = base.params.copy()
+    want = base.fm()
+    want.partial_fit(data[2000:3000])
+    state = merge.train_partition(base, data, 2000, 3000)
+    assert np.array_equal(bits(base.params), bits(before)), "a task wrote into the base"
+    assert state.n_rows - 1 < want.n_features  # only the rows it changed
+    assert_same_model(base.apply(state).fm(), want)
+    # merging one state changes nothing either
+    assert_same_model(base.apply(merge.merge([state])).fm(), want)
+
+
+def test_an_untrained_partition_is_the_identity(data):
+    fm = streamfm.FM(k=K, seed=1)
+    fm.partial_fit(data[:2000])
+    base = merge.Base.of(fm)
+    s = merge.train_partition(base, data, 2000, 2600)
+    empty = merge.train_partition(base, [])
+    for rule in merge.RULES:
+        got = base.apply(merge.merge([empty, s, empty], rule)).fm()
+        assert_same_model(got, base.apply(s).fm())
+
+
+# ---------------------------------------------------------------------------
+# the rule, against a pure-Python evaluation of docs/design-merge.md
+
+
+def coord(c, hp):
+    if c == 0:
+        return WN, WZ, hp[0:4]
+    return VN + c - 1, VN + K + c - 1, hp[4:8]
+
+
+def contraction(n0, n1, alpha, beta, l2):
+    c = alpha * l2 + beta
+    return 2 * alpha * ((math.sqrt(n1) - math.sqrt(n0)) - c * math.log((math.sqrt(n1) + c) / (math.sqrt(n0) + c)))
+
+
+def reference_merge(base, parts, hp, rule):
+    """{name: expected FTRL row} of the merge of the partitions' models (name -> row dicts)."""
+    out = {}
+    for name in sorted(set(base).union(*parts)):
+        b = base.get(name)
+        present = [p[name] for p in parts if name in p]
+        row = (b if b is not None else present[0]).copy()
+        for c in range(K + 1):
+            ncol, zcol, (alpha, beta, l1, l2) = coord(c, hp)
+            n0 = b[ncol] if b is not None else 0.0
+            z0 = b[zcol] if b is not None else 0.0
+            trained = [r for r in present if r[ncol] > n0]
+            if len(trained) == 1:
+                row[ncol], row[zcol] = trained[0][ncol], trained[0][zcol]
+                if c == 0:
+                    row[W] = trained[0][W]
+                continue
+            if not trained:
+                continue
+            dn = [r[ncol] - n0 for r in trained]
+            n = n0 + sum(dn)
+            ths = [ftrl_weight(r[zcol], r[ncol], alpha, beta, l1, l2) for r in trained]
+            zs = (z0 if n0 > 0 else 0.0) + sum(r[zcol] - (z0 if n0 > 0 else 0.0) for r in trained)
+            t_sum = ftrl_weight(zs, n, alpha, beta, l1, l2)
+            t_mean = sum(d * t for d, t in zip(dn, ths)) / sum(dn)
+            z_mean = sum(d * r[zcol] for d, r in zip(dn, trained)) / sum(dn)
+            if rule == "sum":
+                theta, z = t_sum, zs
+            else:
+                if rule == "dn":
+                    theta, hint = t_mean, z_mean
+                else:
+                    kk = sum(d * contraction(n0, r[ncol], alpha, beta, l2) for d, r in zip(dn, trained)) / sum(dn)
+                    lam = 1 - math.exp(-merge.COUPLING * kk)
+                    theta = (1 - lam) * t_sum + lam * t_mean
+                    hint = (1 - lam) * zs + lam * z_mean
+                if theta == 0:
+                    z = min(max(hint, -l1), l1)
+                else:
+                    z = -theta * (l2 + (beta + math.sqrt(n)) / alpha) - math.copysign(l1, theta)
+            row[ncol], row[zcol] = n, z
+            if c == 0:
+                row[W] = theta
+        out[name] = row
+    return out
+
+
+@pytest.fixture(scope="module")
+def three_parts(data):
+    """A warm base, and three partitions trained from it (overlapping and own features)."""
+    fm = streamfm.FM(k=K, seed=2, w_l1=0.05)
+    fm.partial_fit(data[:1500])
+    base = merge.Base.of(fm)
+    chunks = [data[1500:2700], data[2700:3300], data[3300:4000] + [b"1 only_in_two:1 f0_1:1"] * 3]
+    states = [merge.train_partition(base, c) for c in chunks]
+    return base, chunks, states
+
+
+@pytest.mark.parametrize("rule", list(merge.RULES))
+def test_merge_equals_the_rule_evaluated_in_python(three_parts, rule):
+    base, chunks, states = three_parts
+    merged = merge.merge(states, rule)
+    assert (merged.cnt >= 2).sum() > 500  # coordinates the rule combines
+    got = rows_by_name(base.apply(merged).fm())
+    parts = [rows_by_name(base.apply(s).fm()) for s in states]
+    want = reference_merge(rows_by_name(base.fm()), parts, np.array([base.hyper[h] for h in HP_NAMES]), rule)
+    assert sorted(got) == sorted(want)
+    g = np.array([got[n] for n in sorted(got)])
+    w = np.array([want[n] for n in sorted(want)])
+    assert np.allclose(g, w, rtol=1e-10, atol=1e-13), np.abs(g - w).max()
+
+
+def test_feature_of_one_partition_keeps_its_numbers(three_parts):
+    base, chunks, states = three_parts
+    merged = rows_by_name(base.apply(merge.merge(states)).fm())
+    own = rows_by_name(base.apply(states[2]).fm())
+    assert b"only_in_two" in merged
+    assert np.array_equal(bits(merged[b"only_in_two"]), bits(own[b"only_in_two"]))
+    only = [n for n in own if n not in rows_by_name(base.fm()) and all(n not in rows_by_name(base.apply(s).fm())
+                                                                     for s in states[:2])]
+    assert len(only) > 20
+    for n in only:
+        assert np.array_equal(bits(merged[n]), bits(own[n])), n
+
+
+def test_merge_order_and_grouping_do_not_matter(three_parts):
+    base, _, states = three_parts
+    want = rows_by_name(base.apply(merge.merge(states)).fm())
+    a, b, c = states
+    for shape in [[c, a, b], [b, c, a], [merge.merge([a, b]), c], [a, merge.merge([c, b])],
+                  [merge.merge([merge.merge([b]), merge.merge([a, c])])]]:
+        got = rows_by_name(base.apply(merge.merge(shape)).fm())
+        assert sorted(got) == sorted(want)
+        g = np.array([got[n] for n in sorted(got)])
+        w = np.array([want[n] for n in sorted(want)])
+        assert np.allclose(g, w, rtol=1e-9, atol=1e-12), np.abs(g - w).max()
+
+
+def test_merging_identical_models(data):
+    fm = streamfm.FM(k=K, seed=4)
+    fm.partial_fit(data[:3000])
+    one = rows_by_name(merge.merge_models([fm]))
+    assert all(np.array_equal(bits(one[n]), bits(r)) for n, r in rows_by_name(fm).items())
+    # the increment-weighted mean of identical weights is those weights; n adds up
+    twice = merge.merge_models([fm, fm], rule="dn")
+    assert np.allclose(next_weights(twice), next_weights(fm), rtol=1e-12, atol=1e-15)
+    m1, m2 = fm.training_model(), twice.training_model()
+    n = m1.n_rows
+    trained = m1.params[:n, WN] > 0
+    assert np.array_equal(m2.params[:n, WN][trained], 2 * m1.params[:n, WN][trained])
+    # blend counts two models' evidence twice where they trained little, and keeps
+    # the weights where they trained to convergence (the bias)
+    blend = merge.merge_models([fm, fm])
+    assert next_weights(blend)[0, 0] == pytest.approx(next_weights(fm)[0, 0], rel=5e-3)
+    assert blend.samples_seen == 2 * fm.samples_seen
+
+
+def test_states_of_different_bases_do_not_merge(data):
+    a = streamfm.FM(k=K, seed=1)
+    a.partial_fit(data[:1000])
+    b = streamfm.FM(k=K, seed=1)
+    b.partial_fit(data[1000:2000])
+    s1 = merge.train_partition(merge.Base.of(a), data[2000:2500])
+    s2 = merge.train_partition(merge.Base.of(b), data[2000:2500])
+    with pytest.raises(streamfm.ModelFormatError, match="same base"):
+        merge.merge([s1, s2])
+    with pytest.raises(streamfm.ParameterError, match="factors"):
+        merge.merge([s1, merge.train_partition(merge.empty_base(k=2), data[:10])])
+
+
+def test_merged_model_continues_with_im(tmp_path, three_parts, data):
+    base, _, states = three_parts
+    merged = base.apply(merge.merge(states)).fm()
+    more = data[4000:5000]
+    want = base.apply(merge.merge(states)).fm()
+    want.partial_fit(more)
+    for fmt in ("bin", "txt"):
+        path = tmp_path / ("merged." + fmt)
+        merged.save(path, format=fmt)
+        # a text model does not keep its hyper-parameters: give them, as to fm_train
+        api = streamfm.FM.load(path, seed=base.hyper["seed"], **{h: base.hyper[h] for h in HP_NAMES})
+        api.partial_fit(more)
+        assert_same_model(api, want, seen=fmt == "bin")  # text models do not count samples
+        out = tmp_path / ("next." + fmt)
+        src = tmp_path / "more.txt"
+        src.write_bytes(b"\n".join(more) + b"\n")
+        hp = ["-%s" % h for h in HP_NAMES]
+        args = [a for h, v in zip(hp, [base.hyper[h] for h in HP_NAMES]) for a in (h, repr(v))]
+        assert_ok(run(FM_TRAIN, "-im", path, "-m", out, "-mf", "bin", "-dim", "1,1,%d" % K, "--input", src,
+                      "--seed", base.hyper["seed"], "-q", *args), "fm_train -im")
+        assert_same_model(streamfm.FM.load(out), want, seen=fmt == "bin")
+
+
+# ---------------------------------------------------------------------------
+# the driver on several partitions
+
+
+def test_driver_on_partitions_equals_rounds_by_hand(data):
+    parts = [data[0:2000], data[2000:3500], data[3500:6000]]
+    fm = distributed.train(parts, sync_every=800, warm_start=500, threads=2, k=K, seed=5)
+    base = merge.empty_base(k=K, seed=5)
+    for tasks in distributed.plan_rounds([len(p) for p in parts], 800, 500):
+        base = base.apply(merge.merge([merge.train_partition(base, parts[p], a, b) for p, a, b in tasks]))
+    assert_same_model(fm, base.fm())
+    assert fm.last_report.lines == 6000 and fm.samples_seen == 6000
+
+
+def test_driver_continues_a_model(data):
+    start = streamfm.FM(k=K, seed=6)
+    start.partial_fit(data[:1000])
+    before = rows_by_name(start)
+    fm = distributed.train([data[1000:3000], data[3000:5000]], fm=start, sync_every=600)
+    assert rows_by_name(start).keys() == before.keys()  # not changed
+    assert fm.samples_seen == 5000 and fm.seed == 6
+    with pytest.raises(streamfm.ParameterError, match="either"):
+        distributed.train([data[:10]], fm=start, k=K)
+
+
+def test_matrix_partitions_equal_line_partitions():
+    rng = np.random.default_rng(0)
+    X = (rng.random((400, 12)) < 0.3) * rng.normal(size=(400, 12))
+    y = (rng.random(400) < 0.4).astype(float)
+    names = ["c%d" % j for j in range(12)]
+    lines = []
+    for i in range(400):
+        toks = ["1" if y[i] > 0 else "0"] + ["%s:%r" % (names[j], float(X[i, j])) for j in range(12) if X[i, j] != 0]
+        lines.append(" ".join(toks))
+    a = distributed.train([(X[:200], y[:200]), (X[200:], y[200:])], sync_every=50, feature_names=names, k=2)
+    b = distributed.train([lines[:200], lines[200:]], sync_every=50, k=2)
+    assert_same_model(a, b)
+
+
+# ---------------------------------------------------------------------------
+# fm_dump merge
+
+
+def test_fm_dump_merge_equals_the_api(tmp_path, three_parts):
+    base, _, states = three_parts
+    paths = []
+    for i, s in enumerate(states):
+        p = tmp_path / ("part%d.bin" % i)
+        base.apply(s).fm().save(p)
+        paths.append(p)
+    out = tmp_path / "merged.bin"
+    base.fm().save(tmp_path / "base.bin")
+    proc = run(FM_DUMP, "merge", "--base", tmp_path / "base.bin", *paths, "-o", out)
+    assert_ok(proc, "fm_dump merge")
+    assert b"3 models" in proc.stderr
+    want = base.apply(merge.merge(states)).fm()
+    assert_same_model(streamfm.FM.load(out), want)
+    api = merge.merge_models(paths, base=tmp_path / "base.bin")
+    assert_same_model(api, want)
+    # without a base: every model counts from nothing
+    proc = run(FM_DUMP, "merge", paths[0], paths[1], "-o", tmp_path / "nobase.txt", "--to", "txt", "-q")
+    assert_ok(proc)
+    assert proc.stderr == b""
+    got = streamfm.FM.load(tmp_path / "nobase.txt", w_l1=0.05)
+    assert got.n_features >= base.n_rows - 1
+
+
+def test_fm_dump_merge_errors(tmp_path, data):
+    a = streamfm.FM(k=K)
+    a.partial_fit(data[:300])
+    b = streamfm.FM(k=2)
+    b.partial_fit(data[:300])
+    a.save(tmp_path / "a.bin")
+    b.save(tmp_path / "b.bin")
+    assert_one_line_error(run(FM_DUMP, "merge", tmp_path / "a.bin", tmp_path / "b.bin", "-o", tmp_path / "o.bin"),
+                          "4 and 2 factors")
+    assert_one_line_error(run(FM_DUMP, "merge", tmp_path / "a.bin", "-o", tmp_path / "a.bin"),
+                          tmp_path / "a.bin", "input")
+    assert_one_line_error(run(FM_DUMP, "merge", tmp_path / "nope.bin", "-o", tmp_path / "o.bin"),
+                          tmp_path / "nope.bin", "no such")
+    a.save(tmp_path / "strip.bin", state=False)
+    assert_one_line_error(run(FM_DUMP, "merge", tmp_path / "strip.bin", "-o", tmp_path / "o.bin"), "stripped")
+    assert not (tmp_path / "o.bin").exists()
+    assert b"--base" in run(FM_DUMP, "merge", "--help").stdout

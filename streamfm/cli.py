@@ -4,10 +4,13 @@ alphaFM's flags keep their single-dash names, meanings and defaults, so
 existing shell scripts keep working; streamfm's own flags are GNU style.
 """
 
+import contextlib
+import errno
 import functools
-import os
+import io
 import signal
 import sys
+import threading
 import time
 
 import click
@@ -16,10 +19,12 @@ import numpy as np
 from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
-from .model import (Model, ModelError, AtomicFile, detect_format, dtype_of, file_dtype, read_model,
-                    write_model)
+from .model import Model, ModelError, detect_format, dtype_of, file_dtype, read_model, write_model
+from .output import (OutputError, check_distinct, check_writable, open_output,
+                     protect_standard_streams, write_text)
 from .parse import VALUE_CLIP
 
+EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 # Row capacity reserved up front: zero pages cost address space, not memory,
 # and a run that stays within it never copies the model to grow it.
@@ -28,8 +33,13 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
+    if sys.stderr is None:  # started with 2>&-: the exit code still tells
+        return
+    try:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def fail(cmd, msg, code=1):
@@ -37,17 +47,40 @@ def fail(cmd, msg, code=1):
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the trainer's own handling: unwinds like Ctrl-C, so an
+    output being written is discarded (its temporary file removed)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def interruptible(name):
-    """Ctrl-C outside the trainer's own handling (loading, compiling) exits 130
-    with a word, not click's 'Aborted!' and status 1."""
+    """The frame of every command.
+
+    Ctrl-C or SIGTERM outside the trainer's own handling (loading, compiling,
+    writing) unwinds the command, so an output in progress removes its
+    temporary file, and exits 128+signal with a word, not click's 'Aborted!'
+    and status 1. Descriptors 0-2 closed at start (``>&-``) are kept taken,
+    so no file opened later becomes standard output.
+    """
     def deco(f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
+            protect_standard_streams()
+            old = None
+            if threading.current_thread() is threading.main_thread():
+                old = signal.signal(signal.SIGTERM, _on_sigterm)
             try:
                 return f(*args, **kwargs)
-            except KeyboardInterrupt:
-                log("%s: interrupted; nothing written" % name)
-                sys.exit(128 + signal.SIGINT)
+            except KeyboardInterrupt as e:
+                sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+                log("%s: interrupted (%s); nothing written" % (name, sig.name))
+                sys.exit(128 + sig)
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGTERM, old)
         return wrapper
     return deco
 
@@ -88,35 +121,68 @@ def _open_input(path):
 
 
 def _check_writable(path, cmd):
-    """Fail before hours of training, not after, when the model cannot be written."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(d):
-        fail(cmd, "cannot write %s: directory %s does not exist" % (path, d))
-    if not os.access(d, os.W_OK):
-        fail(cmd, "cannot write %s: directory %s is not writable" % (path, d))
-    if os.path.isdir(path):
-        fail(cmd, "cannot write %s: it is a directory" % path)
+    """Fail before hours of training, not after, when an output cannot be written."""
+    try:
+        check_writable(path)
+    except OutputError as e:
+        fail(cmd, str(e))
+
+
+def _check_distinct(cmd, outputs, inputs, allow=()):
+    """Exit 2 before anything is opened for writing when an output is an input
+    (or two outputs are one file); see output.check_distinct."""
+    try:
+        check_distinct(outputs, inputs, allow)
+    except OutputError as e:
+        fail(cmd, str(e), EXIT_USAGE)
+
+
+def output_failed(cmd, e):
+    """End a command whose output failed: one line naming the output, exit 1
+    (silently when a reader such as ``head`` closed the pipe: nothing to tell)."""
+    if e.errno == errno.EPIPE:
+        sys.exit(1)
+    fail(cmd, str(e))
 
 
 def to_output(cmd, out_path, run, reading="input"):
-    """``run(out)`` on standard output ('-') or on a file written atomically
-    (a run that fails leaves no partial file, as with models); its failures
-    end the command with a one-line error and the documented exit code."""
+    """``run(out)`` on standard output ('-') or an output file (output.open_output:
+    a run that fails leaves no partial file, as with models); its failures end
+    the command with a one-line error and the documented exit code."""
     try:
-        if out_path == "-":
-            result = run(sys.stdout.buffer)
-            sys.stdout.buffer.flush()
-            return result
-        with AtomicFile(out_path) as out:
+        with open_output(out_path) as out:
             return run(out)
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed(cmd, e)
     except ModelError as e:
         fail(cmd, str(e))
-    except BrokenPipeError:
-        sys.exit(1)
     except OSError as e:
         fail(cmd, "reading %s: %s" % (reading, e.strerror or e))
+
+
+def report(cmd):
+    """A command whose result is text printed on standard output: what it
+    prints is gathered and written at the end, checked, so a full disk or a
+    closed stdout ends it with a one-line error and exit 1, not a short report."""
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            try:
+                check_writable("-")
+            except OutputError as e:
+                output_failed(cmd, e)
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                result = f(*args, **kwargs)
+            try:
+                write_text("-", buf.getvalue())
+            except OutputError as e:
+                output_failed(cmd, e)
+            return result
+        return wrapper
+    return deco
 
 
 def _fmt_seconds(s):
@@ -200,6 +266,9 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     k0, k1, k = parse_dim(dim)
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
+    # -im X -m X replaces a model by its continuation: it is read whole first
+    _check_distinct(cmd, [("-m", model_path), ("--bad-lines", bad_lines)],
+                    [("--input", input_path or "-"), ("-im", init_model)], allow={("-m", "-im")})
     _check_writable(model_path, cmd)
     if bad_lines:
         _check_writable(bad_lines, cmd)
@@ -238,6 +307,8 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         summary = train_stream(model, stream, opts, log)
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed(cmd, e)
     except OSError as e:
         fail(cmd, "reading input: %s" % (e.strerror or e))
     if summary.interrupted and not save_on_interrupt:
@@ -250,7 +321,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     t_write = time.time()
     try:
         write_model(model, model_path, model_format)
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail(cmd, str(e))
     t_write = time.time() - t_write
     if not quiet:
@@ -344,9 +415,12 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     if not model_path:
         raise click.UsageError("-m PATH (the model) is required")
     k = parse_predict_dim(dim)
+    _check_distinct(cmd, [("-out", out_path), ("--bad-lines", bad_lines)],
+                    [("--input", input_path or "-"), ("-m", model_path)])
+    _check_writable(out_path, cmd)
+    if bad_lines:
+        _check_writable(bad_lines, cmd)
     stream = _open_input(input_path)
-    if out_path != "-":
-        _check_writable(out_path, cmd)
     try:
         warm_up(detect_format(model_path), file_dtype(model_path), log, quiet)
         t0 = time.time()
@@ -392,6 +466,7 @@ def _load_for_dump(path, state=True):
 @fm_dump.command("info", context_settings=CONTEXT)
 @click.argument("model_path", metavar="MODEL")
 @interruptible("fm_dump info")
+@report("fm_dump")
 def dump_info(model_path):
     """Print a model's shape, sparsity and hyper-parameters."""
     try:
@@ -427,7 +502,7 @@ def _write_or_fail(src, path, fmt, state=True):
     _check_writable(path, "fm_dump")
     try:
         write_model(src, path, fmt, state=state)
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail("fm_dump", str(e))
 
 
@@ -451,6 +526,7 @@ def dump_convert(src_path, dst_path, to_fmt, nonzero):
 
 def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
     """Read a model, drop all-zero features if asked, write it in to_fmt(its format)."""
+    _check_distinct("fm_dump", [("OUT", dst_path)], [("MODEL", src_path)])
     try:
         fmt = detect_format(src_path)
     except ModelError as e:
@@ -482,21 +558,30 @@ def dump_strip(src_path, dst_path, to_fmt, nonzero):
 @click.option("--nonzero", is_flag=True, help="Skip features whose v is all zero.")
 @interruptible("fm_dump embeddings")
 def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
-    """Write every feature's factor vector v (the bias has none)."""
+    """Write every feature's factor vector v (the bias has none); OUT '-' is standard output."""
     from .model import write_embeddings_txt
 
+    outs = [("OUT", dst_path)]
+    if out_fmt == "npy":
+        if dst_path == "-":
+            fail("fm_dump", "--format npy writes OUT and OUT.names: give a file name, not -", EXIT_USAGE)
+        outs.append(("OUT.names", dst_path + ".names"))
+    _check_distinct("fm_dump", outs, [("MODEL", src_path)])
+    for _, p in outs:
+        _check_writable(p, "fm_dump")
     arrays = _load_for_dump(src_path, state=False)
     v = arrays.weights[1:, 1:]
-    _check_writable(dst_path, "fm_dump")
     sub = arrays.select(np.r_[False, np.any(v != 0, axis=1)] if nonzero else np.ones(arrays.n_rows, bool))
     try:
         if out_fmt == "npy":
-            with AtomicFile(dst_path) as f:
+            with open_output(dst_path) as f:
                 np.save(f, np.ascontiguousarray(sub.weights[1:, 1:]))
-            with AtomicFile(dst_path + ".names") as f:
+            with open_output(dst_path + ".names") as f:
                 f.write(b"".join(sub.name_bytes(r) + b"\n" for r in range(1, sub.n_rows)))
         else:
             write_embeddings_txt(sub, dst_path)
+    except OutputError as e:
+        output_failed("fm_dump", e)
     except ModelError as e:
         fail("fm_dump", str(e))
 
@@ -528,6 +613,8 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     cmd = "fm_dump importance"
     if sep is not None and len(sep.encode()) != 1:
         raise click.BadParameter("SEP must be a single byte, such as _", param_hint="--by-field")
+    _check_distinct(cmd, [("", "-")], [("--input", input_path or "-"), ("-m", model_path)])
+    _check_writable("-", cmd)
     stream = _open_input(input_path)
     try:
         model = ServingModel.load(model_path)
@@ -565,12 +652,14 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     order = np.lexsort((np.arange(len(mean_abs)), -mean_abs))
     if top:
         order = order[:top]
-    out = sys.stdout.buffer
-    for i in order:
-        name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
-        out.write(b"%s %d %s %s\n" % (name, g_count[i], repr(float(mean_phi[i])).encode(),
-                                       repr(float(mean_abs[i])).encode()))
-    out.flush()
+    try:
+        with open_output("-") as out:
+            for i in order:
+                name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
+                out.write(b"%s %d %s %s\n" % (name, g_count[i], repr(float(mean_phi[i])).encode(),
+                                               repr(float(mean_abs[i])).encode()))
+    except OutputError as e:
+        output_failed(cmd, e)
     if not quiet:
         log("%s: %s samples, %s features seen, %s bad lines" % (
             cmd, fmt_int(summary.samples), fmt_int(int((count[1:] > 0).sum())), fmt_int(summary.bad)))

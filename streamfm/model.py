@@ -16,14 +16,14 @@ Binary::
 
 The arrays are the name bytes, the name offsets, ``weights`` (w, v) and, in
 a full model, ``state`` (w_n, w_z, v_n, v_z), each with its own crc32.
-Every file is written to a temporary file beside the target, fsynced and
-renamed over it, so a crash never leaves a half-written model.
+Every file is written by ``output.open_output``: a regular file goes to a
+temporary file beside the target, fsynced and renamed over it, so a crash
+never leaves a half-written model; a device or pipe is written in place.
 """
 
 import contextlib
 import os
 import re
-import tempfile
 import zlib
 
 import msgpack
@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt, ftrl
+from .output import open_output
 from .table import FeatureTable, lookup_one, place
 
 MAGIC = b"\x89SFMBIN\n"
@@ -320,88 +321,6 @@ def _gather_names(arena, name_off, idx, off, out):
 
 
 # ----------------------------------------------------------------------------
-# Atomic writes
-
-
-class AtomicFile:
-    """A temporary file beside ``path`` that replaces it only on success.
-
-    The temporary's name carries the writer's pid, so a later write to the
-    same path removes what a killed writer left behind.
-    """
-
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-        d = os.path.dirname(self.path)
-        base = "." + os.path.basename(self.path) + "."
-        _remove_orphans(d, base)
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix=base + "%d." % os.getpid(), suffix=".tmp", dir=d)
-        except OSError as e:
-            raise ModelError("%s: cannot write: %s" % (path, e.strerror or e)) from None
-        self.f = os.fdopen(fd, "wb")
-
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, et, ev, tb):
-        try:
-            if et is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-            self.f.close()
-            if et is None:
-                os.chmod(self.tmp, 0o644)
-                os.replace(self.tmp, self.path)
-                _fsync_dir(os.path.dirname(self.path))
-        except OSError as e:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-            raise ModelError("%s: cannot write: %s" % (self.path, e.strerror or e)) from None
-        finally:
-            if et is not None and os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        if isinstance(ev, OSError):
-            raise ModelError("%s: cannot write: %s" % (self.path, ev.strerror or ev)) from None
-        return False
-
-
-def _remove_orphans(d, base):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return
-    for name in names:
-        if not (name.startswith(base) and name.endswith(".tmp")):
-            continue
-        pid = name[len(base):].split(".", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(d, name))
-            except OSError:
-                pass
-        except OSError:
-            pass  # alive (or not ours to signal): leave it
-
-
-def _fsync_dir(d):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# ----------------------------------------------------------------------------
 # Text format
 
 
@@ -473,7 +392,7 @@ def write_txt(src, path, state=True, threads=2):
         assert i == r1 - r0
         return out[:nb]
 
-    with AtomicFile(path) as f, ThreadPoolExecutor(threads) as pool:
+    with open_output(path) as f, ThreadPoolExecutor(threads) as pool:
         pending = []
         for job in src.chunks(state=state and src.has_state, rows=CHUNK_ROWS // 2):
             pending.append(pool.submit(fmt, job))
@@ -490,7 +409,7 @@ def write_embeddings_txt(arrays, path):
     f32 = np.dtype(arrays.dtype) == np.float32
     empty_state = np.empty((v.shape[0], 0), dtype=v.dtype)
     n = v.shape[0]
-    with AtomicFile(path) as f:
+    with open_output(path) as f:
         for r0 in range(1, n, CHUNK_ROWS):
             r1 = min(n, r0 + CHUNK_ROWS)
             out = np.empty(int(name_off[r1] - name_off[r0]) + (r1 - r0) * (27 * v.shape[1] + 2),
@@ -825,29 +744,46 @@ def write_bin(src, path, state=True):
     header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
                    "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
                    "params_columns": PARAMS_COLUMNS, "arrays": arrays})
-    with AtomicFile(path) as f:
-        f.write(b"\0" * _HEADER_RESERVE)
-        pieces = {
-            "names": lambda: [arena[: name_off[n]]],
-            "name_off": lambda: [name_off[: n + 1]],
-            "params": lambda: [src.file_params],
-            "weights": lambda: (c[2] for c in src.chunks(weights=True, state=False)),
-        }
-        for spec in arrays:
-            _seek_pad(f, spec["offset"])
-            crc = 0
-            for part in pieces[spec["name"]]():
-                b = memoryview(np.ascontiguousarray(part)).cast("B")
-                crc = zlib.crc32(b, crc)
-                f.write(b)
-            spec["crc32"] = crc
+    pieces = {
+        "names": lambda: [arena[: name_off[n]]],
+        "name_off": lambda: [name_off[: n + 1]],
+        "params": lambda: [src.file_params],
+        "weights": lambda: (c[2] for c in src.chunks(weights=True, state=False)),
+    }
+
+    def parts(spec):
+        for part in pieces[spec["name"]]():
+            yield memoryview(np.ascontiguousarray(part)).cast("B")
+
+    def packed_header():
         packed = msgpack.packb(header, use_bin_type=True)
         if len(packed) + 16 > _HEADER_RESERVE:
             raise ModelError("%s: model header too large" % path)
-        f.seek(0)
-        f.write(MAGIC)
-        f.write(np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes())
-        f.write(packed)
+        return MAGIC + np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes() + packed
+
+    with open_output(path) as f:
+        if f.seekable():
+            # one pass: the header, whose checksums come last, is written over its reserve
+            f.write(b"\0" * _HEADER_RESERVE)
+        else:
+            # a device or pipe is written in order: checksums first, then the bytes
+            for spec in arrays:
+                crc = 0
+                for b in parts(spec):
+                    crc = zlib.crc32(b, crc)
+                spec["crc32"] = crc
+            f.write(packed_header())
+        for spec in arrays:
+            _seek_pad(f, spec["offset"])
+            crc = 0
+            for b in parts(spec):
+                crc = zlib.crc32(b, crc)
+                f.write(b)
+            spec["crc32"] = crc
+        if f.seekable():
+            head = packed_header()
+            f.seek(0)
+            f.write(head)
 
 
 def _seek_pad(f, offset):

@@ -17,10 +17,11 @@ import click
 import numpy as np
 
 from ..badlines import BadInputStop
-from ..cli import (CONTEXT, EXIT_BAD_INPUT, _check_writable, _continue_seed, _fmt_seconds, _hp_options,
-                   interruptible, log, parse_dim, to_output)
+from ..cli import (CONTEXT, EXIT_BAD_INPUT, _check_distinct, _check_writable, _continue_seed, _fmt_seconds,
+                   _hp_options, interruptible, log, output_failed, parse_dim, report, to_output)
 from ..metrics import fmt_int
 from ..model import ModelError, dtype_of
+from ..output import OutputError
 
 _ON_ERROR = click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
                          help="On a bad line: skip it (counted and reported with its line number), "
@@ -223,6 +224,9 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         raise click.UsageError("--hard-neg-model needs --hard-neg M")
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
+    _check_distinct("fm_recall train", [("-m", model_path), ("--bad-lines", bad_lines)],
+                    [("--items", items_path), ("--input", input_path or "-"), ("-im", init_model),
+                     ("--hard-neg-model", hard_neg_model)], allow={("-m", "-im")})
     _check_writable(model_path, "fm_recall train")
     if bad_lines:
         _check_writable(bad_lines, "fm_recall train")
@@ -256,6 +260,8 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                                            progress=ReadProgress(log, "fm_recall train", quiet)).read_all())
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed("fm_recall " + cmd, e)
     if catalog.n < 2:
         fail(cmd, "%s holds %d item(s); negatives need a catalog of at least 2" % (items_path, catalog.n))
     if catalog.keys.duplicates and not quiet:
@@ -275,6 +281,8 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                             stop=stop.event, progress=progress)
         except BadInputStop as e:
             fail(cmd, str(e) + ", no model written", EXIT_BAD_INPUT)
+        except OutputError as e:
+            output_failed("fm_recall " + cmd, e)
         except OSError as e:
             fail(cmd, "reading clicks: %s" % (e.strerror or e))
     if stop.signal and not save_on_interrupt:
@@ -289,7 +297,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         else:
             src, dropped = drop_untrained(model)
         write_model(src, model_path, model_format)
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail(cmd, str(e))
     if not quiet:
         s = summary
@@ -380,7 +388,11 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
         raise click.UsageError("give exactly one of --items FILE or --users FILE")
     path = items_path or users_path
     kind = "items" if items_path else "users"
+    _check_distinct("fm_recall index", [("-o", out_path), ("--bad-lines", bad_lines)],
+                    [("-m", model_path), ("--" + kind, path)])
     _check_writable(out_path, "fm_recall index")
+    if bad_lines:
+        _check_writable(bad_lines, "fm_recall index")
     jit.compile_notice([parse.parse_block, embed_records], log, quiet)
     t0 = time.time()
     model = _load_serving(model_path, cmd)
@@ -392,6 +404,8 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
                                 progress=ReadProgress(log, "fm_recall index", quiet)).read_all()
     except BadInputStop as e:
         fail(cmd, str(e) + ", no index written", EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed("fm_recall " + cmd, e)
     from .keys import KeyIndex
 
     keys = KeyIndex(recs.key_hash)
@@ -400,7 +414,7 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
     vec, _own, empty = embed(recs, model.weights, model.k)
     try:
         write_index(out_path, kind, vec, recs.key_arena, recs.key_off, model_fingerprint(model.weights))
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail(cmd, str(e))
     if not quiet:
         log("fm_recall index: %s %s, %d factors, written to %s (%s)" % (
@@ -469,8 +483,12 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
         raise click.BadParameter("%s ranks by the FM score; --metric is for i2i and u2u" % mode,
                                  param_hint="--metric")
     metric = metric or ("ip" if pair else "cos")
-    if out_path != "-":
-        _check_writable(out_path, "fm_recall query")
+    _check_distinct("fm_recall query", [("-out", out_path), ("--bad-lines", bad_lines)],
+                    [("--input", input_path or "-"), ("-m", model_path), ("--index", index_path),
+                     ("--exclude", exclude_path), ("--query-index", query_index_path)])
+    _check_writable(out_path, "fm_recall query")
+    if bad_lines:
+        _check_writable(bad_lines, "fm_recall query")
     jit.compile_notice([parse.parse_block, topn_range, format_results], log, quiet)
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
@@ -550,6 +568,7 @@ class _QueryProgress:
 @_ON_ERROR
 @_QUIET
 @interruptible("fm_recall eval")
+@report("fm_recall eval")
 def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json, on_error, quiet):
     """HitRate@K, Recall@K, NDCG@K and catalog coverage of u2i on held-out clicks.
 
@@ -569,6 +588,8 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
         klist = []
     if not klist or klist[0] < 1:
         raise click.BadParameter("expected positive integers such as 10,50,100, got %r" % ks, param_hint="-k")
+    _check_distinct("fm_recall eval", [("", "-")], [("--input", input_path or "-"), ("-m", model_path),
+                                                   ("--index", index_path), ("--train", train_path)])
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
     if index.kind != "items":

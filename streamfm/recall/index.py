@@ -30,7 +30,8 @@ import msgpack
 import numpy as np
 from numba import njit
 
-from ..model import AtomicFile, ModelError
+from ..model import ModelError
+from ..output import open_output
 
 MAGIC = b"\x89SFMIDX\n"
 FORMAT_NAME = "streamfm-recall-index"
@@ -76,7 +77,7 @@ def write_index(path, kind, vectors, key_arena, key_off, model_info):
     packed = msgpack.packb(header, use_bin_type=True)
     if len(packed) + 16 > specs[0]["offset"]:
         raise IndexError_("%s: index header too large" % path)
-    with AtomicFile(path) as f:
+    with open_output(path) as f:
         f.write(MAGIC)
         f.write(np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes())
         f.write(packed)

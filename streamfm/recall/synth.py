@@ -30,6 +30,8 @@ import sys
 
 import numpy as np
 
+from ..output import open_output
+
 LATENT = 4
 SHARPNESS = 2.5
 N_CATS = 12
@@ -92,7 +94,7 @@ def write_all(out_dir, **kw):
                      generate(**kw)))
     os.makedirs(out_dir, exist_ok=True)
     for name, lines in files.items():
-        with open(os.path.join(out_dir, name), "wb") as f:
+        with open_output(os.path.join(out_dir, name)) as f:
             f.write(b"".join(x + b"\n" for x in lines))
     return {name: len(lines) for name, lines in files.items()}
 

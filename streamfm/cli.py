@@ -359,6 +359,9 @@ def _train_report(cmd, s, model, path, fmt, t_write):
         log("  overflow guarded     %s samples skipped, %s updates skipped (numbers too large)"
             % (fmt_int(s.overflow_samples), fmt_int(s.overflow_updates)))
     log("  features in model    %s" % fmt_int(model.n_rows - 1))
+    if model.table.collisions:
+        log("  hash collisions      %s  (new names whose 64-bit hash equals another name's: they "
+            "share its row)" % fmt_int(model.table.collisions))
     log("  samples/s            %s" % fmt_int(rate))
     log("  progressive logloss  %s   auc %s" % (fmt_metric(s.logloss), fmt_metric(s.auc)))
     log("  model written        %s (%s, %s)" % (path, fmt, _fmt_seconds(t_write)))
@@ -496,6 +499,25 @@ def dump_info(model_path):
         print("seed          %s" % arrays.info.get("seed"))
     else:
         print("hyper         unknown (text model)")
+    _print_hash_info(arrays)
+
+
+def _print_hash_info(arrays):
+    """The name hash's key, collisions and probe lengths (docs: Feature hash)."""
+    from .model import stored_key
+    from .table import count_collisions
+
+    key = stored_key(arrays.info)  # read_model has checked it
+    if key is None:
+        print("hash key      none (text model): a fresh random key is drawn when it is loaded")
+        key = arrays.table.key
+    else:
+        print("hash key      stored in the model (random, 128 bits)")
+    _, collisions = count_collisions(arrays.arena, arrays.name_off, arrays.n_rows, key)
+    # names whose 64-bit hash under that key equals another name's
+    print("hash collisions  %s" % fmt_int(collisions))
+    longest, mean = arrays.table.probe_lengths()
+    print("index probes  longest %d slots, mean %.2f" % (longest, mean))
 
 
 def _write_or_fail(src, path, fmt, state=True):
@@ -631,7 +653,7 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     count, sum_phi, sum_abs = ex.totals()
     arena, name_off = model.table.names_view()
     if sep is not None:
-        keys = field_prefix_hash(arena, name_off, model.n_rows, sep.encode()[0])
+        keys = field_prefix_hash(arena, name_off, model.n_rows, sep.encode()[0], model.table.key)
         seen = count > 0
         seen[0] = False
         uniq, first, inv = np.unique(keys[seen], return_index=True, return_inverse=True)

@@ -15,7 +15,9 @@ Binary::
     | zero padding | arrays at the offsets the header lists
 
 The arrays are the name bytes, the name offsets, ``weights`` (w, v) and, in
-a full model, ``state`` (w_n, w_z, v_n, v_z), each with its own crc32.
+a full model, ``state`` (w_n, w_z, v_n, v_z), each with its own crc32. The
+header also keeps the feature table's random hash key (``hash_key``, 16
+bytes; absent: a fresh key is drawn on load, as for text models).
 Every file is written by ``output.open_output``: a regular file goes to a
 temporary file beside the target, fsynced and renamed over it, so a crash
 never leaves a half-written model; a device or pipe is written in place.
@@ -32,7 +34,8 @@ from numba import njit
 
 from . import floatfmt, ftrl
 from .output import open_output
-from .table import FeatureTable, lookup_one, place
+from .table import (KEY_BYTES, DuplicateName, FeatureTable, init_hash_bytes, key_from_bytes, lookup_one,
+                    place, same_bytes)
 
 MAGIC = b"\x89SFMBIN\n"
 FORMAT_NAME = "streamfm-bin"
@@ -72,14 +75,14 @@ class Model:
     """
 
     def __init__(self, k, dtype=np.float64, hp=None, fvs=False, seed=0,
-                 row_capacity=1 << 16, arena_capacity=1 << 20):
+                 row_capacity=1 << 16, arena_capacity=1 << 20, hash_key=None):
         self.k = int(k)
         self.dtype = np.dtype(dtype)
         self.hp = np.array(ftrl.HP_DEFAULTS if hp is None else hp, dtype=np.float64)
         self.fvs = bool(fvs)
         self.seed = int(seed)
         self.samples_seen = 0
-        self.table = FeatureTable(row_capacity, arena_capacity)
+        self.table = FeatureTable(row_capacity, arena_capacity, key=hash_key)
         self.params = np.zeros((self.table.row_capacity, ftrl.n_cols(self.k)), dtype=self.dtype)
 
     @property
@@ -103,7 +106,7 @@ class Model:
     def meta(self):
         return {"k": self.k, "dtype": dtype_name(self.dtype), "n_rows": self.n_rows,
                 "hyper": self.hyper(), "fvs": self.fvs, "seed": self.seed,
-                "samples_seen": int(self.samples_seen)}
+                "samples_seen": int(self.samples_seen), "hash_key": self.table.key_bytes()}
 
     def chunks(self, weights=True, state=True, rows=CHUNK_ROWS):
         """Yield (r0, r1, weights|None, state|None) in file columns, chunk by chunk."""
@@ -147,38 +150,44 @@ class Model:
             with pause():
                 self.reserve(parsed.n_unknown, new_bytes)
         t = self.table
-        add_features(t.slots, t.row_hash, t.name_off, t.arena, t.meta, parsed.hashes, parsed.rows,
-                     data, parsed.name_start, parsed.name_len, parsed.nnz, self.params, self.k,
-                     self.seed, self.hp[ftrl.HP_INIT_STDEV])
+        add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
+                     parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
+                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV])
 
 
 @njit(cache=True, nogil=True)
-def add_features(slots, row_hash, name_off, arena, meta, hashes, rows, src, name_start,
+def add_features(slots, row_hash, row_init, name_off, arena, meta, hashes, rows, src, name_start,
                  name_len, n, params, k, seed, stdev):
     """Rows for the entries with rows[j] == -1, creating rows for new names.
 
-    A new row's name, hash and initial state are written before the row is
+    A new row's name, hashes and initial state are written before the row is
     published in the index, so a concurrent lookup never sees it half made.
+    Its initial factors come from the name's unkeyed init hash (table.py).
+    A name whose table hash is already indexed under a different name (a
+    true 64-bit collision) shares that row and is counted in meta[2].
     The caller holds the insert lock and has reserved capacity for n rows.
     """
     for j in range(n):
         if rows[j] >= 0:
             continue
         h = hashes[j]
+        ln = name_len[j]
+        s = name_start[j]
         r = lookup_one(slots, row_hash, h)
         if r < 0:
             r = meta[0]
             a = meta[1]
-            ln = name_len[j]
-            s = name_start[j]
             for t in range(ln):
                 arena[a + t] = src[s + t]
             name_off[r + 1] = a + ln
             meta[1] = a + ln
             row_hash[r] = h
-            ftrl.init_row(params, r, h, k, seed, stdev)
+            row_init[r] = init_hash_bytes(src, s, s + ln)
+            ftrl.init_row(params, r, row_init[r], k, seed, stdev)
             meta[0] = r + 1
             place(slots, row_hash, r)
+        elif not same_bytes(arena, name_off[r], name_off[r + 1], src, s, s + ln):
+            meta[2] += 1
         rows[j] = r
     return 0
 
@@ -918,12 +927,31 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
 
 
 def table_for(arrays, row_capacity=0, arena_capacity=0):
-    """The FeatureTable of a model file's names (ModelError on a duplicate)."""
+    """The FeatureTable of a model file's names (ModelError on a duplicate).
+
+    A binary model's hash key is reused, so a continued run keeps it; a
+    text model has none and gets a fresh one (table.py).
+    """
+    path = getattr(arrays, "path", "model")
     try:
         return FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows,
-                                       row_capacity=row_capacity, arena_capacity=arena_capacity)
+                                       row_capacity=row_capacity, arena_capacity=arena_capacity,
+                                       key=stored_key(arrays.info, path))
+    except DuplicateName:
+        raise duplicate_error(arrays, path) from None
+    except ValueError as e:
+        raise ModelError("%s: %s" % (path, e)) from None
+
+
+def stored_key(info, path="model"):
+    """The table hash key a model file holds (uint64[2]), or None (text models)."""
+    b = info.get("hash_key")
+    if b is None:
+        return None
+    try:
+        return key_from_bytes(b)
     except ValueError:
-        raise duplicate_error(arrays, getattr(arrays, "path", "model")) from None
+        raise ModelError("%s: corrupted header: hash_key is not %d bytes" % (path, KEY_BYTES)) from None
 
 
 def file_dtype(path):

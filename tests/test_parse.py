@@ -16,10 +16,15 @@ from hypothesis import strategies as st
 
 from helpers import bad_of, parse_bytes, samples_of
 from streamfm import parse
-from streamfm.table import hash_name
+from streamfm.table import hash_name as keyed_hash_name
 
 R = parse
 CLIP = parse.VALUE_CLIP
+
+
+def hash_name(name):
+    """The hash parse() gives a name when no table is given (under NO_KEY)."""
+    return keyed_hash_name(name, parse.NO_KEY)
 
 
 def one(line):

@@ -13,6 +13,7 @@ goes to a callback and to the ``streamfm`` logger (level INFO).
 
 import logging
 import math
+import re
 import time
 from collections import namedtuple
 
@@ -206,6 +207,16 @@ def run_options(k0, k1, cores, on_error, max_bad_fraction):
                    quiet=True)
 
 
+def _for_the_api(e, report):
+    """A BadInputError of the pipeline in the API's words, with the call's report."""
+    msg = str(e).replace(", no model written", "").replace("--on-error stop", "on_error='stop'")
+    e.args = (msg.replace("--max-bad-fraction", "max_bad_fraction"),)
+    e.report = report
+
+
+_SPACE_OR_CONTROL = re.compile(rb"[\x00- \x7f]")
+
+
 def _one_line(x, y=None):
     """A sample given as {name: value} as the bytes of one input line."""
     if not hasattr(x, "items"):
@@ -213,6 +224,8 @@ def _one_line(x, y=None):
     parts = [b"1" if y is not None and y > 0 else b"0"]
     for name, value in x.items():
         b = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+        if _SPACE_OR_CONTROL.search(b):
+            raise BadInputError("feature name %r holds white space or a control byte" % (name,))
         parts.append(b"%s:%s" % (b, repr(float(value)).encode()))
     return b" ".join(parts) + b"\n"
 
@@ -448,7 +461,7 @@ class FM:
                 train_stream(model, src.stream, opts, logger.warning, signals=False, bad=bad,
                              progress=_Progress(progress, progress_every, bad), summary=summary)
         except BadInputError as e:
-            e.report = report
+            _for_the_api(e, report)
             raise
         finally:
             report._fill(summary, bad, model.n_rows - 1)
@@ -538,7 +551,7 @@ class FM:
                 predict_stream(sm, src.stream, None, opts, logger.warning, metrics=src.has_labels,
                                bad=bad, on_scores=on_scores, summary=summary)
         except BadInputError as e:
-            e.report = report
+            _for_the_api(e, report)
             raise
         finally:
             report._fill(summary, bad, sm.n_rows - 1, summary.metrics)
@@ -686,3 +699,19 @@ class FM:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._bufs = parse.ParseBuffers(0)
+
+
+def _hp_property(i, name):
+    def get(self):
+        return float(self._hp[i])
+
+    def set(self, value):
+        self._hp[i] = _check_hp(name, value)
+        self._serving = None
+
+    return property(get, set, doc="FTRL hyper-parameter %s (see the class doc)." % name)
+
+
+for _i, _name in enumerate(ftrl.HP_NAMES):
+    setattr(FM, _name, _hp_property(_i, _name))
+del _i, _name

@@ -25,6 +25,7 @@ label is 1 where y > 0, 0 where y <= 0, and ``nan`` where y is not finite
 
 import io
 import os
+import time
 
 import numpy as np
 from numba import njit
@@ -202,9 +203,12 @@ class LineIterator(io.RawIOBase):
     Each element is one line: a newline is added where it has none, and a
     newline inside an element is replaced by a NUL byte, which makes that
     line bad (with its own line number) instead of splitting it in two.
+    A read returns after ``linger`` seconds with what it has, so the lines
+    of a slow source (a queue, a socket) are trained on as they come.
     """
 
-    def __init__(self, lines):
+    def __init__(self, lines, linger=0.2):
+        self.linger = linger
         self.it = iter(lines)
         self.done = False
         self.lines = 0
@@ -218,6 +222,7 @@ class LineIterator(io.RawIOBase):
         want = n if n is not None and n > 0 else 1 << 20
         parts = []
         got = 0
+        until = time.monotonic() + self.linger
         for line in self.it:
             if isinstance(line, str):
                 line = line.encode("utf-8", "surrogateescape")
@@ -232,7 +237,7 @@ class LineIterator(io.RawIOBase):
             parts.append(b"\n")
             self.lines += 1
             got += len(line) + 1
-            if got >= want:
+            if got >= want or time.monotonic() >= until:
                 break
         else:
             self.done = True

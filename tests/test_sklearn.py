@@ -13,6 +13,7 @@ sklearn = pytest.importorskip("sklearn", reason="scikit-learn is in the test ext
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 
+@pytest.mark.filterwarnings("ignore:Estimator FMClassifier does not inherit")  # by design: no sklearn import
 @parametrize_with_checks([FMClassifier(), FMClassifier(k=0, epochs=2)])
 def test_sklearn_estimator_checks(estimator, check):
     # what does not apply is declared in FMClassifier.__sklearn_tags__: binary only
@@ -58,9 +59,13 @@ def test_classifier_is_the_fm_on_the_same_matrix():
     inc = FMClassifier(k=3, seed=4)
     inc.partial_fit(X, labels, classes=["no", "yes"]).partial_fit(X, labels)
     assert np.array_equal(inc.predict_proba(X), p)
-    named = FMClassifier(k=3, seed=4, epochs=2).fit(X, labels, feature_names=["c%d" % j for j in range(12)])
-    assert named.fm_.embeddings()[0][0].startswith("c")
-    assert np.array_equal(named.predict_proba(X, feature_names=["c%d" % j for j in range(12)]), p)
+    names = ["c%d" % j for j in range(12)]
+    named = FMClassifier(k=3, seed=4).fit(X, labels, feature_names=names)
+    fm = FM(k=3, seed=4)
+    fm.partial_fit(X, (labels == "yes").astype(float), feature_names=names)
+    assert sorted(named.fm_.embeddings()[0]) == sorted(names)
+    # the names given to fit are used by predict
+    assert np.array_equal(named.predict_proba(X)[:, 1], fm.predict_proba(X, feature_names=names))
 
 
 def test_works_without_scikit_learn():

@@ -595,9 +595,10 @@ class FM:
         ``last_report``). Features the model does not know have phi = 0.
 
         >>> fm = FM(k=0, w_l1=0, w_l2=0, w_alpha=1)
-        >>> fm.learn_one({"a": 1, "b": 2}, 1)
-        >>> [(n, round(phi, 4)) for n, phi in fm.explain([b"0 a b:2 zz"], top=2)[0]]
-        [('b', 0.7071), ('a', 0.3536)]
+        >>> for _ in range(2):
+        ...     fm.learn_one({"a": 1, "b": 2}, 1)
+        >>> fm.explain([b"0 a b:2 zz", b"1 x:?"], top=2)   # w_b x_b = 0.5 * 2; w_a x_a = 1/3
+        [[('b', 1.0), ('a', 0.3333333333333333)], None]
         """
         top = _check_int("top", top, 0)
         sm = self.serving_model()

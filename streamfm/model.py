@@ -1,4 +1,4 @@
-"""The FM model in memory and its files (DESIGN section 5).
+"""The FM model in memory and its files (docs/design.md, "File formats").
 
 Text (alphaFM's layout)::
 

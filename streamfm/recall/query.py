@@ -6,7 +6,7 @@ embedded with the model, searched (``index.Searcher``: exact top-N over
 order. A query line without features takes its vector from an index that
 holds its key (``--query-index``, or the searched index for i2i and u2u).
 
-Modes (DESIGN section 6): u2i ranks the items index by the FM score of
+Modes (docs/design.md, "Recall"): u2i ranks the items index by the FM score of
 (user, item), i2u the users index by the FM score of (user, item) for the
 query item; i2i and u2u rank by cosine of V (or inner product with
 ``--metric ip``). Printed scores: the raw FM score (u2i, i2u), else the

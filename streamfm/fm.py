@@ -393,7 +393,6 @@ class FM:
         For the layers built on FM (recall, the commands): the caller is
         about to train it, so the prediction view is dropped.
         """
-        self._serving = None
         if self._model is None:
             a = self._arrays
             if not a.has_state:
@@ -401,6 +400,11 @@ class FM:
                                        "can be used for prediction, not trained" % getattr(a, "path", "model"))
             self._model = Model.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype)
             self._arrays = None
+        self._serving = None
+        return self._synced()
+
+    def _synced(self):
+        """The Model with this object's hyper-parameters (they may have changed since)."""
         m = self._model
         m.hp = self._hp.copy()
         m.fvs = self._fvs
@@ -650,11 +654,7 @@ class FM:
         """
         if format not in ("bin", "txt"):
             raise ParameterError("format must be 'bin' or 'txt', not %r" % (format,))
-        if self._model is not None:
-            m = self.training_model()
-            src = m
-        else:
-            src = self._arrays
+        src = self._synced() if self._model is not None else self._arrays
         write_model(src, str(path), format, state=bool(state))
 
     @classmethod

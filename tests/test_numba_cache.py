@@ -15,14 +15,15 @@ PROBE = textwrap.dedent(r"""
     sys.path.insert(0, sys.argv[1])
     import other_lib                      # a library of someone else's, cache=True
     import streamfm
-    from streamfm import numba_cache, table
-    table.hash_name("x")                  # a streamfm kernel: compiled or loaded from the cache
+    import numpy as np
+    from streamfm import ftrl, numba_cache
+    ftrl.gauss(np.uint64(7), 3)           # a streamfm kernel: compiled or loaded from the cache
     other_lib.twice(3)
     print(json.dumps({
         "env": [before_env, os.environ.get("NUMBA_CACHE_DIR")],
         "cfg": [before_cfg, numba.config.CACHE_DIR],
-        "ours": table.hash_bytes._cache._cache_path,
-        "ours_hits": sum(table.hash_bytes.stats.cache_hits.values()),
+        "ours": ftrl.gauss._cache._cache_path,
+        "ours_hits": sum(ftrl.gauss.stats.cache_hits.values()),
         "other": other_lib.twice._cache._cache_path,
         "dirs": numba_cache.cache_dirs(),
     }))
@@ -51,7 +52,7 @@ def test_import_changes_no_numba_config_and_caches_per_source_hash(tmp_path):
     tagged = first["dirs"][0]
     assert tagged.startswith(str(xdg / "streamfm" / "numba-")) and len(os.path.basename(tagged)) == 22
     assert first["ours"] == tagged
-    index = [n for n in os.listdir(tagged) if n.startswith("table.hash_bytes-") and n.endswith(".nbi")]
+    index = [n for n in os.listdir(tagged) if n.startswith("ftrl.gauss-") and n.endswith(".nbi")]
     assert index, os.listdir(tagged)
     # another library's kernel is cached where numba puts it (beside its file), not with ours
     assert first["other"] == str(tmp_path / "lib" / "__pycache__")

@@ -10,7 +10,10 @@ import os
 import threading
 
 from . import parse
+from .errors import BadInputError as BadInputStop  # one class; the commands' name for it
 from .output import open_output
+
+__all__ = ["BadInputStop", "BadLineLog", "printable"]
 
 _opened = set()  # bad-lines files this process has started
 
@@ -19,10 +22,6 @@ def printable(raw):
     """Line bytes for a terminal: control bytes escaped, never sent raw."""
     text = raw.decode("utf-8", "backslashreplace")
     return "".join(c if c >= " " and c != "\x7f" else "\\x%02x" % ord(c) for c in text)
-
-
-class BadInputStop(Exception):
-    """A run stopped because of bad input (--on-error stop, --max-bad-fraction)."""
 
 
 class BadLineLog:

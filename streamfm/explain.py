@@ -1,4 +1,4 @@
-"""Why a score: exact per-feature attribution of FM scores (DESIGN section 7).
+"""Why a score: exact per-feature attribution of FM scores (docs/design.md, "Explanations").
 
     phi_i = w_i x_i + 0.5 x_i <v_i, s - v_i x_i>,   s = sum_j v_j x_j
 

@@ -1,4 +1,4 @@
-"""FTRL-Proximal for FM, exactly as alphaFM applies it (DESIGN section 4).
+"""FTRL-Proximal for FM, exactly as alphaFM applies it (docs/design.md, "The FTRL-Proximal update").
 
 State layout, one row per feature (row 0 = bias), columns::
 

@@ -1,4 +1,4 @@
-"""The FM model in memory and its files (DESIGN section 5).
+"""The FM model in memory and its files (docs/design.md, "File formats").
 
 Text (alphaFM's layout)::
 
@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt, ftrl
+from .errors import ModelFormatError as ModelError  # one class; the commands' name for it
 from .output import open_output
 from .table import (KEY_BYTES, DuplicateName, FeatureTable, init_hash_bytes, key_from_bytes, lookup_one,
                     place, same_bytes)
@@ -45,10 +46,6 @@ _ALIGN = 64
 # the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
 PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
-
-
-class ModelError(Exception):
-    """A model file that cannot be used; str() is a one-line explanation."""
 
 
 def dtype_of(mnt):

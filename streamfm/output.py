@@ -27,24 +27,14 @@ import stat
 import sys
 import tempfile
 
+from .errors import OutputError, SameFileError  # the writers' errors, re-exported
+
 STDOUT = "-"
 NEW_FILE_MODE = 0o644
 _BUFFER = 1 << 16       # small writes (bad lines) are gathered up to this size
 _FD_DIR = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/fd$")
 
 _stdout_closed = False  # set by protect_standard_streams
-
-
-class OutputError(Exception):
-    """An output that cannot be written; str() is a one-line message naming it."""
-
-    def __init__(self, msg, code=None):
-        super().__init__(msg)
-        self.errno = code
-
-
-class SameFileError(OutputError):
-    """An output that is an input (or another output) of the same command."""
 
 
 def describe(path):

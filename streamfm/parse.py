@@ -1,4 +1,4 @@
-"""The input line grammar (DESIGN sections 3 and 6), parsed in numba.
+"""The input line grammar (docs/design.md, "Input lines"), parsed in numba.
 
     LABEL SEP NAME:VALUE SEP NAME:VALUE ...      SEP = one or more ' ' or '\\t'
 
@@ -32,7 +32,7 @@ EMPTY_VALUE = 6
 CONTROL_BYTE = 7
 BAD_CLICK = 8
 
-# What the first token of a line is (DESIGN sections 3 and 6).
+# What the first token of a line is (docs/design.md, "Input lines").
 LABELED = 0   # LABEL NAME:VALUE ...
 KEYED = 1     # KEY NAME:VALUE ...                (recall items, users, queries)
 CLICK = 2     # USER_KEY NAME:VALUE ... | ITEM_KEY (recall clicks)

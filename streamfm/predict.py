@@ -105,7 +105,8 @@ class PredictSummary:
         self.seconds = 0.0
 
 
-def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False):
+def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False, bad=None,
+                   on_scores=None, summary=None):
     """Score every valid line of ``stream``, writing 'label prob' lines to ``out``.
 
     With ``metrics`` the summary's ``metrics`` holds logloss, AUC and
@@ -114,13 +115,18 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     ``make_on_block()`` gives each worker its callback ``on_block(parsed,
     raw_scores)``, run on each block; bytes it returns replace the block's
     default output (explanations). ``out`` None discards the output.
+    ``on_scores(block, parsed, raw_scores)``, if given, is called in the
+    worker for each block (the Python API collects scores by line number).
+    ``bad``: the BadLineLog to use (default: a new one from ``opts``);
+    ``summary``: the PredictSummary to fill (default: a new one).
     """
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
     writer = OrderedWriter(out)
-    bad = BadLineLog(opts, log)
+    if bad is None:
+        bad = BadLineLog(opts, log)
     stop = threading.Event()
     errors = []
-    summary = PredictSummary()
+    summary = PredictSummary() if summary is None else summary
     counts = []
     accs = []
     t0 = time.time()
@@ -150,6 +156,8 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
                 if raw.shape[0] < p.n_samples:
                     raw = np.empty(max(p.n_samples, 2 * raw.shape[0]), dtype=np.float64)
                 model.scores(p, raw)
+                if on_scores is not None:
+                    on_scores(blk, p, raw[: p.n_samples])
                 if metrics:
                     accumulate_metrics(p.ys, raw, p.n_samples, acc[0], acc[1])
                 data = on_block(p, raw[: p.n_samples]) if on_block else None
@@ -184,7 +192,7 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
         reader.stop()
         for th in threads:
             if th.is_alive():
-                th.join(5.0)
+                th.join()
         bad.close()
     summary.lines = sum(c[0] for c in counts)
     summary.samples = sum(c[1] for c in counts)

@@ -6,8 +6,9 @@ their sequence number and first line number so results can be put back in
 input order and bad lines reported with their line numbers.
 
 A block is handed out when it reaches ``block_size`` bytes, or, when the
-input pauses (a slow pipe, ``tail -f``), as soon as it holds complete lines
-and no more data came for ``linger`` seconds. The thread waits with
+input pauses (a slow pipe, ``tail -f``; a short read from a stream without
+a descriptor), as soon as it holds complete lines and no more data came for
+``linger`` seconds. The thread waits with
 ``select``, so ``stop`` takes effect within a tenth of a second even while
 the pipe is silent.
 """
@@ -96,6 +97,12 @@ class BlockReader:
         while not self._stopped():
             if fd is None:
                 chunk = self.stream.read(self.block_size)
+                if chunk and len(chunk) < self.block_size:
+                    # a short read: the source has no more for now (the API's
+                    # iterables of lines return what came within a moment)
+                    yield chunk
+                    yield None
+                    continue
             else:
                 try:
                     ready, _, _ = select.select([fd], [], [], _POLL)

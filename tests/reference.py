@@ -1,6 +1,6 @@
 """A slow, obviously-correct FTRL-FM trainer the numba kernels are checked against.
 
-Written from the update rule of alphaFM's ftrl_trainer.h (DESIGN section 4),
+Written from the update rule of alphaFM's ftrl_trainer.h (docs/design.md, "The FTRL-Proximal update"),
 one sample at a time, in plain Python floats. Only the random numbers (the
 initial v draws and -fvs re-draws) come from streamfm, because they are the
 generator's definition rather than the update:
@@ -254,7 +254,7 @@ class ReferenceFM:
 
 
 def parse_line(line):
-    """(label, [(name, x), ...]) of one input line, by DESIGN section 3's grammar."""
+    """(label, [(name, x), ...]) of one input line, by the grammar of docs/design.md, "Input lines"."""
     tokens = line.split()
     if not tokens:
         return None

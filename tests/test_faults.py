@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL while a model is written, SIGINT/SIGTERM while training.
 
-DESIGN section 5: every model file is written to a temporary file beside the
+docs/design.md, "File formats" and "Output files": every model file is written to a temporary file beside the
 target and renamed over it, so a crash never leaves a half-written model.
 fm_train: without --save-on-interrupt an interrupted run writes nothing and
 exits 128+signal; with it, it writes the model trained so far and exits 0.

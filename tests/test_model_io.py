@@ -1,4 +1,4 @@
-"""Model files (DESIGN section 5): alphaFM text, streamfm text and binary,
+"""Model files (docs/design.md, "File formats"): alphaFM text, streamfm text and binary,
 stripped models, fm_dump, and clean one-line errors for every broken file."""
 
 import io

@@ -1,4 +1,4 @@
-"""fm_recall: train, index, query, eval (DESIGN section 6).
+"""fm_recall: train, index, query, eval (docs/design.md, "Recall").
 
 Flags follow fm_train's: alphaFM's single-dash names for what alphaFM has
 (-m -mf -dim -w_alpha ... -core -im -imf -fvs -mnt), GNU style for the rest.
@@ -373,7 +373,7 @@ class _TrainProgress:
 def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fraction, bad_lines, quiet):
     """Embed every item (or user) record with the model into an index file.
 
-    A record's row is [V, lin + inter] (DESIGN section 6), computed from
+    A record's row is [V, lin + inter] (docs/design.md, "Recall"), computed from
     whatever of its features the model knows: a new item or user (cold
     start) is embedded from its other features. Repeated keys keep their
     first line.

@@ -6,7 +6,7 @@ embedded with the model, searched (``index.Searcher``: exact top-N over
 order. A query line without features takes its vector from an index that
 holds its key (``--query-index``, or the searched index for i2i and u2u).
 
-Modes (DESIGN section 6): u2i ranks the items index by the FM score of
+Modes (docs/design.md, "Recall"): u2i ranks the items index by the FM score of
 (user, item), i2u the users index by the FM score of (user, item) for the
 query item; i2i and u2u rank by cosine of V (or inner product with
 ``--metric ip``). Printed scores: the raw FM score (u2i, i2u), else the
@@ -120,8 +120,9 @@ class QueryRunner:
             found = (self.query_index.keys.lookup(recs.key_hash[bare]) if self.query_index is not None
                      else np.full(bare.shape[0], -1, np.int64))
             ok = found >= 0
-            vec[bare[ok]] = self.query_index.vectors[found[ok]]
-            own[bare[ok]] = self.query_index.vectors[found[ok], k]
+            if ok.any():  # (no query index at all: nothing to take)
+                vec[bare[ok]] = self.query_index.vectors[found[ok]]
+                own[bare[ok]] = self.query_index.vectors[found[ok], k]
             summary.unresolved += int((~ok).sum())
             vec[bare[~ok]] = 0.0
             own[bare[~ok]] = 0.0

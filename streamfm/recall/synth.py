@@ -1,4 +1,4 @@
-"""Deterministic synthetic recall data: items, users, clicks (DESIGN section 6 formats).
+"""Deterministic synthetic recall data: items, users, clicks (formats: docs/design.md, "Recall").
 
 Items have an id, a category, a brand and a price band; users an id, an age
 band, a gender and a city. A hidden model decides who clicks what: every

@@ -3,7 +3,7 @@
 For a click (user features U, clicked item P) the trainer draws negatives
 N_1..N_n from the catalog and scores the groups ``U+P`` and ``U+N_j`` with
 the FM (``G(A) = lin(A) + inter(A)``; for a user/item split this is
-``lin(U) + lin(I) + inter(U) + inter(I) + <V_U, V_I>``, DESIGN section 6):
+``lin(U) + lin(I) + inter(U) + inter(I) + <V_U, V_I>``, docs/design.md, "Recall"):
 
 - hinge:    L = sum_j max(0, margin - (G(U+P) - G(U+N_j)))
 - bpr:      L = sum_j log(1 + exp(-(G(U+P) - G(U+N_j))))

@@ -492,7 +492,7 @@ class FM:
 
             self._acc = new_accumulators(ftrl.N_STATS - 4)
         self._serving = None
-        ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_hash,
+        ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_init,
                          model.hp, model.k, self._k0, self._k1, model.fvs, model.seed, *self._acc)
         model.samples_seen += p.n_samples
 

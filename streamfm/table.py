@@ -7,7 +7,7 @@ alphaFM). The index is open addressing with linear probing over ``slots``
 ``row_hash``; every name's bytes live in one arena so the text model can be
 written with the original names.
 
-Two hashes per name (docs/design-hash.md, "Feature hash"):
+Two hashes per name (docs/design.md, "Feature hash"):
 
 - the *table hash* (``hash_bytes``): SipHash-1-3 under the table's random
   128-bit ``key`` (``new_key``: os.urandom, never --seed), so names crafted

@@ -1,4 +1,4 @@
-"""The feature hash (docs/design-hash.md): keyed table hash, probe, collisions.
+"""The feature hash (docs/design.md, "Feature hash"): keyed table hash, probe, collisions.
 
 Crafted feature names must not take another feature's weights: the table
 hash is SipHash-1-3 under a random per-model key, the initial factors come

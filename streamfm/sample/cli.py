@@ -72,6 +72,22 @@ def _load(cmd, path, ready=True):
     return spec
 
 
+def _compile_notice(quiet, fit=False):
+    """Say before a first run that the kernels compile (cached afterwards)."""
+    from .. import jit
+    from . import featurize, logs
+
+    kernels = [logs.tokenize_delimited, logs.tokenize_jsonl, logs.impressions, featurize.encode,
+               featurize.render]
+    if fit:
+        from .fit import learn
+
+        kernels.append(learn)
+    else:
+        kernels.append(featurize.assemble)
+    jit.compile_notice(kernels, log, quiet)
+
+
 def _fmt(spec, fmt, input_path):
     from .spec import format_of
 
@@ -249,6 +265,7 @@ def fit_cmd(spec_path, out_path, input_path, fmt, users_path, items_path, sketch
     stream = _input(cmd, input_path)
     fmt = _fmt(spec, fmt, input_path)
     opts = _policy(on_error, max_bad_fraction, bad_lines, progress_every, quiet)
+    _compile_notice(quiet, fit=True)
 
     def body():
         with _bad_file(bad_lines) as bf:
@@ -326,6 +343,7 @@ def rank_cmd(spec_path, input_path, out_path, fmt, negatives, neg_rate, seed, we
     opts = _policy(on_error, max_bad_fraction, bad_lines, progress_every, quiet)
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("fm_sample rank: reading the log from the terminal (pipe a file in, or use --input FILE)")
+    _compile_notice(quiet)
 
     def body():
         with _bad_file(bad_lines) as bf, _output(out_path) as out, \
@@ -372,6 +390,11 @@ def recall_cmd(spec_path, input_path, catalog_path, clicks_path, users_out, fmt,
                max_bad_fraction, bad_lines, progress_every, quiet):
     """Write fm_recall's catalog and clicks files from the same spec.
 
+    \b
+      catalog  ITEM_KEY ITEM_FEATS             one line per item table row
+      users    USER_KEY USER_FEATS             one line per user table row (--users-out)
+      clicks   USER_KEY USER_FEATS | ITEM_KEY  one line per clicked impression
+
     Clicked impressions are positives (fm_recall draws negatives from the
     catalog). A spec with a user x item cross or an overlap is refused:
     item vectors are computed offline, user vectors online.
@@ -390,6 +413,7 @@ def recall_cmd(spec_path, input_path, catalog_path, clicks_path, users_out, fmt,
     stream = _input(cmd, input_path)
     fmt = _fmt(spec, fmt, input_path)
     opts = _policy(on_error, max_bad_fraction, bad_lines, progress_every, quiet)
+    _compile_notice(quiet)
 
     def body():
         with _bad_file(bad_lines) as bf, _output(catalog_path) as cat, _output(clicks_path) as clk, \
@@ -489,8 +513,11 @@ def correct_cmd(neg_rate, input_path, out_path, quiet):
     """Correct fm_predict probabilities for negative down-sampling.
 
     A model trained on lines whose negatives were kept at rate R predicts
-    odds 1/R times too high; each 'LABEL P' line becomes
-    'LABEL P / (P + (1 - P) / R)' (the rest of the line is kept).
+    odds 1/R times too high; each 'LABEL P' line becomes (the rest of the
+    line is kept):
+
+    \b
+      LABEL P / (P + (1 - P) / R)
     """
     from .rank import correct_stream
 

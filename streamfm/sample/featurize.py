@@ -193,7 +193,7 @@ class Plan:
         self.out_pre_len = np.array([len(p) for p in prefixes], np.int64)
         self.joiner = np.frombuffer(d["cross_sep"].encode(), np.uint8).copy()
         self.rare = np.frombuffer(d["rare"].encode(), np.uint8).copy()
-        self.rare_hash = hash_bytes(self.rare, 0, self.rare.shape[0])
+        self.rare_hash = np.uint64(hash_bytes(self.rare, 0, self.rare.shape[0]))
         # min-count vocabularies: one set of (feature, value hash)
         keys_b, keys_h = [], []
         for b, x in enumerate(bases):
@@ -1260,6 +1260,26 @@ class LogFeaturizer:
             raise SpecError("%s: the header has no column %s (columns: %s)" % (
                 source, ", ".join(repr(c) for c in req), ", ".join(self.tok.header)))
         return [c for c in missing if c not in self.required]
+
+    def attribute_warnings(self, missing_columns):
+        """Messages for attributes that neither a table column nor a log column gives."""
+        plan = self.plan
+        out = []
+        L = plan.spec.data["log"]
+        inline = {src for colname, src in L["fields"].items() if colname not in missing_columns}
+        for side, name in enumerate(SIDES):
+            t = self.profiles.tables[side]
+            for a, attr in enumerate(plan.attrs[side]):
+                if a == 0:
+                    continue  # the key: always there
+                in_table = getattr(t, "path", None) is not None and attr not in t.missing
+                if in_table or ("%s.%s" % (name, attr)) in inline:
+                    continue
+                users = sorted({x["name"].split(".")[0] for x in plan.bases
+                                if x["side"] == side and x["attr"] == a})
+                out.append("attribute %s.%s is in no %s table column and no log column: feature%s %s will "
+                           "be empty" % (name, attr, name, "s" if len(users) > 1 else "", ", ".join(users)))
+        return out
 
     def batch(self, data, first_line):
         plan = self.plan

@@ -103,9 +103,9 @@ def fit_stream(spec, stream, opts, log, fmt, tables=None, bad_file=None, k=DEFAU
         src.stop()
     elif fmt != "jsonl":
         missing = lf.check_header("input")
-        if missing and not opts.quiet:
-            log("%s: warning: the log has no column %s; those attributes come from the profile tables only"
-                % (name, ", ".join(repr(c) for c in missing)))
+        if not opts.quiet:
+            for msg in lf.attribute_warnings(missing):
+                log("%s: warning: %s" % (name, msg))
     bad_log = logs.BadRecords(opts, log, source="input", shared_file=bad_file)
     sketches = QuantileSketches(len(plan.sketch_names), k=k)
     caps = np.zeros(plan.n_base, np.int64)

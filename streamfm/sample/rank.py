@@ -150,7 +150,7 @@ def select(n, ok, req_hash, pos, label, line_no, final, mode, k_below, neg_rate,
                 for c in range(a + 1, nb):
                     if pos[order[c]] < pos[order[best]]:
                         best = c
-                tmp = order[a]
+                tmp = order[best]
                 for c in range(best, a, -1):
                     order[c] = order[c - 1]
                 order[a] = tmp
@@ -200,9 +200,9 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
     lf = LogFeaturizer(plan, profiles, fmt, src.header, source="input")
     if fmt != "jsonl":
         missing = lf.check_header("input")
-        if missing and not opts.quiet:
-            log("%s: warning: the log has no column %s; those attributes come from the profile tables only"
-                % (name, ", ".join(repr(c) for c in missing)))
+        if not opts.quiet:
+            for msg in lf.attribute_warnings(missing):
+                log("%s: warning: %s" % (name, msg))
     bad_log = logs.BadRecords(opts, log, source="input", shared_file=bad_file)
     writer = LineWriter(plan, profiles)
     s = RankSummary()
@@ -214,7 +214,7 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
         line_no = (bt.cols.line[:n] + first_line).astype(np.int64)
         keep = np.zeros(max(n, 1), np.uint8)
         tail = select(n, bt.ok, bt.req_hash, bt.pos, bt.label, line_no, final, mode, k_below, float(neg_rate),
-                      int(seed), keep, s.stats)
+                      np.uint64(seed % (1 << 64)), keep, s.stats)
         if tail < n:
             cut_line = int(bt.cols.line[tail])
             src.carry(data[int(bt.cols.line_start[tail]):], first_line + cut_line)
@@ -259,8 +259,6 @@ def _table_notes(profiles, log, quiet, name):
         if t.duplicates:
             msg += ", %s repeated keys (the first row counts)" % fmt_int(t.duplicates)
         log(msg)
-        if t.missing:
-            log("%s: warning: %s has no column %s" % (name, t.path, ", ".join(repr(c) for c in t.missing)))
 
 
 def correct_stream(inp, out_write, neg_rate):

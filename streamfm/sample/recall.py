@@ -97,7 +97,10 @@ def recall_stream(spec, stream, catalog_write, clicks_write, opts, log, fmt, use
         return s
     lf = LogFeaturizer(plan, profiles, fmt, src.header, source="input")
     if fmt != "jsonl":
-        lf.check_header("input")
+        missing = lf.check_header("input")
+        if not opts.quiet:
+            for msg in lf.attribute_warnings(missing):
+                log("%s: warning: %s" % (name, msg))
     bad_log = logs.BadRecords(opts, log, source="input", shared_file=bad_file)
     last = time.time()
     for data, first_line, _ in src:

@@ -7,7 +7,6 @@ output files are written atomically (a failed run leaves none).
 
 import contextlib
 import os
-import stat
 import sys
 
 import click
@@ -15,7 +14,8 @@ import click
 from ..badlines import BadInputStop
 from ..cli import CONTEXT, EXIT_BAD_INPUT, interruptible, log
 from ..metrics import fmt_int
-from ..model import AtomicFile, ModelError
+from ..model import ModelError
+from ..output import OutputError, open_output
 from .spec import SpecError
 
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["tsv", "csv", "jsonl"]), default=None,
@@ -134,24 +134,10 @@ def _check_output(cmd, path, inputs, what):
         fail(cmd, "cannot write %s: directory %s is not writable" % (path, d))
 
 
-@contextlib.contextmanager
 def _output(path):
-    """A binary writer: stdout for '-', the file itself when it is not a regular file
-    (a FIFO, /dev/null: never renamed over), else an atomic file."""
-    if path in (None, "-"):
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        with open(path, "wb") as f:
-            yield f
-        return
-    with AtomicFile(path) as f:
-        yield f
+    """A checked binary writer (streamfm.output: '-' is stdout, a device or FIFO
+    is written in place, a regular file replaced atomically)."""
+    return open_output("-" if path is None else path)
 
 
 def _inputs_of(spec, input_path, users_path, items_path):
@@ -174,13 +160,8 @@ def _policy(on_error, max_bad_fraction, bad_lines, progress_every, quiet):
                    progress_every=progress_every)
 
 
-@contextlib.contextmanager
 def _bad_file(path):
-    if not path:
-        yield None
-        return
-    with open(path, "wb") as f:
-        yield f
+    return open_output(path) if path else contextlib.nullcontext()
 
 
 def _run(cmd, body):
@@ -190,7 +171,7 @@ def _run(cmd, body):
         fail(cmd, str(e), EXIT_BAD_INPUT)
     except SpecError as e:
         fail(cmd, str(e))
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail(cmd, str(e))
     except BrokenPipeError:
         sys.exit(1)

@@ -29,7 +29,8 @@ from numba import njit
 
 from .. import floatfmt
 from ..recall.keys import KeyIndex
-from ..table import hash_bytes
+# value dictionaries, not the model's table: the unkeyed name hash serves
+from ..table import init_hash_bytes as hash_bytes
 from . import logs
 from .spec import (BASE_KINDS, K_BUCKET, K_CATEGORICAL, K_HISTORY, K_NUMERIC, K_TAGS, M_COUNT, M_JACCARD,
                    O_BASE, O_CROSS, O_OVERLAP, SIDES, T_LOG1P, T_NONE, SpecError, value_hashes)

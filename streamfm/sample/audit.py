@@ -24,7 +24,7 @@ from .. import parse
 from ..badlines import BadLineLog
 from ..explain import phi_block
 from ..reader import BlockReader
-from ..table import hash_bytes, lookup_one
+from ..table import init_hash_bytes as hash_bytes, lookup_one  # field groups: the unkeyed hash
 
 
 @njit(cache=True, nogil=True)

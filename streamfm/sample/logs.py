@@ -31,7 +31,7 @@ from numba import njit
 from .. import floatfmt
 from ..badlines import BadInputStop, printable
 from ..reader import BlockReader
-from ..table import hash_bytes
+from ..table import init_hash_bytes as hash_bytes  # value dictionaries: the unkeyed hash
 
 # bad-record reasons; the kernels return the code, Python the words
 R_JSON = 1

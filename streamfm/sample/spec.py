@@ -564,10 +564,10 @@ def _check_learned(spec, learned, path):
 
 def write_frozen(obj, path):
     """Write a frozen spec atomically (the file is replaced only when complete)."""
-    from ..model import AtomicFile
+    from ..output import open_output
 
     text = json.dumps(obj, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
-    with AtomicFile(path) as f:
+    with open_output(path) as f:
         f.write(text.encode("ascii"))
 
 

@@ -467,11 +467,14 @@ def audit_cmd(model_path, model_b, input_path, spec_path, sep, top, on_error, qu
     stream = _input(cmd, input_path)
     opts = Options(on_error=on_error, quiet=quiet)
     stats, lines, bad = _run(cmd, lambda: audit_stream(models, stream, sep.encode()[0], opts, log))
-    out = sys.stdout
-    for line in format_report(stats, prefixes, top=top,
-                              labels=(os.path.basename(model_path), os.path.basename(model_b or ""))):
-        out.write(line + "\n")
-    out.flush()
+    report = "".join(line + "\n" for line in format_report(
+        stats, prefixes, top=top, labels=(os.path.basename(model_path), os.path.basename(model_b or ""))))
+
+    def write():
+        with open_output("-") as out:
+            out.write(report.encode("utf-8", "surrogateescape"))
+
+    _run(cmd, write)
     if not quiet:
         log("fm_sample audit: %s lines, %s samples, %s fields, %s bad lines" % (
             fmt_int(lines), fmt_int(stats.samples), fmt_int(len(stats.names)), fmt_int(bad.count)))

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import functools
 import io
+import math
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ import numpy as np
 from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
-from .model import Model, ModelError, detect_format, dtype_of, file_dtype, read_model, write_model
+from .model import MAX_K, Model, ModelError, detect_format, dtype_of, file_dtype, read_model, write_model
 from .output import (OutputError, check_distinct, check_writable, open_output,
                      protect_standard_streams, write_text)
 from .parse import VALUE_CLIP
@@ -27,8 +28,20 @@ from .parse import VALUE_CLIP
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 # Row capacity reserved up front: zero pages cost address space, not memory,
-# and a run that stays within it never copies the model to grow it.
+# and a run that stays within it never copies the model to grow it. Address
+# space is not free either (the kernel refuses a 60 GB np.zeros), so wide
+# rows (-dim 1,1,1000) reserve fewer and grow by doubling past them.
 _SPARE_ROWS = 1 << 22
+_SPARE_BYTES = 1 << 31
+
+
+def spare_rows(k, dtype, rows=_SPARE_ROWS):
+    """Rows to reserve for a model of k factors: ``rows``, or fewer when
+    they would take more than _SPARE_BYTES of address space."""
+    width = ftrl.n_cols(k) * np.dtype(dtype).itemsize
+    return int(max(1 << 10, min(rows, _SPARE_BYTES // width)))
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -62,8 +75,9 @@ def interruptible(name):
     Ctrl-C or SIGTERM outside the trainer's own handling (loading, compiling,
     writing) unwinds the command, so an output in progress removes its
     temporary file, and exits 128+signal with a word, not click's 'Aborted!'
-    and status 1. Descriptors 0-2 closed at start (``>&-``) are kept taken,
-    so no file opened later becomes standard output.
+    and status 1; running out of memory exits 1 with one line, not a
+    traceback. Descriptors 0-2 closed at start (``>&-``) are kept taken, so no
+    file opened later becomes standard output.
     """
     def deco(f):
         @functools.wraps(f)
@@ -78,6 +92,9 @@ def interruptible(name):
                 sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
                 log("%s: interrupted (%s); nothing written" % (name, sig.name))
                 sys.exit(128 + sig)
+            except MemoryError:
+                log("%s: error: out of memory; nothing written" % name)
+                sys.exit(1)
             finally:
                 if old is not None:
                     signal.signal(signal.SIGTERM, old)
@@ -92,9 +109,9 @@ def parse_dim(text, cmd="fm_train"):
         vals = [int(p) for p in parts]
     except ValueError:
         vals = None
-    if not vals or len(vals) != 3 or vals[2] < 0 or any(v not in (0, 1) for v in vals[:2]):
-        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; k >= 0), got %r" % text,
-                                 param_hint="-dim")
+    if not vals or len(vals) != 3 or not 0 <= vals[2] <= MAX_K or any(v not in (0, 1) for v in vals[:2]):
+        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; 0 <= k <= %d), got %r"
+                                 % (MAX_K, text), param_hint="-dim")
     return bool(vals[0]), bool(vals[1]), vals[2]
 
 
@@ -201,11 +218,39 @@ _HP_HELP = {
 }
 
 
+class FiniteFloat(click.FloatRange):
+    """A float flag within bounds that must also be a finite number: click's
+    FloatRange lets 'nan' (every comparison false) and 'inf' through."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail("%r is not a finite number" % rv, param, ctx)
+        return rv
+
+
+class HyperParam(click.ParamType):
+    """An FTRL hyper-parameter flag, checked by ftrl.hp_error (finite; alpha > 0, the rest >= 0)."""
+
+    name = "float"
+
+    def __init__(self, hp):
+        self.hp = hp
+
+    def convert(self, value, param, ctx):
+        why = ftrl.hp_error(self.hp, value)
+        if why:
+            self.fail(why, param, ctx)
+        return float(value)
+
+
+# --seed: the trainer's kernels take it as a 64-bit integer
+SEED = click.IntRange(-(1 << 63), (1 << 63) - 1)
+
+
 def _hp_options(f):
     for name, default in reversed(list(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS))):
-        # alpha divides; the others are magnitudes
-        kind = click.FloatRange(0, min_open=True) if name.endswith("alpha") else click.FloatRange(0)
-        f = click.option("-" + name, name, type=kind, default=default, show_default=True,
+        f = click.option("-" + name, name, type=HyperParam(name), default=default, show_default=True,
                          help=_HP_HELP[name] + ".")(f)
     return f
 
@@ -229,29 +274,33 @@ def _hp_options(f):
               help="Number type of the model in memory and on disk (float halves the memory).")
 @click.option("--input", "input_path", metavar="FILE", default=None,
               help="Read samples from FILE instead of standard input.")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Seed of the initial v draws; a feature's draw depends only on its name and the "
                    "seed. Default: the -im binary model's seed, else 0.")
 @click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
               help="On a bad line: skip it (counted and reported), or stop, write no model and exit 3.")
-@click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=None, metavar="F",
+@click.option("--max-bad-fraction", type=FiniteFloat(0, 1), default=None, metavar="F",
               help="Stop (no model, exit 3) when more than this fraction of lines is bad.")
 @click.option("--bad-lines", metavar="FILE", default=None,
               help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
 @click.option("--save-on-interrupt", is_flag=True,
               help="On SIGINT/SIGTERM, write the model trained so far (default: write nothing, exit non-zero).")
-@click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True,
+@click.option("--allow-empty", is_flag=True,
+              help="Write the model even when the input held no valid sample: the -im model unchanged, "
+                   "or one with only the bias (default: write nothing and exit 3).")
+@click.option("--progress-every", type=FiniteFloat(0.1), default=5.0, show_default=True,
               metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 @interruptible("fm_train")
 def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
              init_stdev, cores, init_model, init_model_format, fvs, mnt, input_path, seed, on_error,
-             max_bad_fraction, bad_lines, save_on_interrupt, progress_every, quiet):
+             max_bad_fraction, bad_lines, save_on_interrupt, allow_empty, progress_every, quiet):
     """Train an FM with FTRL on libsvm-style lines from standard input.
 
     Each line is 'LABEL NAME:VALUE NAME:VALUE ...' (label > 0 is a click).
     Progress and progressive (score-before-update) logloss and AUC go to
-    stderr.
+    stderr. Input without a single valid sample (an empty hour of logs, a
+    gzip file fed raw) writes no model and exits 3, unless --allow-empty.
 
     \b
     Examples:
@@ -282,12 +331,13 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
             continue_fmt)
     jit.release_compiler_memory()
     t_load = time.time()
+    spare = spare_rows(k, dtype)
     try:
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype,
-                                extra_rows=_SPARE_ROWS)
+                                extra_rows=spare)
             seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
-            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=_SPARE_ROWS)
+            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare)
             del arrays
             if not quiet:
                 log("%s: continuing %s: %s features, %s samples seen before (%s)" % (
@@ -295,7 +345,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
                     _fmt_seconds(time.time() - t_load)))
         else:
             seed = 0 if seed is None else seed
-            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=_SPARE_ROWS,
+            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=spare,
                           arena_capacity=1 << 25)
     except (ModelError, ValueError) as e:
         fail(cmd, str(e))
@@ -315,9 +365,14 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         log("%s: interrupted (%s) after %s lines; no model written (--save-on-interrupt writes it)"
             % (cmd, summary.interrupted, fmt_int(summary.lines)))
         sys.exit(128 + getattr(signal, summary.interrupted))
-    if summary.samples == 0 and not quiet:
-        log("%s: warning: %s; the model holds only the bias" % (
-            cmd, "the input was empty" if summary.lines == 0 else "no valid sample in the input"))
+    if summary.samples == 0:
+        what = "the input was empty" if summary.lines == 0 else "no valid sample in %s lines of input (%s bad)" % (
+            fmt_int(summary.lines), fmt_int(summary.bad))
+        if not allow_empty:
+            fail(cmd, "%s; no model written (--allow-empty writes it anyway)" % what, EXIT_BAD_INPUT)
+        if not quiet:
+            log("%s: warning: %s; %s" % (cmd, what, "the model is -im's, unchanged" if init_model
+                                          else "the model holds only the bias"))
     t_write = time.time()
     try:
         write_model(model, model_path, model_format)
@@ -391,10 +446,10 @@ def _train_report(cmd, s, model, path, fmt, t_write):
               help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
 @click.option("--metrics", is_flag=True,
               help="Print logloss, AUC and calibration (mean prediction vs observed rate) to stderr.")
-@click.option("--explain", type=click.IntRange(0), default=0, metavar="N",
+@click.option("--explain", type=click.IntRange(0, (1 << 63) - 1), default=0, metavar="N",
               help="After 'label score', a tab and the N features with the largest |contribution| "
                    "as name:phi (phis of all features + bias = the raw score).")
-@click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True,
+@click.option("--progress-every", type=FiniteFloat(0.1), default=5.0, show_default=True,
               metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 @interruptible("fm_predict")
@@ -443,6 +498,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
             fmt_int(rate), _fmt_seconds(t_load)))
         if summary.bad:
             log("  bad lines: %s" % summary.bad_description)
+        if summary.clipped:
+            log("  values clipped: %s (|value| > %g)" % (fmt_int(summary.clipped), VALUE_CLIP))
     if metrics:
         m = summary.metrics
         log("%s: samples %s  logloss %s  auc %s  mean prediction %s  observed rate %s" % (

@@ -31,6 +31,25 @@ HP_NAMES = ("w_alpha", "w_beta", "w_l1", "w_l2", "v_alpha", "v_beta", "v_l1", "v
 HP_DEFAULTS = (0.05, 1.0, 0.1, 5.0, 0.05, 1.0, 0.1, 5.0, 0.1)
 HP_INIT_STDEV = HP_NAMES.index("init_stdev")
 
+
+def hp_error(name, x):
+    """Why ``x`` cannot be the hyper-parameter ``name`` (None when it can).
+
+    Every one is a finite number; alpha divides (> 0), beta, l1, l2 and
+    init_stdev are magnitudes (>= 0). A NaN would pass every comparison the
+    update makes and turn the model into NaNs.
+    """
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "%r is not a number" % (x,)
+    if not math.isfinite(x):
+        return "%r is not a finite number" % x
+    if name.endswith("alpha"):
+        return None if x > 0 else "%r is not > 0" % x
+    return None if x >= 0 else "%r is not >= 0" % x
+
+
 # train_block's stats vector: the metrics' counters, then its own.
 ST_SKIPPED_OVERFLOW = N_METRICS
 ST_COORD_OVERFLOW = N_METRICS + 1

@@ -817,15 +817,123 @@ def read_bin_header(path):
         header = msgpack.unpackb(packed, raw=False)
     except Exception as e:  # msgpack raises several types for bad bytes
         raise ModelError("%s: corrupted header (%s)" % (path, e)) from None
-    if header.get("format") != FORMAT_NAME:
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelError("%s: not a streamfm binary model" % path)
-    if header.get("version", 0) > FORMAT_VERSION:
-        raise ModelError("%s: binary model version %s is newer than this streamfm reads (%d)"
-                         % (path, header.get("version"), FORMAT_VERSION))
-    end = max(a["offset"] + a["nbytes"] for a in header["arrays"])
+    version = header.get("version", 0)
+    if not _is_int(version) or version > FORMAT_VERSION:
+        raise ModelError("%s: binary model version %r: this streamfm reads versions up to %d"
+                         % (path, version, FORMAT_VERSION))
+    _check_bin_header(path, header, size)
+    return header
+
+
+# What a binary model's header may say. Its dtype strings are looked up
+# here, never handed to numpy: np.dtype('O') or a structured dtype from a
+# crafted file would make numpy read pointers from the file.
+_FLOAT_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+MAX_K = 1 << 16  # factors a model may have (-dim checks it too)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def array_specs(path, header, size, expected):
+    """The header's array list checked against ``expected``: {name: (dtype, shape)}.
+
+    A shape entry of None is any size; every name must be expected and appear
+    at most once, with exactly the dtype, shape and byte count given, inside
+    the file's ``size`` bytes. Returns {name: spec}. Shared by every file in
+    the binary container (models, recall indexes).
+    """
+    arrays = header.get("arrays")
+    if not isinstance(arrays, list):
+        raise ModelError("%s: corrupted header: no array list" % path)
+    specs = {}
+    end = 0
+    for a in arrays:
+        name = a.get("name") if isinstance(a, dict) else None
+        if name not in expected or name in specs:
+            raise ModelError("%s: corrupted header: %s array %r" % (
+                path, "repeated" if name in specs else "unexpected", name))
+        dt, shape = expected[name]
+        got = a.get("shape")
+        if a.get("dtype") != dt.str:
+            raise ModelError("%s: header says array %r is %r, expected %r" % (path, name, a.get("dtype"), dt.str))
+        if (not isinstance(got, list) or len(got) != len(shape)
+                or not all(_is_int(g) and g >= 0 and (e is None or g == e) for g, e in zip(got, shape))):
+            raise ModelError("%s: header says array %r has shape %r, expected %r" % (
+                path, name, got, [("any" if e is None else e) for e in shape]))
+        nbytes = dt.itemsize
+        for g in got:
+            nbytes *= g
+        if not (_is_int(a.get("offset")) and _is_int(a.get("nbytes")) and _is_int(a.get("crc32"))) or (
+                a["nbytes"] != nbytes or a["offset"] < 0):
+            raise ModelError("%s: header disagrees with array %r (offset, size or checksum)" % (path, name))
+        end = max(end, a["offset"] + nbytes)
+        specs[name] = a
     if size < end:
         raise ModelError("%s: truncated: %d bytes, the header says %d" % (path, size, end))
-    return header
+    return specs
+
+
+def _check_bin_header(path, header, size):
+    """Every number the reader trusts, checked against the others before any array is read."""
+    k, n, dtype = header.get("k"), header.get("n_rows"), header.get("dtype")
+    if not _is_int(k) or not 0 <= k <= MAX_K:
+        raise ModelError("%s: corrupted header: k = %r is not a factor count (0 to %d)" % (path, k, MAX_K))
+    if not _is_int(n) or n < 1:
+        raise ModelError("%s: corrupted header: n_rows = %r (at least the bias row)" % (path, n))
+    if dtype not in _FLOAT_DTYPES:
+        raise ModelError("%s: corrupted header: dtype %r (float32 or float64)" % (path, dtype))
+    ft = _FLOAT_DTYPES[dtype]
+    specs = array_specs(path, header, size, {
+        "names": (np.dtype(np.uint8), (None,)), "name_off": (np.dtype("<i8"), (n + 1,)),
+        "params": (ft, (n, ftrl.n_cols(k))), "weights": (ft, (n, 1 + k))})
+    for name in ("names", "name_off"):
+        if name not in specs:
+            raise ModelError("%s: corrupted header: no %r array" % (path, name))
+    if "params" not in specs and "weights" not in specs:
+        raise ModelError("%s: corrupted header: neither FTRL rows nor weights" % path)
+    if "has_state" in header and bool(header["has_state"]) != ("params" in specs):
+        raise ModelError("%s: corrupted header: has_state disagrees with its arrays" % path)
+    hyper = header.get("hyper")
+    if hyper is not None:
+        if not isinstance(hyper, dict):
+            raise ModelError("%s: corrupted header: hyper-parameters %r" % (path, hyper))
+        for name in ftrl.HP_NAMES:
+            why = ftrl.hp_error(name, hyper[name]) if name in hyper else None
+            if why:
+                raise ModelError("%s: corrupted header: %s %s" % (path, name, why))
+    if header.get("fvs", 0) not in (0, 1):  # True == 1, False == 0
+        raise ModelError("%s: corrupted header: fvs %r" % (path, header.get("fvs")))
+    seed = header.get("seed")
+    if seed is not None and not (_is_int(seed) and -(1 << 63) <= seed < 1 << 63):
+        raise ModelError("%s: corrupted header: seed %r is not a 64-bit integer" % (path, seed))
+    seen = header.get("samples_seen")
+    if seen is not None and not (_is_int(seen) and seen >= 0):
+        raise ModelError("%s: corrupted header: samples_seen %r" % (path, seen))
+
+
+@njit(cache=True, nogil=True)
+def first_nonfinite(a):
+    """Position of the first NaN or infinity in the 1-D array a, or -1."""
+    for i in range(a.shape[0]):
+        x = a[i]
+        if not (x - x == 0.0):
+            return i
+    return -1
+
+
+def check_finite(path, name, arr):
+    """ModelError when a float array read from a file holds NaN or an infinity
+    (the text reader refuses them too): nothing trained could be one."""
+    if arr.size:
+        i = first_nonfinite(arr.reshape(-1))
+        if i >= 0:
+            row = i // max(arr.shape[1], 1) if arr.ndim == 2 else i
+            raise ModelError("%s: corrupted: array %r row %d holds %r, not a finite number"
+                             % (path, name, row, float(arr.reshape(-1)[i])))
 
 
 def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
@@ -841,6 +949,7 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
         raise ModelError("%s: model has %d factors (-dim ...,%d) but %d were asked for"
                          % (path, mk, mk, int(k)))
     specs = {a["name"]: a for a in header["arrays"]}
+    ft = _FLOAT_DTYPES[header["dtype"]]
     if "params" in specs and header.get("params_columns") != PARAMS_COLUMNS:
         raise ModelError("%s: FTRL rows in an unknown layout (%r)" % (path, header.get("params_columns")))
     if state and "params" not in specs:
@@ -856,17 +965,20 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
         for name in want:
             a = specs[name]
             shape = tuple(a["shape"])
+            dt = ft if name in ("params", "weights") else (np.dtype("<i8") if name == "name_off" else np.uint8)
             if name == "params" and extra_rows:
-                full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=np.dtype(a["dtype"]))
+                full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=dt)
                 arr = full[: shape[0]]
             else:
-                arr = np.empty(shape, dtype=np.dtype(a["dtype"]))
+                arr = np.empty(shape, dtype=dt)
             f.seek(a["offset"])
             got = f.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
             if got != a["nbytes"]:
                 raise ModelError("%s: truncated in array %r" % (path, name))
             if verify and zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
                 raise ModelError("%s: corrupted: checksum mismatch in array %r" % (path, name))
+            if name in ("params", "weights"):
+                check_finite(path, name, arr)
             out[name] = arr
     n = int(header["n_rows"])
     off = out["name_off"]
@@ -954,7 +1066,7 @@ def stored_key(info, path="model"):
 def file_dtype(path):
     """The number type a model file holds (text models load as float64)."""
     if detect_format(path) == "bin":
-        return np.dtype(read_bin_header(path)["dtype"])
+        return _FLOAT_DTYPES[read_bin_header(path)["dtype"]]
     return np.dtype(np.float64)
 
 

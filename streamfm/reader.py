@@ -11,6 +11,10 @@ a descriptor), as soon as it holds complete lines and no more data came for
 ``linger`` seconds. The thread waits with
 ``select``, so ``stop`` takes effect within a tenth of a second even while
 the pipe is silent.
+
+A UTF-8 byte order mark at the very start of the stream (what some Windows
+editors and exporters write) is dropped here, for every command that reads
+samples: it is not part of the first line's label.
 """
 
 import os
@@ -26,6 +30,7 @@ import numpy as np
 # that the per-block Python work is noise.
 BLOCK_SIZE = 1 << 18
 _POLL = 0.1
+BOM = b"\xef\xbb\xbf"
 
 
 class Block:
@@ -123,6 +128,7 @@ class BlockReader:
         scanned = 0      # buf[:scanned] holds no '\n' after the last cut
         last_nl = -1     # position of the last '\n' in buf, or -1
         first_byte = 0.0
+        at_start = True  # the stream's first bytes may be a byte order mark
 
         def emit(cut):
             nonlocal seq, line_no, scanned, last_nl, first_byte
@@ -150,6 +156,12 @@ class BlockReader:
                     first_byte = time.time()
                 self.bytes_read += len(chunk)
                 buf += chunk
+                if at_start:
+                    if len(buf) < len(BOM) and BOM.startswith(bytes(buf)):
+                        continue  # a pipe may hand the mark over byte by byte
+                    if buf[:len(BOM)] == BOM:
+                        del buf[:len(BOM)]
+                    at_start = False
                 nl = buf.rfind(b"\n", scanned)
                 if nl >= 0:
                     last_nl = nl

@@ -172,7 +172,7 @@ def test_alphafm_model_continues_with_its_state(tmp_path):
     src = tmp_path / "alpha.txt"
     src.write_bytes(ALPHA_MODEL)
     out = tmp_path / "out.txt"
-    proc = fm_train("-im", src, "-m", out, "-dim", "1,1,%d" % ALPHA_K, "--quiet", input=b"")
+    proc = fm_train("-im", src, "-m", out, "-dim", "1,1,%d" % ALPHA_K, "--quiet", "--allow-empty", input=b"")
     assert_ok(proc)
     a = read_model(str(src))
     b = read_model(str(out))

@@ -428,13 +428,22 @@ class Config:
 
 
 class Catalog:
-    """The items of --items: their features (rows of the model being trained) and keys."""
+    """The items of --items: their features (rows of the model being trained) and keys.
+
+    A key given twice keeps its first line; the later ones are dropped (counted
+    in ``duplicates``), so they are neither items nor ever drawn as negatives.
+    """
 
     def __init__(self, records):
         from .keys import KeyIndex
 
+        keys = KeyIndex(records.key_hash)
+        self.duplicates = keys.duplicates
+        if keys.duplicates:
+            records = records.take(np.flatnonzero(keys.first_of == np.arange(records.n)))
+            keys = KeyIndex(records.key_hash)
         self.records = records
-        self.keys = KeyIndex(records.key_hash)
+        self.keys = keys
         self.max_len = max(records.max_len(), 1)
 
     @property

@@ -76,7 +76,8 @@ def accumulate_metrics(ys, raw, n, stats, hist):
 
 
 class OrderedWriter:
-    """Writes per-block outputs in block sequence order."""
+    """Writes per-block outputs in block sequence order (``out.write`` writes
+    all it is given or raises: output.Output)."""
 
     def __init__(self, out):
         self.out = out
@@ -185,8 +186,10 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
             summary.bad = bad.count
             progress.maybe(summary)
     finally:
-        reader.stop()
+        # also on an exception here (SIGTERM, Ctrl-C): no worker may write to
+        # ``out`` once the caller closes it
         stop.set()
+        reader.stop()
         for th in threads:
             if th.is_alive():
                 th.join()
@@ -215,6 +218,7 @@ def warm_up(fmt, dtype, log, quiet):
 
     from . import jit
     from .model import ModelArrays, write_model
+    from .output import open_output
     from .train import Options
 
     jit.compile_notice([parse.parse_block, ftrl.score_block, format_predictions,
@@ -222,7 +226,7 @@ def warm_up(fmt, dtype, log, quiet):
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
         path = os.path.join(d, "tiny." + fmt)
         if fmt == "txt":
-            with open(path, "wb") as f:
+            with open_output(path) as f:
                 f.write(b"bias 0.1 0 0\na 0.2 0.3 0 0 0 0\n")
         else:
             params = np.zeros((2, ftrl.n_cols(1)), dtype=dtype)

@@ -381,8 +381,10 @@ def test_fm_dump_merge_errors(tmp_path, data):
     b.save(tmp_path / "b.bin")
     assert_one_line_error(run(FM_DUMP, "merge", tmp_path / "a.bin", tmp_path / "b.bin", "-o", tmp_path / "o.bin"),
                           "4 and 2 factors")
+    before = (tmp_path / "a.bin").read_bytes()
     assert_one_line_error(run(FM_DUMP, "merge", tmp_path / "a.bin", "-o", tmp_path / "a.bin"),
-                          tmp_path / "a.bin", "input")
+                          tmp_path / "a.bin", "input", code=2)
+    assert (tmp_path / "a.bin").read_bytes() == before
     assert_one_line_error(run(FM_DUMP, "merge", tmp_path / "nope.bin", "-o", tmp_path / "o.bin"),
                           tmp_path / "nope.bin", "no such")
     a.save(tmp_path / "strip.bin", state=False)

@@ -67,8 +67,11 @@ SETTINGS = {
     "warm 100k, mean": (100_000, None, "dn"),
     "warm 100k, 10 rounds, mean": (100_000, 10, "dn"),
     "warm 100k, 10 rounds, sum": (100_000, 10, "sum"),
-    "warm 100k, 10 rounds, blend": (100_000, 10, "blend"),
+    "warm 100k, 10 rounds, blend-each": (100_000, 10, "blend-each"),
     "warm 100k, 30 rounds, blend": (100_000, 30, "blend"),
+    "warm 100k, 100 rounds, blend": (100_000, 100, "blend"),
+    "warm 100k, 30 rounds, blend-each": (100_000, 30, "blend-each"),
+    "warm 100k, 30 rounds, mean": (100_000, 30, "dn"),
 }
 MAIN = "warm 100k, 30 rounds, blend"
 
@@ -90,8 +93,8 @@ def quality(args, train, test):
     print()
     print("| split | partitions | setting | rounds | test logloss | gap | test AUC | seconds (2 threads) |")
     print("|---|---|---|---|---|---|---|---|")
-    runs = [(how, parts, MAIN) for how in args.splits for parts in args.parts]
-    runs += [("random", 4, name) for name in args.settings if name != MAIN]
+    runs = [(how, parts, args.main) for how in args.splits for parts in args.parts]
+    runs += [("random", 4, name) for name in args.settings if name != args.main or 4 not in args.parts]
     cache = {}
     for how, parts, name in runs:
         if (how, parts) not in cache:
@@ -160,11 +163,14 @@ def main():
     ap.add_argument("--test-lines", type=int, default=200_000, help="held-out lines (default 200,000)")
     ap.add_argument("--data", default=os.path.join(HERE, "data"), help="where the data files are")
     ap.add_argument("--part", choices=["all", "quality", "dask"], default="all")
-    ap.add_argument("--parts", type=int, nargs="+", default=[2, 4, 8], help="partition counts")
+    ap.add_argument("--parts", type=int, nargs="*", default=[2, 4, 8],
+                    help="partition counts of the splits x partitions table (none: only --settings)")
     ap.add_argument("--splits", nargs="+", default=["random", "contiguous"], choices=["random", "contiguous"])
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS),
                     metavar="SETTING", help="compared at 4 random partitions (the splits x partitions "
                     "table uses %r), of: %s" % (MAIN, "; ".join(SETTINGS)))
+    ap.add_argument("--main", default=MAIN, choices=list(SETTINGS), metavar="SETTING",
+                    help="the setting of the splits x partitions table (default %r)" % MAIN)
     ap.add_argument("--dask-partitions", type=int, default=8)
     ap.add_argument("--dask-rounds", type=int, default=None)
     args = ap.parse_args()

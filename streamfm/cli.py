@@ -754,10 +754,11 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
                    "Without it, the models count as trained from nothing.")
 @click.option("--to", "to_fmt", type=click.Choice(["bin", "txt"]), default="bin", show_default=True,
               help="Format of OUT.")
-@click.option("--rule", type=click.Choice(["blend", "dn", "sum"]), default="blend", show_default=True,
+@click.option("--rule", type=click.Choice(["blend", "blend-each", "dn", "sum"]), default="blend", show_default=True,
               help="How the weights combine (docs/design.md, Merging models): blend: FTRL's sums where the models "
-                   "trained a weight little, their n-increment-weighted mean where they trained it to "
-                   "convergence; dn: always that mean; sum: always the sums (overshoots).")
+                   "together trained a weight little, their n-increment-weighted mean where that much "
+                   "training converges; blend-each: the blend by each model's own training (sums more); "
+                   "dn: always that mean; sum: always the sums (overshoots).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
 @interruptible("fm_dump merge")
 def dump_merge(model_paths, out_path, base_path, to_fmt, rule, quiet):

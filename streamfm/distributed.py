@@ -198,7 +198,7 @@ def train(partitions, fm=None, *, sync_every=None, warm_start=0, threads=1, rule
     threads : int
         Tasks run at once. Each task trains on one thread (deterministic).
     rule : str
-        The merge rule: "blend" (default), "dn" or "sum" (see ``merge.merge``).
+        The merge rule: "blend" (default), "blend-each", "dn" or "sum" (see ``merge.merge``).
     on_error, max_bad_fraction
         As in ``FM.partial_fit``, per task.
     feature_names : sequence, optional

@@ -1,4 +1,5 @@
-"""Merging FM models trained in parallel: the engine-independent core (docs/design-merge.md).
+"""Merging FM models trained in parallel: the engine-independent core
+(docs/design.md, "Merging models").
 
 Training on several machines runs in rounds. A round starts from one shared
 model, the *base*; every partition of the data trains a private copy of it
@@ -26,7 +27,8 @@ merged State is a State again (a tree of merges equals one merge).
 
 Features are joined by their names' bytes (a hash of its own, checked by
 byte comparison), never by the feature-table hashes of the models, so
-models whose tables hash differently merge as well.
+models under different table hash keys merge as well; the result is indexed
+under the base's key (docs/design.md, "Merging models", Hash keys).
 """
 
 import itertools
@@ -249,8 +251,8 @@ def _z_columns(k):
 # the sums a merge keeps per coordinate, over the states that trained it
 ACC_DN, ACC_MEAN, ACC_ZSUM, ACC_K, ACC_Z = range(5)
 N_ACC = 5
-RULES = {"blend": 0, "dn": 1, "sum": 2}
-_BLEND, _DN, _SUM = 0, 1, 2
+RULES = {"blend": 0, "dn": 1, "sum": 2, "blend-each": 3}
+_BLEND, _DN, _SUM, _EACH = 0, 1, 2, 3
 COUPLING = 3.0
 
 
@@ -346,7 +348,7 @@ def contraction(n0, n1, alpha, beta, l2):
 
     With g^2 standing for the curvature a gradient comes with, FTRL shrinks
     a persistent error of a coordinate by about exp(-K) while its n goes
-    from n0 to n1 (docs/design-merge.md). With u = sqrt(n), c = alpha l2 + beta:
+    from n0 to n1 (docs/design.md, "Merging models"). With u = sqrt(n), c = alpha l2 + beta:
     K = 2 alpha [u1 - u0 - c ln((u1 + c) / (u0 + c))].
     """
     c = alpha * l2 + beta
@@ -443,8 +445,9 @@ def _finish(n_rows, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc)
     the rule's weight theta, and the z that FTRL's closed form maps to theta.
 
     blend: theta = (1 - lam) theta_sum + lam theta_mean, lam = 1 - exp(-coupling K),
-    K the dn-weighted mean of the partitions' K(n0, n_p); dn: theta_mean;
-    sum: theta_sum. theta_sum is FTRL's weight at (z0 + sum (z_p - z0), n),
+    K = K(n0, n0 + sum dn), the contraction of one stream of all the increments
+    (blend-each: K the dn-weighted mean of the partitions' K(n0, n_p)); dn:
+    theta_mean; sum: theta_sum. theta_sum is FTRL's weight at (z0 + sum (z_p - z0), n),
     theta_mean = sum dn_p theta_p / sum dn_p (= theta0 + the mean move; summed
     as weights, not moves, so partitions that all reached 0 give exactly 0).
     """
@@ -467,7 +470,10 @@ def _finish(n_rows, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc)
                     theta = tm
                     hint = zm
                 else:
-                    lam = 1.0 - math.exp(-coupling * acc[o, c, ACC_K] / s)
+                    if rule == _EACH:  # how far each partition went (diverges at 8 partitions)
+                        lam = 1.0 - math.exp(-coupling * acc[o, c, ACC_K] / s)
+                    else:  # how far one stream of all the partitions' increments goes
+                        lam = 1.0 - math.exp(-coupling * contraction(bn, n, alpha, beta, l2))
                     theta = (1.0 - lam) * ftrl.weight_from_state(zs, n, alpha, beta, l1, l2) + lam * tm
                     hint = (1.0 - lam) * zs + lam * zm
                 z = z_for_weight(theta, n, hint, alpha, beta, l1, l2)
@@ -496,6 +502,8 @@ class Merger:
         self.count = 0
 
     def add(self, state):
+        if self.names is None and self.first is None and self.count:
+            raise ParameterError("this merge has ended (result() was called): start a new Merger")
         if self.first is None:
             self.first = state
             k = state.k
@@ -542,16 +550,24 @@ class Merger:
             setattr(self, name, _grown(a, cap, a.shape[0]))
 
     def result(self):
-        """The merged State (rows: the union of the states' rows, in first-seen order)."""
+        """The merged State (rows: the union of the states' rows, in first-seen order).
+
+        This ends the merge: the State holds the Merger's arrays (no copy of
+        the hundreds of MB a million features take), so no State is added after.
+        """
         if self.first is None:
             raise ParameterError("nothing to merge")
         s = self.first
         n = self.names.n_rows
         arena, off = self.names.names()
         t = self.totals
-        return State(arena, off, self.params[:n].copy(), self.n0[:n].copy(), self.z0[:n].copy(), s.k, s.hp,
-                     s.fvs, s.seed, lines=t[0], samples=t[1], bad=t[2], loss_sum=t[3],
-                     cnt=self.cnt[:n].copy(), acc=self.acc[:n].copy(), rule=self.rule)
+        out = State(arena, off, self.params[:n], self.n0[:n], self.z0[:n], s.k, s.hp, s.fvs, s.seed,
+                    lines=t[0], samples=t[1], bad=t[2], loss_sum=t[3], cnt=self.cnt[:n], acc=self.acc[:n],
+                    rule=self.rule)
+        self.first = self.names = None
+        for name in self._ARRAYS:
+            setattr(self, name, None)
+        return out
 
 
 def merge(states, rule="blend"):
@@ -563,16 +579,18 @@ def merge(states, rule="blend"):
     0): n = n0 + sum_p dn_p, and the weight (``rule``):
 
     - ``"blend"`` (default): theta = (1 - lam) theta_sum + lam theta_mean with
-      lam = 1 - exp(-3 K): the FTRL sums where each partition trained the
-      coordinate little (their evidence adds up, as in one stream), the
-      increment-weighted mean where each partition trained it to
-      convergence (K, ``contraction``, measures how far);
+      lam = 1 - exp(-3 K): the FTRL sums where the partitions together trained
+      the coordinate little (their evidence adds up, as in one stream), the
+      increment-weighted mean where one stream of all their increments would
+      have trained it to convergence (K = contraction(n0, n), ``contraction``);
+    - ``"blend-each"``: the same with K the dn-weighted mean of each
+      partition's own contraction (sums more; diverged at 8 partitions);
     - ``"dn"``: theta_mean = sum_p dn_p theta_p / sum_p dn_p;
     - ``"sum"``: theta_sum, FTRL's weight at z = z0 + sum_p (z_p - z0)
       (overshoots where partitions converge; for comparison).
 
     z is rebuilt from theta with FTRL's closed form (``z_for_weight``), so
-    training continues from the merged model as from any (docs/design-merge.md
+    training continues from the merged model as from any (docs/design.md, "Merging models"
     derives the rule). A coordinate one partition trained keeps that
     partition's numbers exactly; one no partition trained keeps the base's.
     ``states``: an iterable of State (same k, hyper-parameters and fvs).

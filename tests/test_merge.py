@@ -2,7 +2,7 @@
 
 Exact checks: one partition is one sequential run bit for bit; a State
 written over its base is the partition's model bit for bit; the merged
-numbers equal a pure-Python evaluation of the rule (docs/design-merge.md);
+numbers equal a pure-Python evaluation of the rule (docs/design.md, "Merging models");
 a merged model continues with fm_train -im exactly as through the API.
 """
 
@@ -138,7 +138,7 @@ def test_an_untrained_partition_is_the_identity(data):
 
 
 # ---------------------------------------------------------------------------
-# the rule, against a pure-Python evaluation of docs/design-merge.md
+# the rule, against a pure-Python evaluation of docs/design.md, "Merging models"
 
 
 def coord(c, hp):
@@ -184,7 +184,10 @@ def reference_merge(base, parts, hp, rule):
                 if rule == "dn":
                     theta, hint = t_mean, z_mean
                 else:
-                    kk = sum(d * contraction(n0, r[ncol], alpha, beta, l2) for d, r in zip(dn, trained)) / sum(dn)
+                    if rule == "blend":
+                        kk = contraction(n0, n, alpha, beta, l2)
+                    else:  # blend-each
+                        kk = sum(d * contraction(n0, r[ncol], alpha, beta, l2) for d, r in zip(dn, trained)) / sum(dn)
                     lam = 1 - math.exp(-merge.COUPLING * kk)
                     theta = (1 - lam) * t_sum + lam * t_mean
                     hint = (1 - lam) * zs + lam * z_mean
@@ -267,6 +270,83 @@ def test_merging_identical_models(data):
     blend = merge.merge_models([fm, fm])
     assert next_weights(blend)[0, 0] == pytest.approx(next_weights(fm)[0, 0], rel=5e-3)
     assert blend.samples_seen == 2 * fm.samples_seen
+
+
+def test_merging_identical_models_onto_their_own_base_is_the_identity(data):
+    fm = streamfm.FM(k=K, seed=4)
+    fm.partial_fit(data[:3000])
+    # copies that trained nothing since the base: every increment is 0, so
+    # every coordinate keeps the base's numbers, bit for bit
+    assert_same_model(merge.merge_models([fm, fm, fm], base=fm), fm)
+    # identical States (partitions that trained the same lines from one base):
+    # the increment-weighted mean of equal weights is those weights
+    base = merge.Base.of(fm)
+    s = merge.train_partition(base, data[3000:3600])
+    one = base.apply(s).fm()
+    two = base.apply(merge.merge([s, s], rule="dn")).fm()
+    assert np.allclose(next_weights(two), next_weights(one), rtol=1e-12, atol=1e-15)
+
+
+def rekeyed(fm, key):
+    """The same model (names, rows, counts) under the table hash key ``key`` (16 bytes)."""
+    b = merge.Base.of(fm)
+    b.info["hash_key"] = key
+    return b.fm()
+
+
+def table_key(fm):
+    return fm.training_model().table.key_bytes()
+
+
+def assert_rows_found_by_name(fm):
+    t = fm.training_model().table
+    assert all(t.lookup(t.name_bytes(r)) == r for r in range(1, t.n_rows))
+
+
+def test_models_with_different_hash_keys_merge_by_name(tmp_path, data):
+    """Models hash names under their own random keys: the merge joins rows by
+    name, so the keys do not change the merged numbers, and the merged table is
+    indexed under one key (the base's; a fresh one without a base)."""
+    a = streamfm.FM(k=K, seed=3)
+    a.partial_fit(data[:2000])
+    b = streamfm.FM(k=K, seed=3)
+    b.partial_fit(data[2000:4000])
+    assert table_key(a) != table_key(b)
+    merged = merge.merge_models([a, b])
+    same_key = merge.merge_models([a, rekeyed(b, table_key(a))])
+    assert_same_model(merged, same_key)
+    assert_rows_found_by_name(merged)
+    hp = np.array([a.hyper_parameters()[h] for h in HP_NAMES])
+    want = reference_merge({}, [rows_by_name(a), rows_by_name(b)], hp, "blend")
+    got = rows_by_name(merged)
+    assert sorted(got) == sorted(want)
+    assert np.allclose(np.array([got[n] for n in sorted(got)]), np.array([want[n] for n in sorted(want)]),
+                       rtol=1e-10, atol=1e-13)
+    # parts continued from one base share its key, and the merge keeps it; a part
+    # under another key (say, continued from a text copy of the base) merges alike
+    base = streamfm.FM(k=K, seed=3)
+    base.partial_fit(data[:1000])
+    base.save(tmp_path / "base.bin")
+    parts = []
+    for i, chunk in enumerate([data[1000:2500], data[2500:4000]]):
+        p = streamfm.FM.load(tmp_path / "base.bin")
+        p.partial_fit(chunk)
+        assert table_key(p) == table_key(base)
+        parts.append(p)
+    other = rekeyed(parts[1], table_key(a))
+    assert table_key(other) != table_key(base)
+    other.save(tmp_path / "other.bin")
+    parts[0].save(tmp_path / "p0.bin")
+    parts[1].save(tmp_path / "p1.bin")
+    want = merge.merge_models(parts, base=base)
+    assert table_key(want) == table_key(base)
+    assert_ok(run(FM_DUMP, "merge", "--base", tmp_path / "base.bin", tmp_path / "p0.bin", tmp_path / "other.bin",
+                  "-o", tmp_path / "m.bin", "-q"), "fm_dump merge")
+    got = streamfm.FM.load(tmp_path / "m.bin")
+    assert_same_model(got, want)
+    assert table_key(got) == table_key(base)
+    assert_rows_found_by_name(got)
+    assert np.array_equal(got.predict_proba(data[4000:4500]), want.predict_proba(data[4000:4500]))
 
 
 def test_states_of_different_bases_do_not_merge(data):

@@ -7,15 +7,34 @@ the [spark] extra and runs this file, and .ci/run runs it on every CI run.
 
 import io
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is not in the [test] extra: run make test-spark")
-if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-    pytest.skip("no Java (Spark needs Java 17+): run make test-spark, which installs it", allow_module_level=True)
+
+
+def java_major():
+    """The major version of the java Spark would start (0: none)."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        return 0
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, timeout=60).stderr.decode()
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    m = re.search(r'version "(\d+)', out)
+    return int(m.group(1)) if m else 0
+
+
+if java_major() < 17:
+    pytest.skip("no Java 17+ (Spark 4 needs it): run make test-spark, which installs a JRE",
+                allow_module_level=True)
 
 import streamfm  # noqa: E402
 import streamfm.spark as sfs  # noqa: E402

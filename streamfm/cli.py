@@ -135,8 +135,13 @@ _HP_HELP = {
 }
 
 
-def _hp_options(f):
-    for name, default in reversed(list(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS))):
+def _hp_options(f=None, defaults=None):
+    """The FTRL flags (-w_alpha ... -init_stdev); ``defaults`` overrides some of alphaFM's."""
+    if f is None:
+        return lambda g: _hp_options(g, defaults)
+    given = dict(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS), **(defaults or {}))
+    for name in reversed(ftrl.HP_NAMES):
+        default = given[name]
         # alpha divides; the others are magnitudes
         kind = click.FloatRange(0, min_open=True) if name.endswith("alpha") else click.FloatRange(0)
         f = click.option("-" + name, name, type=kind, default=default, show_default=True,

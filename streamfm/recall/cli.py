@@ -21,6 +21,7 @@ from ..cli import (CONTEXT, EXIT_BAD_INPUT, _check_writable, _continue_seed, _fm
                    interruptible, log, parse_dim, to_output)
 from ..metrics import fmt_int
 from ..model import ModelError, dtype_of
+from .defaults import RECALL_HP, TRAIN
 
 _ON_ERROR = click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
                          help="On a bad line: skip it (counted and reported with its line number), "
@@ -141,9 +142,10 @@ def fm_recall():
               help="Format of the model written: alphaFM's text, or streamfm's binary.")
 @click.option("-dim", "dim", default="1,1,8", show_default=True, metavar="K0,K1,K",
               help="Use the bias (K0), the linear terms (K1), and K factors (the embedding size).")
-@_hp_options
+@_hp_options(defaults=RECALL_HP)
 @click.option("-core", "cores", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Trainer threads (Hogwild; with 1 and a --seed a run is deterministic).")
+              help="Trainer threads: Hogwild, on disjoint slices of the clicks (with 1 and a --seed a run "
+                   "is deterministic).")
 @click.option("-im", "init_model", metavar="PATH", help="Continue training from this model (txt or bin).")
 @click.option("-imf", "init_model_format", type=click.Choice(["txt", "bin"]), default=None,
               help="Format of -im (accepted for alphaFM scripts; the file's bytes decide).")
@@ -155,26 +157,47 @@ def fm_recall():
               help="The item catalog: 'ITEM_KEY NAME:VALUE ...' lines; negatives are drawn from it.")
 @click.option("--input", "input_path", metavar="FILE", default=None,
               help="Read click lines from FILE instead of standard input.")
-@click.option("--epochs", type=click.IntRange(1, 100000), default=1, show_default=True,
+@click.option("--epochs", type=click.IntRange(1, 100000), default=TRAIN["epochs"], show_default=True,
               help="Passes over the clicks. With more than 1 the clicks are held in memory and "
                    "reshuffled every pass; 1 streams them in input order.")
-@click.option("--neg", type=click.IntRange(1, 1000), default=4, show_default=True,
-              help="Negatives per click.")
-@click.option("--neg-dist", type=click.Choice(["uniform", "pop", "pop0.75"]), default="uniform",
+@click.option("--neg", type=click.IntRange(1, 1000), default=TRAIN["neg"], show_default=True,
+              help="Negatives per click (hinge, bpr, logistic; warp draws until its first violator).")
+@click.option("--neg-dist", type=click.Choice(["uniform", "pop", "pop0.75"]), default=TRAIN["neg_dist"],
               show_default=True,
               help="Draw negatives uniformly from the catalog, or by click count (to the power 1 or "
                    "0.75; counts as seen so far, the whole log with --epochs > 1).")
-@click.option("--pop-suppress", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="T",
+@click.option("--pop-suppress", type=click.FloatRange(0, 1), default=TRAIN["pop_suppress"], show_default=True,
+              metavar="T",
               help="Keep a click on an item with click share f with probability "
                    "min(1, sqrt(T/f) + T/f), as word2vec does; 0 keeps every click. Try 1e-3.")
-@click.option("--hard-neg", type=click.IntRange(0, 100000), default=0, show_default=True, metavar="M",
-              help="Draw M candidates per click and keep the --neg the model scores highest (0: off).")
+@click.option("--hard-neg", type=click.IntRange(0, 100000), default=TRAIN["hard_neg"], show_default=True,
+              metavar="M",
+              help="Draw M candidates per click and keep the --neg the model scores highest (0: off; "
+                   "not with warp, which finds its own hard negatives).")
 @click.option("--hard-neg-model", metavar="FILE", default=None,
               help="Score --hard-neg candidates with this fixed model instead of the one being trained.")
-@click.option("--loss", type=click.Choice(["hinge", "bpr", "logistic"]), default="hinge", show_default=True,
-              help="Pairwise hinge max(0, margin - s(u,i+) + s(u,i-)), pairwise BPR "
-                   "-log sigmoid(s(u,i+) - s(u,i-)), or pointwise logistic (clicks 1, negatives 0).")
-@click.option("--margin", type=float, default=1.0, show_default=True, help="Margin of the hinge loss.")
+@click.option("--loss", type=click.Choice(["warp", "hinge", "bpr", "logistic"]), default=TRAIN["loss"],
+              show_default=True,
+              help="warp: draw items until the first whose score is within the margin of the clicked "
+                   "one's (at most --max-sampled draws), then a hinge step weighted by the log of the "
+                   "rank that estimates, log((items - 1) / draws) (LightFM's WARP); pairwise hinge "
+                   "max(0, margin - s(u,i+) + s(u,i-)); pairwise BPR -log sigmoid(s(u,i+) - s(u,i-)); "
+                   "or pointwise logistic (clicks 1, negatives 0).")
+@click.option("--max-sampled", type=click.IntRange(1, 1000000), default=TRAIN["max_sampled"], show_default=True,
+              metavar="N", help="warp: draws per click at most (a click with no violator in N draws "
+                                "is ranked well enough and trains nothing).")
+@click.option("--margin", type=float, default=TRAIN["margin"], show_default=True,
+              help="Margin of the hinge and warp losses.")
+@click.option("--refresh", type=click.IntRange(1, 1 << 40), default=TRAIN["refresh"], show_default=True,
+              metavar="N",
+              help="warp and --hard-neg score candidates with the catalog's embeddings, recomputed from "
+                   "the model every N clicks.")
+@click.option("--seen-pairs", type=click.IntRange(1, 1 << 40), default=TRAIN["seen_capacity"],
+              show_default=True, metavar="N",
+              help="A user's own clicked items are never drawn as their negatives. With --epochs 1 the "
+                   "last N distinct (user, item) clicks of the stream are remembered (at most 2 tables "
+                   "of the power of two >= 2N 8-byte slots: 32 MB for the default); with more passes, "
+                   "all of the log's (8 to 16 bytes a pair).")
 @click.option("--seed", type=int, default=None,
               help="Seed of the initial v and of sampling and shuffling (default: the -im binary "
                    "model's seed, else 0).")
@@ -190,19 +213,26 @@ def fm_recall():
 @interruptible("fm_recall train")
 def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
               init_stdev, cores, init_model, init_model_format, fvs, mnt, items_path, input_path, epochs, neg,
-              neg_dist, pop_suppress, hard_neg, hard_neg_model, loss, margin, seed, keep_untrained, on_error,
+              neg_dist, pop_suppress, hard_neg, hard_neg_model, loss, max_sampled, margin, refresh, seen_pairs,
+              seed, keep_untrained, on_error,
               max_bad_fraction, bad_lines, save_on_interrupt, quiet):
     """Train an FM for recall on click lines from standard input.
 
     Each click 'USER_KEY NAME:VALUE ... | ITEM_KEY' is a positive; negatives
-    come from the --items catalog. The model is an ordinary streamfm model
-    (fm_dump, fm_predict and -im work on it). Progress, the training loss
-    and the share of violated pairs (s(u,i+) - s(u,i-) below the hinge
-    margin; below 0 for bpr and logistic) go to stderr.
+    come from the --items catalog, never among the user's own clicked items.
+    The model is an ordinary streamfm model (fm_dump, fm_predict and -im work
+    on it). Progress, the training loss and the share of violated pairs
+    (s(u,i+) - s(u,i-) below the margin; below 0 for bpr and logistic) go to
+    stderr.
+
+    The defaults differ from fm_train's (alphaFM's): they are the best
+    settings found on a validation split carved from MovieLens-100k's
+    training clicks (README, "Recall defaults"; bench/bench_recall.py --part
+    tune): WARP with up to 32 draws, 10 passes, -v_alpha 0.2 -v_l1 0.
 
     \b
     Example:
-      fm_recall train -m model.txt --items items.txt -dim 1,1,16 --epochs 10 < clicks.txt
+      fm_recall train -m model.txt --items items.txt -dim 1,1,16 < clicks.txt
     """
     from .. import jit, parse
     from ..model import Model, read_model, write_model
@@ -221,6 +251,9 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                                  "larger than --neg" % neg, param_hint="--hard-neg")
     if hard_neg_model and not hard_neg:
         raise click.UsageError("--hard-neg-model needs --hard-neg M")
+    if hard_neg and loss == "warp":
+        raise click.UsageError("--hard-neg is for hinge, bpr and logistic; warp draws its own hard negatives "
+                               "(--max-sampled)")
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
     _check_writable(model_path, "fm_recall train")
@@ -265,7 +298,8 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         log("fm_recall train: %s items in the catalog (%s), %s features" % (
             fmt_int(catalog.n), _fmt_seconds(time.time() - t0), fmt_int(model.n_rows - 1)))
     cfg = Config(loss=loss, margin=margin, neg=neg, neg_dist=neg_dist, pop_suppress=pop_suppress,
-                 hard_neg=hard_neg, epochs=epochs, seed=seed, k0=k0, k1=k1, cores=cores)
+                 hard_neg=hard_neg, epochs=epochs, seed=seed, k0=k0, k1=k1, cores=cores,
+                 max_sampled=max_sampled, refresh=refresh, seen_capacity=seen_pairs)
     progress = _TrainProgress(epochs, quiet)
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("fm_recall train: reading clicks from the terminal (pipe a file in, or use --input FILE)")
@@ -308,10 +342,19 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                 fmt_int(s.stats[6]), fmt_int(s.stats[5])))
         if s.stats[7]:
             log("  clicks without a negative %s (every item drawn was the user's own click)" % fmt_int(s.stats[7]))
-        log("  pairs                 %s" % fmt_int(s.pairs))
-        log("  clicks/s              %s" % fmt_int(s.trained / max(s.seconds, 1e-9)))
-        log("  %s loss%s %.6f   violated pairs %.2f%%" % (
-            loss, " " * (14 - len(loss)), s.loss, 100 * s.violated))
+        if loss == "warp":
+            log("  candidates scored     %s  (%.1f a click)" % (fmt_int(s.pairs), s.pairs / max(s.trained, 1)))
+            log("  clicks/s              %s" % fmt_int(s.trained / max(s.seconds, 1e-9)))
+            log("  warp loss           %.6f   violated pairs %.2f%%  (clicks with a violator %.2f%%)" % (
+                s.loss, 100 * s.violated, 100 * s.stats[3] / max(s.trained, 1)))
+        else:
+            log("  pairs                 %s" % fmt_int(s.pairs))
+            log("  clicks/s              %s" % fmt_int(s.trained / max(s.seconds, 1e-9)))
+            log("  %s loss%s %.6f   violated pairs %.2f%%" % (
+                loss, " " * (14 - len(loss)), s.loss, 100 * s.violated))
+        if s.seen_rotations:
+            log("  own clicks remembered %s pairs (--seen-pairs %s reached %d times: older ones forgotten)"
+                % (fmt_int(s.seen_pairs), fmt_int(seen_pairs), s.seen_rotations))
         log("  features in model     %s%s" % (fmt_int(src.n_rows - 1),
                                               "  (%s never reached, left out)" % fmt_int(dropped) if dropped else ""))
         log("  model written         %s (%s, %s)" % (model_path, model_format,

@@ -513,10 +513,7 @@ def bench_ml(a):
 # (c) fm_recall settings on the validation split
 
 
-TUNE_GRID = [
-    {},
-    {"loss": "bpr", "hard_neg": 16, "epochs": 15, "v_alpha": 0.1},
-]
+TUNE_GRID = os.path.join(HERE, "recall_tune_grid.jsonl")   # one settings object a line
 
 
 def fm_fit_inprocess(sp, settings, seed, k=16):
@@ -566,7 +563,8 @@ def bench_tune(a):
     say("== (c) fm_recall settings on the validation split (last training positive of each user), "
         "-dim 1,1,16, one thread, mean of %d seeds" % a.runs)
     val = ml_split().validation()
-    grid = [json.loads(line) for line in open(a.grid)] if a.grid else TUNE_GRID
+    with open(a.grid or TUNE_GRID) as f:
+        grid = [json.loads(line) for line in f if line.strip()]
     say("| settings (defaults otherwise) | HR@10 | HR@50 | HR@100 | CPU s |")
     say("|---|---|---|---|---|")
     for settings in grid:
@@ -647,7 +645,8 @@ def main():
     p.add_argument("--threads", type=int, default=THREADS, help="threads of every method (and of BLAS)")
     p.add_argument("--cores", type=int, default=2, help="search threads in (b)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--grid", metavar="FILE", help="(c): settings to compare, one JSON object a line")
+    p.add_argument("--grid", metavar="FILE", help="(c): settings to compare, one JSON object a line "
+                   "(default: bench/recall_tune_grid.jsonl)")
     g = p.add_argument_group("(b)")
     g.add_argument("--items", type=int, default=1_000_000)
     g.add_argument("--queries", type=int, default=4000)

@@ -7,16 +7,16 @@ differ are in RECALL_HP, the rest are fm_train's.
 """
 
 TRAIN = {
-    "loss": "warp",          # LightFM-style WARP: sample until the first violator, rank-weighted step
-    "margin": 1.0,           # of hinge and warp
-    "max_sampled": 32,       # warp: draws per click at most
-    "neg": 4,                # hinge, bpr, logistic: negatives per click
+    "loss": "bpr",           # -log sigmoid(s(u,i+) - s(u,i-))
+    "neg": 4,                # negatives per click ...
+    "hard_neg": 16,          # ... the 4 the model scores highest of 16 draws
     "neg_dist": "uniform",
     "pop_suppress": 0.0,
-    "hard_neg": 0,
-    "epochs": 10,            # passes over the click log
-    "refresh": 2048,         # clicks between two recomputations of the catalog's embeddings
+    "margin": 1.0,           # of hinge and warp
+    "max_sampled": 32,       # warp: draws per click at most
+    "epochs": 15,            # passes over the click log
+    "refresh": 2048,         # candidates' scores: each catalog embedding recomputed every N clicks
     "seen_capacity": 1 << 20,  # one-pass streams: own clicks remembered (distinct (user, item) pairs)
 }
 
-RECALL_HP = {"v_alpha": 0.2}
+RECALL_HP = {"v_alpha": 0.1}

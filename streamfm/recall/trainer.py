@@ -579,7 +579,10 @@ class Config:
         self.dist, self.power = sampling.DISTS[neg_dist]
         self.neg_dist = neg_dist
         self.pop_suppress = float(d["pop_suppress"] if pop_suppress is None else pop_suppress)
-        self.hard_neg = int(d["hard_neg"] if hard_neg is None else hard_neg)
+        if hard_neg is None:
+            # the default ratio of draws to negatives; warp finds its own hard negatives
+            hard_neg = 0 if loss == "warp" else max(d["hard_neg"], d["hard_neg"] // d["neg"] * self.neg)
+        self.hard_neg = int(hard_neg)
         self.max_sampled = int(d["max_sampled"] if max_sampled is None else max_sampled)
         self.epochs = int(d["epochs"] if epochs is None else epochs)
         self.refresh = int(d["refresh"] if refresh is None else refresh)

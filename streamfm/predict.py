@@ -76,7 +76,8 @@ def accumulate_metrics(ys, raw, n, stats, hist):
 
 
 class OrderedWriter:
-    """Writes per-block outputs in block sequence order."""
+    """Writes per-block outputs in block sequence order (``out.write`` writes
+    all it is given or raises: output.Output)."""
 
     def __init__(self, out):
         self.out = out
@@ -104,7 +105,8 @@ class PredictSummary:
         self.seconds = 0.0
 
 
-def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False):
+def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False, bad=None,
+                   on_scores=None, summary=None):
     """Score every valid line of ``stream``, writing 'label prob' lines to ``out``.
 
     With ``metrics`` the summary's ``metrics`` holds logloss, AUC and
@@ -113,13 +115,18 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     ``make_on_block()`` gives each worker its callback ``on_block(parsed,
     raw_scores)``, run on each block; bytes it returns replace the block's
     default output (explanations). ``out`` None discards the output.
+    ``on_scores(block, parsed, raw_scores)``, if given, is called in the
+    worker for each block (the Python API collects scores by line number).
+    ``bad``: the BadLineLog to use (default: a new one from ``opts``);
+    ``summary``: the PredictSummary to fill (default: a new one).
     """
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
     writer = OrderedWriter(out)
-    bad = BadLineLog(opts, log)
+    if bad is None:
+        bad = BadLineLog(opts, log)
     stop = threading.Event()
     errors = []
-    summary = PredictSummary()
+    summary = PredictSummary() if summary is None else summary
     counts = []
     accs = []
     t0 = time.time()
@@ -149,6 +156,8 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
                 if raw.shape[0] < p.n_samples:
                     raw = np.empty(max(p.n_samples, 2 * raw.shape[0]), dtype=np.float64)
                 model.scores(p, raw)
+                if on_scores is not None:
+                    on_scores(blk, p, raw[: p.n_samples])
                 if metrics:
                     accumulate_metrics(p.ys, raw, p.n_samples, acc[0], acc[1])
                 data = on_block(p, raw[: p.n_samples]) if on_block else None
@@ -177,7 +186,13 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
             summary.bad = bad.count
             progress.maybe(summary)
     finally:
+        # also on an exception here (SIGTERM, Ctrl-C): no worker may write to
+        # ``out`` once the caller closes it
+        stop.set()
         reader.stop()
+        for th in threads:
+            if th.is_alive():
+                th.join()
         bad.close()
     summary.lines = sum(c[0] for c in counts)
     summary.samples = sum(c[1] for c in counts)
@@ -203,6 +218,7 @@ def warm_up(fmt, dtype, log, quiet):
 
     from . import jit
     from .model import ModelArrays, write_model
+    from .output import open_output
     from .train import Options
 
     jit.compile_notice([parse.parse_block, ftrl.score_block, format_predictions,
@@ -210,7 +226,7 @@ def warm_up(fmt, dtype, log, quiet):
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
         path = os.path.join(d, "tiny." + fmt)
         if fmt == "txt":
-            with open(path, "wb") as f:
+            with open_output(path) as f:
                 f.write(b"bias 0.1 0 0\na 0.2 0.3 0 0 0 0\n")
         else:
             params = np.zeros((2, ftrl.n_cols(1)), dtype=dtype)

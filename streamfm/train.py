@@ -110,21 +110,28 @@ class _Worker:
         self.clipped = 0
 
 
-def train_stream(model, stream, opts, log, signals=True):
+def train_stream(model, stream, opts, log, signals=True, bad=None, progress=None, summary=None):
     """Train ``model`` on the lines of ``stream``; returns a Summary.
 
     Raises BadInputStop (no model must be written) when --on-error stop
     meets a bad line or the bad fraction exceeds --max-bad-fraction.
     ``signals``: SIGINT/SIGTERM stop the run and set ``summary.interrupted``
     (False leaves them to the caller, e.g. as KeyboardInterrupt).
+    ``bad``: the BadLineLog to use (default: a new one from ``opts``);
+    ``progress``: an object whose ``maybe(summary, features)`` is called a
+    few times a second (default: progress lines through ``log``);
+    ``summary``: the Summary to fill (the caller keeps the counts of a run
+    that raises). However the run ends, the workers have left the model when this returns
+    or raises, and ``model.samples_seen`` counts the samples trained.
     """
-    summary = Summary()
+    summary = Summary() if summary is None else summary
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
     rw = RWLock()
     insert_lock = threading.Lock()
     stop = threading.Event()
     errors = []
-    bad = BadLineLog(opts, log)
+    if bad is None:
+        bad = BadLineLog(opts, log)
     workers = [_Worker() for _ in range(opts.cores)]
     k = model.k
     flags = (opts.k0, opts.k1, model.fvs)
@@ -162,7 +169,7 @@ def train_stream(model, stream, opts, log, signals=True):
                 rw.acquire_read()
                 try:
                     ftrl.train_block(p.indptr, rows, p.vals, p.ys, p.n_samples, model.params,
-                                     model.table.row_hash, model.hp, k, flags[0], flags[1], flags[2],
+                                     model.table.row_init, model.hp, k, flags[0], flags[1], flags[2],
                                      model.seed, w.stats, w.hist)
                 finally:
                     rw.release_read()
@@ -172,7 +179,8 @@ def train_stream(model, stream, opts, log, signals=True):
 
     threads = [threading.Thread(target=work, args=(w,), name="streamfm-train-%d" % i, daemon=True)
                for i, w in enumerate(workers)]
-    progress = Progress(log, "fm_train", opts.progress_every, quiet=opts.quiet)
+    if progress is None:
+        progress = Progress(log, "fm_train", opts.progress_every, quiet=opts.quiet)
     old_handlers = _install_signal_handlers(stop, summary, reader) if signals else None
     try:
         for th in threads:
@@ -185,18 +193,25 @@ def train_stream(model, stream, opts, log, signals=True):
             progress.maybe(summary, model.n_rows - 1)
     finally:
         reader.stop()
+        # an exception here (KeyboardInterrupt in a library call) must not
+        # leave a worker updating the model behind the caller's back: each
+        # finishes the block in hand
+        stop.set()
+        for th in threads:
+            if th.is_alive():
+                th.join()
         _restore_signal_handlers(old_handlers)
         bad.close()
-    summary.seconds = time.time() - t0
-    _collect(summary, workers, model)
-    summary.bad = bad.count
-    summary.bad_description = bad.describe()
+        summary.seconds = time.time() - t0
+        _collect(summary, workers, model)
+        summary.bad = bad.count
+        summary.bad_description = bad.describe()
+        model.samples_seen += summary.samples
     if errors:
         raise errors[0]
     if reader.error is not None:
         raise reader.error
     check_bad(summary.lines, final=True)
-    model.samples_seen += summary.samples
     return summary
 
 
@@ -244,10 +259,10 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     from . import jit
     from .model import Model, read_model, write_model
     from .model import add_features as model_add_features
-    from .table import find_duplicate, hash_arena
+    from .table import hash_arena, index_names
 
     jit.compile_notice([parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights,
-                        ftrl.file_state, hash_arena, find_duplicate], log, quiet)
+                        ftrl.file_state, hash_arena, index_names], log, quiet)
     tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log, signals=False)
     tiny.reserve(2000, 0)  # table growth has kernels of its own

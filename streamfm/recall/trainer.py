@@ -3,7 +3,7 @@
 For a click (user features U, clicked item P) the trainer draws negatives
 N_1..N_n from the catalog and scores the groups ``U+P`` and ``U+N_j`` with
 the FM (``G(A) = lin(A) + inter(A)``; for a user/item split this is
-``lin(U) + lin(I) + inter(U) + inter(I) + <V_U, V_I>``, DESIGN section 6):
+``lin(U) + lin(I) + inter(U) + inter(I) + <V_U, V_I>``, docs/design.md, "Recall"):
 
 - hinge:    L = sum_j max(0, margin - (G(U+P) - G(U+N_j)))
 - bpr:      L = sum_j log(1 + exp(-(G(U+P) - G(U+N_j))))
@@ -46,7 +46,6 @@ from ..ftrl import (VN, W, WN, factor_from_state, init_key, refresh_v, refresh_w
                     v_used)
 from . import sampling
 from .defaults import TRAIN
-from ..table import lookup_one
 from .sampling import count_click, keep_probability, next_uniform
 
 LOSS_HINGE, LOSS_BPR, LOSS_LOGISTIC, LOSS_WARP = 0, 1, 2, 3
@@ -141,7 +140,7 @@ def warp_weight(tries, n_items):
 
 
 @njit(inline="always")
-def _add_rows(ent_row, e0, e1, ent_u, mark, drow, nd, params, row_hash, k, k1, fvs, seed, stdev, hp, dw, dv,
+def _add_rows(ent_row, e0, e1, ent_u, mark, drow, nd, params, row_init, k, k1, fvs, seed, stdev, hp, dw, dv,
               wseen, vseen):
     """Distinct rows of entries e0..e1 (mark[r] = their index); new ones get w, v from state.
 
@@ -156,7 +155,7 @@ def _add_rows(ent_row, e0, e1, ent_u, mark, drow, nd, params, row_hash, k, k1, f
             mark[r] = nd
             drow[nd] = r
             nd += 1
-            key = init_key(row_hash[r], seed) if fvs else no_key
+            key = init_key(row_init[r], seed) if fvs else no_key
             dw[u] = refresh_w(params, r, k1, fvs, k, key, stdev, hp[0], hp[1], hp[2], hp[3], wseen, u)
             refresh_v(params, r, k, dw[u], fvs, hp[4], hp[5], hp[6], hp[7], dv, vseen, u * k)
         ent_u[t] = u
@@ -200,7 +199,7 @@ def embed_items(params, it_ptr, it_rows, it_vals, i0, i1, k, fvs, hp, out):
 
 @njit(cache=True, nogil=True)
 def train_clicks(order, o0, o1, indptr, rows, vals, click_item, it_ptr, it_rows, it_vals, n_items,
-                 max_item_len, params, row_hash, hp, k, k0, k1, fvs, seed, loss, margin, n_neg,
+                 max_item_len, params, row_init, hp, k, k0, k1, fvs, seed, loss, margin, n_neg,
                  hard_m, max_sampled, pop_t, dist, power, count, counts, tree, totals, state, mark, stats,
                  hard_w, hard_map, hard_k, use_hard, user_hash, seen, seen_old, icache, roll, trace):
     """Train on clicks order[o0:o1] (rows of the click CSR; click_item = catalog item).
@@ -308,7 +307,7 @@ def train_clicks(order, o0, o1, indptr, rows, vals, click_item, it_ptr, it_rows,
             ent_x[e] = vals[j]
             e += 1
         n_user = e
-        nd = _add_rows(ent_row, 0, n_user, ent_u, mark, drow, 0, params, row_hash, k, k1, fvs, seed, stdev,
+        nd = _add_rows(ent_row, 0, n_user, ent_u, mark, drow, 0, params, row_init, k, k1, fvs, seed, stdev,
                        hp, dw, dv, wseen, vseen)
         lin_u = 0.0
         sq_u = 0.0
@@ -418,7 +417,7 @@ def train_clicks(order, o0, o1, indptr, rows, vals, click_item, it_ptr, it_rows,
                 ent_x[e] = it_vals[j]
                 e += 1
         gstart[ng] = e
-        nd = _add_rows(ent_row, n_user, e, ent_u, mark, drow, nd, params, row_hash, k, k1, fvs, seed, stdev,
+        nd = _add_rows(ent_row, n_user, e, ent_u, mark, drow, nd, params, row_init, k, k1, fvs, seed, stdev,
                        hp, dw, dv, wseen, vseen)
         w0 = 0.0
         if not is_pair:
@@ -538,13 +537,6 @@ def train_clicks(order, o0, o1, indptr, rows, vals, click_item, it_ptr, it_rows,
 
 
 @njit(cache=True, nogil=True)
-def map_rows(row_hash, first, last, slots, their_hash, out):
-    """out[r] = the row of our row r's feature in another model's table (or -1)."""
-    for r in range(first, last):
-        out[r] = lookup_one(slots, their_hash, row_hash[r])
-
-
-@njit(cache=True, nogil=True)
 def trained_rows(params, n_rows, k, keep):
     """keep[r] = the row ever got an update (w_n > 0 or some v_n > 0); the bias always."""
     for r in range(n_rows):
@@ -595,13 +587,22 @@ class Config:
 
 
 class Catalog:
-    """The items of --items: their features (rows of the model being trained) and keys."""
+    """The items of --items: their features (rows of the model being trained) and keys.
+
+    A key given twice keeps its first line; the later ones are dropped (counted
+    in ``duplicates``), so they are neither items nor ever drawn as negatives.
+    """
 
     def __init__(self, records):
         from .keys import KeyIndex
 
+        keys = KeyIndex(records.key_hash)
+        self.duplicates = keys.duplicates
+        if keys.duplicates:
+            records = records.take(np.flatnonzero(keys.first_of == np.arange(records.n)))
+            keys = KeyIndex(records.key_hash)
         self.records = records
-        self.keys = KeyIndex(records.key_hash)
+        self.keys = keys
         self.max_len = max(records.max_len(), 1)
 
     @property
@@ -626,8 +627,9 @@ class HardModel:
             m[: self.filled] = self.map[: self.filled]
             self.map = m
         if n > self.filled:
-            t = self.serving.table
-            map_rows(model.table.row_hash, self.filled, n, t.slots, t.row_hash, self.map)
+            # the other model's table has its own hash key: look our names up by name
+            arena, name_off = model.table.names_view()
+            self.serving.table.lookup_names(arena, name_off, self.filled, n, self.map)
             self.filled = n
 
 
@@ -780,7 +782,7 @@ class Trainer:
             state = sampling.seed_state(cfg.seed, call, i)
             train_clicks(order, bounds[i], bounds[i + 1], clicks.indptr, clicks.rows, clicks.vals,
                          click_item, cr.indptr, cr.rows, cr.vals, self.cat.n, self.cat.max_len,
-                         m.params, m.table.row_hash, m.hp, m.k, cfg.k0, cfg.k1, m.fvs, m.seed,
+                         m.params, m.table.row_init, m.hp, m.k, cfg.k0, cfg.k1, m.fvs, m.seed,
                          cfg.loss, cfg.margin, cfg.neg, cfg.hard_neg, cfg.max_sampled, cfg.pop_suppress,
                          cfg.dist, cfg.power, count, self.counts, self.tree, self.totals, state,
                          self.marks[i], self.stats[i], hard_w, hard_map, hard_k, self.hard is not None,

@@ -1,0 +1,718 @@
+"""``streamfm.FM``: a Factorization Machine trained online with FTRL-Proximal, as an object.
+
+The model, the update and the files are those of the commands (fm_train,
+fm_predict, fm_dump): the object stands on the same pipeline (``train.py``,
+``predict.py``), so a model trained here and the same model trained by
+fm_train are bit for bit equal. See docs/design.md, "The Python API".
+
+Library calls print nothing and install no signal handlers: Ctrl-C raises
+KeyboardInterrupt in the caller once the worker threads have finished the
+block in hand (the model stays usable and counts what it trained); progress
+goes to a callback and to the ``streamfm`` logger (level INFO).
+"""
+
+import logging
+import math
+import re
+import time
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from . import ftrl, parse
+from .badlines import BadLineLog
+from .errors import BadInputError, ModelFormatError, ParameterError
+from .explain import phi_block
+from .inputs import as_stream
+from .metrics import MetricSummary
+from .model import Model, dtype_name, read_model, write_model
+from .predict import PredictSummary, ServingModel, predict_stream
+from .train import Options, Summary, train_stream
+
+logger = logging.getLogger("streamfm")
+
+HYPER_PARAMETERS = dict(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS))
+_KEEP_TEXT = 100  # bad lines whose text a report keeps
+
+
+@njit(cache=True, nogil=True)
+def probabilities(raw, n, out):
+    """out[s] = sigmoid(raw[s]), exactly as fm_predict computes it."""
+    for s in range(n):
+        out[s] = ftrl.sigmoid(raw[s])
+
+
+class BadLine(namedtuple("BadLine", "line reason column text")):
+    """One bad input line: its number (1-based), why it is bad, the byte column
+    (1-based) where the problem is, and its text (kept for the first 100 bad
+    lines of a call; None after)."""
+
+    __slots__ = ()
+
+
+class _BadLines(BadLineLog):
+    """The input policy's bad-line log, keeping every bad line's number and reason."""
+
+    def __init__(self, opts):
+        BadLineLog.__init__(self, opts, logger.warning)
+        self.parts = []  # (line numbers, reasons, columns) per block
+        self.texts = {}
+
+    def add(self, block, parsed):
+        if not len(parsed.bad_line):
+            return
+        BadLineLog.add(self, block, parsed)
+        with self.lock:
+            self.parts.append((block.first_line + parsed.bad_line, parsed.bad_reason.copy(),
+                               parsed.bad_col + 1))
+            if len(self.texts) < _KEEP_TEXT:
+                lines = bytes(block.data).split(b"\n")
+                for li in parsed.bad_line.tolist()[:_KEEP_TEXT - len(self.texts)]:
+                    raw = lines[li].rstrip(b"\r") if li < len(lines) else b""
+                    self.texts[block.first_line + li] = raw.decode("utf-8", "backslashreplace")
+
+    def arrays(self):
+        """(line numbers, reason codes, columns) of every bad line, by line number."""
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64)
+        lines, reasons, cols = (np.concatenate(x) for x in zip(*self.parts))
+        order = np.argsort(lines, kind="stable")
+        return lines[order], reasons[order], cols[order]
+
+
+class Report:
+    """What one call read and did.
+
+    Attributes: ``lines`` read, ``samples`` trained (or scored), ``bad`` (the
+    number of bad lines), ``bad_lines`` (a list of BadLine, by line number),
+    ``by_reason`` ({reason: count}), ``clipped`` (values beyond +-1e16, set to
+    it), ``logloss`` and ``auc`` (progressive for training: each sample
+    scored before its own update; for prediction, against the input's
+    labels when it has them, else NaN), ``overflow_samples`` and
+    ``overflow_updates`` (skipped because a number would overflow),
+    ``n_features`` (in the model afterwards) and ``seconds``.
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.lines = 0
+        self.samples = 0
+        self.bad = 0
+        self.by_reason = {}
+        self.clipped = 0
+        self.logloss = float("nan")
+        self.auc = float("nan")
+        self.overflow_samples = 0
+        self.overflow_updates = 0
+        self.n_features = 0
+        self.seconds = 0.0
+        self._bad = (np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64), {})
+
+    @property
+    def bad_lines(self):
+        lines, reasons, cols, texts = self._bad
+        return [BadLine(int(li), parse.REASONS[int(r)], int(c), texts.get(int(li)))
+                for li, r, c in zip(lines, reasons, cols)]
+
+    def _fill(self, summary, bad, n_features, metrics=None):
+        self.lines = int(summary.lines)
+        self.samples = int(summary.samples)
+        self.clipped = int(summary.clipped)
+        self.seconds = float(summary.seconds)
+        self.n_features = int(n_features)
+        with bad.lock:
+            self.bad = int(bad.count)
+            self.by_reason = {parse.REASONS[r]: c for r, c in sorted(bad.by_reason.items())}
+            self._bad = bad.arrays() + (dict(bad.texts),)
+        m = summary if isinstance(summary, MetricSummary) else metrics
+        if m is not None:
+            self.logloss, self.auc = m.logloss, m.auc
+        if isinstance(summary, Summary):
+            self.overflow_samples = summary.overflow_samples
+            self.overflow_updates = summary.overflow_updates
+        return self
+
+    def __repr__(self):
+        return "Report(%s: %d lines, %d samples, %d bad, logloss %.6g, auc %.6g)" % (
+            self.kind, self.lines, self.samples, self.bad, self.logloss, self.auc)
+
+
+class _Progress:
+    """train_stream's progress hook: a Report snapshot to the callback, a line to the logger."""
+
+    def __init__(self, callback, every, bad):
+        self.callback = callback
+        self.every = every
+        self.bad = bad
+        self.last = time.time()
+
+    def maybe(self, summary, features=None):
+        now = time.time()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        report = Report("partial_fit")._fill(summary, self.bad, features or 0)
+        if self.callback is not None:
+            self.callback(report)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("partial_fit: %d lines, %d samples, %d bad, %d features", report.lines,
+                        report.samples, report.bad, report.n_features)
+
+
+def _check_hp(name, value):
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError("%s must be a number, not %r" % (name, value)) from None
+    if not math.isfinite(x) or x < 0 or (name.endswith("alpha") and x == 0):
+        raise ParameterError("%s must be a finite number %s 0, not %r"
+                             % (name, ">" if name.endswith("alpha") else ">=", value))
+    return x
+
+
+def _check_dtype(dtype):
+    if isinstance(dtype, str):
+        d = {"float64": np.float64, "double": np.float64, "float32": np.float32}.get(dtype)
+        if d is None:
+            raise ParameterError("dtype must be 'float64' or 'float32', not %r" % (dtype,))
+        return np.dtype(d)
+    try:
+        d = np.dtype(dtype)
+    except TypeError:
+        d = None
+    if d not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ParameterError("dtype must be 'float64' or 'float32', not %r" % (dtype,))
+    return d
+
+
+def _check_int(name, value, lo, hi=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ParameterError("%s must be an integer, not %r" % (name, value))
+    if value < lo or (hi is not None and value > hi):
+        raise ParameterError("%s must be in [%s, %s], not %d" % (name, lo, hi if hi is not None else "...", value))
+    return int(value)
+
+
+def run_options(k0, k1, cores, on_error, max_bad_fraction):
+    """train.Options for an API call, its arguments checked (ParameterError)."""
+    cores = _check_int("cores", cores, 1, 256)
+    if on_error not in ("skip", "stop"):
+        raise ParameterError("on_error must be 'skip' or 'stop', not %r" % (on_error,))
+    if max_bad_fraction is not None:
+        f = float(max_bad_fraction)
+        if not (0.0 <= f <= 1.0):
+            raise ParameterError("max_bad_fraction must be in [0, 1], not %r" % (max_bad_fraction,))
+    return Options(k0=k0, k1=k1, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                   quiet=True)
+
+
+def _for_the_api(e, report):
+    """A BadInputError of the pipeline in the API's words, with the call's report."""
+    msg = str(e).replace(", no model written", "").replace("--on-error stop", "on_error='stop'")
+    e.args = (msg.replace("--max-bad-fraction", "max_bad_fraction"),)
+    e.report = report
+
+
+_SPACE_OR_CONTROL = re.compile(rb"[\x00- \x7f]")
+
+
+def _one_line(x, y=None):
+    """A sample given as {name: value} as the bytes of one input line."""
+    if not hasattr(x, "items"):
+        raise TypeError("a sample is a dict {feature name: value}, not a %s" % type(x).__name__)
+    parts = [b"1" if y is not None and y > 0 else b"0"]
+    for name, value in x.items():
+        b = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+        if _SPACE_OR_CONTROL.search(b):
+            raise BadInputError("feature name %r holds white space or a control byte" % (name,))
+        parts.append(b"%s:%s" % (b, repr(float(value)).encode()))
+    return b" ".join(parts) + b"\n"
+
+
+class FM:
+    r"""A Factorization Machine for binary targets, trained online with FTRL-Proximal.
+
+    The score of a sample with feature values :math:`x_i` is
+
+    .. math::
+
+        \hat{y}(x) = w_0 + \sum_i w_i x_i + \sum_{i<j} \langle v_i, v_j \rangle x_i x_j
+                   = w_0 + \sum_i w_i x_i + \tfrac12 \sum_{f=1}^{k}
+                     \Big[\big(\sum_i v_{i,f} x_i\big)^2 - \sum_i v_{i,f}^2 x_i^2\Big]
+
+    and the predicted probability :math:`\sigma(\hat{y}) = 1 / (1 + e^{-\hat{y}})`.
+    Each weight (:math:`w_0`, :math:`w_i`, :math:`v_{i,f}`) is learnt by
+    FTRL-Proximal on the logistic loss, with per-coordinate state (n, z):
+
+    .. math::
+
+        g &= \partial \ell / \partial \theta, \quad
+        \sigma = (\sqrt{n + g^2} - \sqrt{n}) / \alpha, \quad
+        z \mathrel{+}= g - \sigma \theta, \quad n \mathrel{+}= g^2, \\
+        \theta &= 0 \text{ if } |z| \le \lambda_1, \text{ else }
+        -\frac{z - \operatorname{sgn}(z) \lambda_1}{\lambda_2 + (\beta + \sqrt{n}) / \alpha},
+
+    exactly as alphaFM does it (docs/design.md, "The FTRL-Proximal update").
+    A feature is a name (any bytes without white space) with a value; names
+    the model has not seen get a row when first trained on, with
+    :math:`v \sim N(0, \text{init\_stdev}^2)` drawn from the name and ``seed``
+    alone, so training on A and then B equals training on A + B.
+
+    Parameters
+    ----------
+    k0 : bool
+        Use the bias :math:`w_0` (alphaFM's ``-dim`` first number).
+    k1 : bool
+        Use the linear weights :math:`w_i`.
+    k : int
+        Number of factors (0: logistic regression).
+    init_stdev : float
+        Standard deviation of the initial factors.
+    w_alpha, w_beta, w_l1, w_l2 : float
+        FTRL :math:`\alpha` (learning rate, > 0), :math:`\beta`, L1 and L2 of the
+        bias and the linear weights.
+    v_alpha, v_beta, v_l1, v_l2 : float
+        The same for the factors.
+    fvs : bool
+        Force v to 0 while w is 0 (alphaFM's ``force_v_sparse``).
+    dtype : str
+        ``"float64"`` (alphaFM's double) or ``"float32"`` (half the memory).
+    seed : int
+        Seed of the initial factors.
+
+    Hyper-parameters are attributes; ``k`` and ``dtype`` are fixed once the
+    object exists, the others may be changed between calls (as fm_train's
+    flags may change when it continues a model with ``-im``). An FM object is
+    not meant to be trained from several threads at once (give ``cores``).
+
+    Examples
+    --------
+    >>> import streamfm
+    >>> fm = streamfm.FM(k=4, seed=1)
+    >>> lines = [b"1 user=1 item=7", b"0 user=2 item=7", b"1 user=1 item=3"] * 50
+    >>> report = fm.partial_fit(lines)
+    >>> report.samples, report.bad, fm.n_features
+    (150, 0, 4)
+    >>> p = fm.predict_proba([b"1 user=1 item=7", b"0 user=2 item=7", b"1 oops:x"])
+    >>> bool(p[0] > p[1]), bool(np.isnan(p[2]))
+    (True, True)
+    >>> fm.last_report.bad_lines
+    [BadLine(line=3, reason='feature value is not a number', column=3, text='1 oops:x')]
+    """
+
+    def __init__(self, k0=True, k1=True, k=8, init_stdev=0.1, w_alpha=0.05, w_beta=1.0, w_l1=0.1,
+                 w_l2=5.0, v_alpha=0.05, v_beta=1.0, v_l1=0.1, v_l2=5.0, fvs=False, dtype="float64",
+                 seed=0):
+        self._k = _check_int("k", k, 0, 1 << 16)
+        self._dtype = _check_dtype(dtype)
+        given = {"init_stdev": init_stdev, "w_alpha": w_alpha, "w_beta": w_beta, "w_l1": w_l1, "w_l2": w_l2,
+                 "v_alpha": v_alpha, "v_beta": v_beta, "v_l1": v_l1, "v_l2": v_l2}
+        self._hp = np.array([_check_hp(n, given[n]) for n in ftrl.HP_NAMES], dtype=np.float64)
+        self.k0 = k0
+        self.k1 = k1
+        self.fvs = fvs
+        self.seed = seed
+        self._model = Model(self._k, self._dtype, hp=self._hp, fvs=self._fvs, seed=self._seed)
+        self._arrays = None      # a loaded model file, until it is trained on
+        self._serving = None     # (w, v) per row for prediction, rebuilt after training
+        self._bufs = parse.ParseBuffers(0)
+        self._acc = None
+        self.last_report = None
+
+    # -- hyper-parameters ----------------------------------------------------
+    @property
+    def k(self):
+        return self._k
+
+    @property
+    def dtype(self):
+        return dtype_name(self._dtype)
+
+    @property
+    def k0(self):
+        return self._k0
+
+    @k0.setter
+    def k0(self, value):
+        self._k0 = bool(value)
+
+    @property
+    def k1(self):
+        return self._k1
+
+    @k1.setter
+    def k1(self, value):
+        self._k1 = bool(value)
+
+    @property
+    def fvs(self):
+        return self._fvs
+
+    @fvs.setter
+    def fvs(self, value):
+        self._fvs = bool(value)
+        self._serving = None
+
+    @property
+    def seed(self):
+        return self._seed
+
+    @seed.setter
+    def seed(self, value):
+        self._seed = _check_int("seed", value, -(1 << 63), (1 << 63) - 1)
+
+    def hyper_parameters(self):
+        """{name: value} of every hyper-parameter (the constructor's arguments)."""
+        out = {"k0": self.k0, "k1": self.k1, "k": self.k}
+        out.update({n: float(v) for n, v in zip(ftrl.HP_NAMES, self._hp)})
+        out.update({"fvs": self.fvs, "dtype": self.dtype, "seed": self.seed})
+        return out
+
+    def __repr__(self):
+        hp = self.hyper_parameters()
+        return "FM(%s)" % ", ".join("%s=%r" % kv for kv in hp.items())
+
+    # -- the model -----------------------------------------------------------
+    @property
+    def n_features(self):
+        """Features the model holds (the bias not counted)."""
+        src = self._model if self._model is not None else self._arrays
+        return src.n_rows - 1
+
+    @property
+    def samples_seen(self):
+        """Samples the model was trained on, over its whole life (0 if a text model did not say)."""
+        if self._model is not None:
+            return int(self._model.samples_seen)
+        return int(self._arrays.info.get("samples_seen", 0))
+
+    def training_model(self):
+        """The trainable ``model.Model``, made from a loaded file on the first call.
+
+        For the layers built on FM (recall, the commands): the caller is
+        about to train it, so the prediction view is dropped.
+        """
+        if self._model is None:
+            a = self._arrays
+            if not a.has_state:
+                raise ModelFormatError("%s: stripped model (w and v only) has no training state; it "
+                                       "can be used for prediction, not trained" % getattr(a, "path", "model"))
+            self._model = Model.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype)
+            self._arrays = None
+        self._serving = None
+        return self._synced()
+
+    def _synced(self):
+        """The Model with this object's hyper-parameters (they may have changed since)."""
+        m = self._model
+        m.hp = self._hp.copy()
+        m.fvs = self._fvs
+        m.seed = self._seed
+        return m
+
+    def serving_model(self):
+        """The prediction view (``predict.ServingModel``): the feature table and (w, v) per row."""
+        if self._serving is None:
+            if self._model is None:
+                self._serving = ServingModel.from_arrays(self._arrays)
+            else:
+                m = self._model
+                w = np.empty((m.n_rows, 1 + m.k), dtype=m.dtype)
+                ftrl.serving_weights(m.params, m.n_rows, m.k, self._hp, self._fvs, w)
+                self._serving = ServingModel(m.table, w, m.k)
+        return self._serving
+
+    # -- training --------------------------------------------------------------
+    def partial_fit(self, data, y=None, *, cores=1, on_error="skip", max_bad_fraction=None, progress=None,
+                    progress_every=1.0, feature_names=None):
+        """Train on ``data`` (one pass, in order); returns a Report.
+
+        Parameters
+        ----------
+        data
+            Lines ``LABEL NAME:VALUE ...`` (label > 0 is a positive) as bytes, a
+            path, a binary or text file object or an iterable of str/bytes lines;
+            or a scipy.sparse matrix or 2-D array of feature values, with ``y``.
+        y : array-like, optional
+            Labels of a matrix's rows (> 0 positive); lines carry their own.
+        cores : int
+            Worker threads (Hogwild); with 1 a run is deterministic.
+        on_error : "skip" or "stop"
+            A bad line is skipped (counted and kept in the report) or stops the
+            run with BadInputError (whose ``report`` says where).
+        max_bad_fraction : float, optional
+            BadInputError once more than this fraction of the lines is bad
+            (checked from the 1000th line on, and at the end).
+        progress : callable, optional
+            Called with a Report snapshot every ``progress_every`` seconds.
+        feature_names : sequence of str, optional
+            A matrix's column names (default: the column indices, "0", "1", ...).
+
+        The model keeps what it learnt before an exception (BadInputError,
+        KeyboardInterrupt); ``last_report`` then holds the counts so far.
+        """
+        opts = run_options(self.k0, self.k1, cores, on_error, max_bad_fraction)
+        model = self.training_model()
+        bad = _BadLines(opts)
+        summary = Summary()
+        report = Report("partial_fit")
+        self.last_report = report
+        src = as_stream(data, y, feature_names)
+        self._serving = None
+        try:
+            with src:
+                train_stream(model, src.stream, opts, logger.warning, signals=False, bad=bad,
+                             progress=_Progress(progress, progress_every, bad), summary=summary)
+        except BadInputError as e:
+            _for_the_api(e, report)
+            raise
+        finally:
+            report._fill(summary, bad, model.n_rows - 1)
+        return report
+
+    def learn_one(self, x, y):
+        """Train on one sample: ``x`` a dict {feature name: value}, ``y`` its label (> 0 positive).
+
+        The same update as ``partial_fit`` on the line ``y name:value ...``
+        (a value of 0 drops its feature). Raises BadInputError for a value
+        that is not a finite number or a name with white space.
+
+        >>> fm = FM(k=2)
+        >>> fm.learn_one({"user": 1, "item=7": 1.0}, 1)
+        >>> fm.samples_seen, fm.n_features
+        (1, 2)
+        """
+        model = self.training_model()
+        p, buf = self._parse_one(_one_line(x, y), model.table)
+        if p.n_unknown:
+            model.add_unknown(p, buf)
+        if self._acc is None:
+            from .metrics import new_accumulators
+
+            self._acc = new_accumulators(ftrl.N_STATS - 4)
+        self._serving = None
+        ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_init,
+                         model.hp, model.k, self._k0, self._k1, model.fvs, model.seed, *self._acc)
+        model.samples_seen += p.n_samples
+
+    def _parse_one(self, line, table):
+        buf = np.frombuffer(line, dtype=np.uint8)
+        p = parse.parse(buf, 2, self._bufs, table)
+        if len(p.bad_line):
+            raise BadInputError("sample %r: %s" % (line.decode("utf-8", "backslashreplace").strip(),
+                                                  parse.REASONS[int(p.bad_reason[0])]))
+        return p, buf
+
+    # -- prediction ------------------------------------------------------------
+    def predict_proba_one(self, x):
+        """The probability that the sample ``x`` ({feature name: value}) is a positive.
+
+        Features the model does not know contribute nothing.
+
+        >>> fm = FM(k=2)
+        >>> fm.predict_proba_one({"user": 1})
+        0.5
+        """
+        if self._model is None:
+            sm = self.serving_model()
+            p, _ = self._parse_one(_one_line(x), sm.table)
+            w, rows = sm.weights, p.rows
+        else:
+            m = self._model
+            p, _ = self._parse_one(_one_line(x), m.table)
+            # (w, v) of the sample's rows only: the loop learn_one, predict_proba_one
+            # must not rebuild the whole model's weights at every step
+            known = p.rows >= 0
+            idx = np.concatenate(([0], p.rows[known]))
+            w = np.empty((idx.shape[0], 1 + m.k), dtype=m.dtype)
+            ftrl.serving_weights(np.ascontiguousarray(m.params[idx]), idx.shape[0], m.k, self._hp,
+                                 self._fvs, w)
+            rows = np.full(p.rows.shape[0], -1, np.int64)
+            rows[known] = np.arange(1, idx.shape[0])
+        raw = np.empty(1)
+        ftrl.score_block(p.indptr, rows, p.vals, 1, w, self._k, raw)
+        out = np.empty(1)
+        probabilities(raw, 1, out)
+        return float(out[0])
+
+    def _score(self, data, cores, on_error, feature_names, kind, on_block=None):
+        """Run the predict pipeline over data; (per-line results, Report)."""
+        opts = run_options(True, True, cores, on_error, None)
+        sm = self.serving_model()
+        bad = _BadLines(opts)
+        summary = PredictSummary()
+        report = Report(kind)
+        self.last_report = report
+        blocks = {}
+
+        def on_scores(blk, p, raw):
+            blocks[blk.seq] = (blk.first_line, p.sample_line.copy(), on_block(p, raw))
+
+        src = as_stream(data, feature_names=feature_names, need_labels=False)
+        try:
+            with src:
+                predict_stream(sm, src.stream, None, opts, logger.warning, metrics=src.has_labels,
+                               bad=bad, on_scores=on_scores, summary=summary)
+        except BadInputError as e:
+            _for_the_api(e, report)
+            raise
+        finally:
+            report._fill(summary, bad, sm.n_rows - 1, summary.metrics)
+        return blocks, report
+
+    def predict_proba(self, data, *, cores=1, on_error="skip", feature_names=None):
+        """Probability of a positive for every line (or matrix row) of ``data``.
+
+        Returns a float64 array with one entry per input line, in input order:
+        a bad line (and a blank one) gets NaN and is listed in ``last_report``
+        (its ``bad_lines``), never dropped. ``data`` is any kind ``partial_fit``
+        takes (a matrix needs no ``y``; labels, if any, only feed the report's
+        logloss and AUC). ``cores``: worker threads (the order is kept).
+        ``on_error="stop"``: the first bad line raises BadInputError.
+        """
+        def probs(p, raw):
+            out = np.empty(p.n_samples)
+            probabilities(raw, p.n_samples, out)
+            return out
+
+        blocks, report = self._score(data, cores, on_error, feature_names, "predict_proba", probs)
+        out = np.full(report.lines, np.nan)
+        for first, lines, pr in blocks.values():
+            out[first - 1 + lines] = pr
+        return out
+
+    def explain(self, data, top=5, *, cores=1, on_error="skip", feature_names=None):
+        r"""The ``top`` features with the largest \|contribution\| to each sample's score.
+
+        The contribution of feature i to the score of sample x is
+
+        .. math::
+
+            \phi_i = w_i x_i + \tfrac12 x_i \langle v_i, s - v_i x_i \rangle, \quad
+            s = \sum_j v_j x_j,
+
+        and :math:`w_0 + \sum_i \phi_i` is the raw score exactly (each pairwise
+        term is split evenly between its two features). Returns a list with one
+        entry per input line: a list of (name, phi) pairs, largest \|phi\| first
+        (ties in input order), or None for a bad or blank line (see
+        ``last_report``). Features the model does not know have phi = 0.
+
+        >>> fm = FM(k=0, w_l1=0, w_l2=0, w_alpha=1)
+        >>> for _ in range(2):
+        ...     fm.learn_one({"a": 1, "b": 2}, 1)
+        >>> fm.explain([b"0 a b:2 zz", b"1 x:?"], top=2)   # w_b x_b = 0.5 * 2; w_a x_a = 1/3
+        [[('b', 1.0), ('a', 0.3333333333333333)], None]
+        """
+        top = _check_int("top", top, 0)
+        sm = self.serving_model()
+
+        def pick(p, raw):
+            phi = np.empty(max(p.nnz, 1))
+            phi_block(p.indptr, p.rows, p.vals, p.n_samples, sm.weights, sm.k, phi)
+            out = []
+            for s in range(p.n_samples):
+                a, b = int(p.indptr[s]), int(p.indptr[s + 1])
+                order = np.argsort(-np.abs(phi[a:b]), kind="stable")[:top]
+                out.append([(bytes(p.buf[p.name_start[a + j]:p.name_start[a + j] + p.name_len[a + j]])
+                             .decode("utf-8", "backslashreplace"), float(phi[a + j])) for j in order])
+            return out
+
+        blocks, report = self._score(data, cores, on_error, feature_names, "explain", pick)
+        out = [None] * report.lines
+        for first, lines, res in blocks.values():
+            for li, r in zip(lines.tolist(), res):
+                out[first - 1 + li] = r
+        return out
+
+    def embeddings(self):
+        """(names, V): every feature's name and its factor vector, row i of the (n, k) array V.
+
+        >>> fm = FM(k=3)
+        >>> fm.learn_one({"a": 1}, 1)
+        >>> names, V = fm.embeddings()
+        >>> names, V.shape
+        (['a'], (1, 3))
+        """
+        sm = self.serving_model()
+        arena, off = sm.table.names_view()
+        names = [bytes(arena[off[r]:off[r + 1]]).decode("utf-8", "backslashreplace")
+                 for r in range(1, sm.n_rows)]
+        return names, np.array(sm.weights[1:, 1:])
+
+    @property
+    def bias(self):
+        """The bias w0 as predictions use it."""
+        return float(self.serving_model().weights[0, 0])
+
+    # -- files -----------------------------------------------------------------
+    def save(self, path, format="bin", state=True):
+        """Write the model to ``path`` (atomically): ``format`` "bin" (streamfm's
+        binary) or "txt" (alphaFM's text); ``state=False`` writes w and v only
+        (enough to predict, not to continue training). The files are those of
+        fm_train ``-m``; fm_predict, fm_dump and ``FM.load`` read them.
+        """
+        if format not in ("bin", "txt"):
+            raise ParameterError("format must be 'bin' or 'txt', not %r" % (format,))
+        src = self._synced() if self._model is not None else self._arrays
+        write_model(src, str(path), format, state=bool(state))
+
+    @classmethod
+    def load(cls, path, *, k0=True, k1=True, dtype=None, **hyper):
+        """An FM from a model file (txt or bin, streamfm's or alphaFM's).
+
+        A binary model brings its hyper-parameters, ``fvs``, ``seed`` and
+        ``samples_seen``; a text model does not hold them (give them as
+        keyword arguments, as fm_train's flags with ``-im``). ``k0``/``k1`` are
+        not in model files. ``dtype``: convert the numbers (default: the file's).
+        A stripped model predicts but cannot be trained. Raises ModelFormatError.
+        """
+        unknown = set(hyper) - set(HYPER_PARAMETERS) - {"fvs", "seed"}
+        if unknown:
+            raise TypeError("unknown hyper-parameter(s): %s" % ", ".join(sorted(unknown)))
+        arrays = read_model(str(path), state=None, dtype=None if dtype is None else _check_dtype(dtype))
+        info = arrays.info
+        args = dict(HYPER_PARAMETERS)
+        args.update(info.get("hyper") or {})
+        args["fvs"] = bool(info.get("fvs", False))
+        args["seed"] = int(info.get("seed", 0) or 0)
+        args.update(hyper)
+        fm = cls(k0=k0, k1=k1, k=arrays.k, dtype=arrays.dtype, **args)
+        fm._model = None
+        fm._arrays = arrays
+        return fm
+
+    def replace_model(self, arrays):
+        """Hold the model file content ``arrays`` (``model.ModelArrays``) instead of the model
+        (e.g. the pruned model recall training writes); training makes a Model of it again."""
+        self._model = None
+        self._arrays = arrays
+        self._serving = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_serving"] = None
+        state["_bufs"] = None
+        state["_acc"] = None
+        state["last_report"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._bufs = parse.ParseBuffers(0)
+
+
+def _hp_property(i, name):
+    def get(self):
+        return float(self._hp[i])
+
+    def set(self, value):
+        self._hp[i] = _check_hp(name, value)
+        self._serving = None
+
+    return property(get, set, doc="FTRL hyper-parameter %s (see the class doc)." % name)
+
+
+for _i, _name in enumerate(ftrl.HP_NAMES):
+    setattr(FM, _name, _hp_property(_i, _name))
+del _i, _name

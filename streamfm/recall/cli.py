@@ -17,10 +17,11 @@ import time
 import click
 import numpy as np
 
+from .. import command
 from ..badlines import BadInputStop
-from ..cli import (CONTEXT, EXIT_BAD_INPUT, SEED, FiniteFloat, _check_distinct, _check_writable, _continue_seed,
-                   _fmt_seconds, _hp_options, interruptible, log, output_failed, parse_dim, report, spare_rows,
-                   to_output)
+from ..command import (CONTEXT, EXIT_BAD_INPUT, SEED, FiniteFloat, check_distinct_or_fail, check_writable_or_fail,
+                       continue_seed, fmt_seconds, hp_options, interruptible, log, output_failed, parse_dim, report,
+                       spare_rows, to_output)
 from ..metrics import fmt_int
 from ..model import ModelError, dtype_of
 from .defaults import RECALL_HP, TRAIN
@@ -37,8 +38,7 @@ _QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress or summar
 
 
 def fail(cmd, msg, code=1):
-    log("fm_recall %s: error: %s" % (cmd, msg))
-    sys.exit(code)
+    command.fail("fm_recall " + cmd, msg, code)
 
 
 def _opts(cores=1, on_error="skip", max_bad_fraction=None, quiet=False, bad_lines=None):
@@ -145,7 +145,7 @@ def fm_recall():
               help="Format of the model written: alphaFM's text, or streamfm's binary.")
 @click.option("-dim", "dim", default="1,1,8", show_default=True, metavar="K0,K1,K",
               help="Use the bias (K0), the linear terms (K1), and K factors (the embedding size).")
-@_hp_options(defaults=RECALL_HP)
+@hp_options(defaults=RECALL_HP)
 @click.option("-core", "cores", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Trainer threads: Hogwild, on disjoint slices of the clicks (with 1 and a --seed a run "
                    "is deterministic).")
@@ -268,12 +268,12 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                                "(--max-sampled)")
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
-    _check_distinct("fm_recall train", [("-m", model_path), ("--bad-lines", bad_lines)],
-                    [("--items", items_path), ("--input", input_path or "-"), ("-im", init_model),
-                     ("--hard-neg-model", hard_neg_model)], allow={("-m", "-im")})
-    _check_writable(model_path, "fm_recall train")
+    check_distinct_or_fail("fm_recall train", [("-m", model_path), ("--bad-lines", bad_lines)],
+                           [("--items", items_path), ("--input", input_path or "-"), ("-im", init_model),
+                            ("--hard-neg-model", hard_neg_model)], allow={("-m", "-im")})
+    check_writable_or_fail(model_path, "fm_recall train")
     if bad_lines:
-        _check_writable(bad_lines, "fm_recall train")
+        check_writable_or_fail(bad_lines, "fm_recall train")
     items_file = _open(items_path, cmd, "--items")
     stream = _input(input_path, cmd)
     opts = _opts(cores, on_error, max_bad_fraction, quiet, bad_lines)
@@ -284,7 +284,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
     try:
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
-            seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
+            seed = continue_seed(cmd, arrays.info, seed, fvs, quiet)
             model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare_rows(k, dtype, 1 << 16))
             del arrays
             if not quiet:
@@ -313,7 +313,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
             % (catalog.duplicates, items_path))
     if not quiet:
         log("fm_recall train: %s items in the catalog (%s), %s features" % (
-            fmt_int(catalog.n), _fmt_seconds(time.time() - t0), fmt_int(model.n_rows - 1)))
+            fmt_int(catalog.n), fmt_seconds(time.time() - t0), fmt_int(model.n_rows - 1)))
     cfg = Config(loss=loss, margin=margin, neg=neg, neg_dist=neg_dist, pop_suppress=pop_suppress,
                  hard_neg=hard_neg, epochs=epochs, seed=seed, k0=k0, k1=k1, cores=cores,
                  max_sampled=max_sampled, refresh=refresh, seen_capacity=seen_pairs)
@@ -351,7 +351,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
     if not quiet:
         s = summary
         log("fm_recall train: %s after %s" % ("interrupted (%s), model saved" % stop.signal if stop.signal
-                                              else "done", _fmt_seconds(s.seconds)))
+                                              else "done", fmt_seconds(s.seconds)))
         log("  lines read            %s" % fmt_int(s.lines))
         log("  bad lines skipped     %s%s" % (fmt_int(s.bad), "  (%s)" % s.bad_description if s.bad else ""))
         if s.not_in_catalog:
@@ -381,7 +381,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         log("  features in model     %s%s" % (fmt_int(src.n_rows - 1),
                                               "  (%s never reached, left out)" % fmt_int(dropped) if dropped else ""))
         log("  model written         %s (%s, %s)" % (model_path, model_format,
-                                                    _fmt_seconds(time.time() - t_write)))
+                                                    fmt_seconds(time.time() - t_write)))
 
 
 class _TrainProgress:
@@ -447,11 +447,11 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
         raise click.UsageError("give exactly one of --items FILE or --users FILE")
     path = items_path or users_path
     kind = "items" if items_path else "users"
-    _check_distinct("fm_recall index", [("-o", out_path), ("--bad-lines", bad_lines)],
-                    [("-m", model_path), ("--" + kind, path)])
-    _check_writable(out_path, "fm_recall index")
+    check_distinct_or_fail("fm_recall index", [("-o", out_path), ("--bad-lines", bad_lines)],
+                           [("-m", model_path), ("--" + kind, path)])
+    check_writable_or_fail(out_path, "fm_recall index")
     if bad_lines:
-        _check_writable(bad_lines, "fm_recall index")
+        check_writable_or_fail(bad_lines, "fm_recall index")
     jit.compile_notice([parse.parse_block, embed_records], log, quiet)
     t0 = time.time()
     model = _load_serving(model_path, cmd)
@@ -480,7 +480,7 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
         fail(cmd, str(e))
     if not quiet:
         log("fm_recall index: %s %s, %d factors, written to %s (%s)" % (
-            fmt_int(recs.n), kind, model.k, out_path, _fmt_seconds(time.time() - t0)))
+            fmt_int(recs.n), kind, model.k, out_path, fmt_seconds(time.time() - t0)))
         if keys.duplicates:
             log("  repeated keys dropped   %s (the first line of each is kept)" % fmt_int(keys.duplicates))
         unknown = int((recs.rows < 0).sum())
@@ -545,12 +545,12 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
         raise click.BadParameter("%s ranks by the FM score; --metric is for i2i and u2u" % mode,
                                  param_hint="--metric")
     metric = metric or ("ip" if pair else "cos")
-    _check_distinct("fm_recall query", [("-out", out_path), ("--bad-lines", bad_lines)],
-                    [("--input", input_path or "-"), ("-m", model_path), ("--index", index_path),
-                     ("--exclude", exclude_path), ("--query-index", query_index_path)])
-    _check_writable(out_path, "fm_recall query")
+    check_distinct_or_fail("fm_recall query", [("-out", out_path), ("--bad-lines", bad_lines)],
+                           [("--input", input_path or "-"), ("-m", model_path), ("--index", index_path),
+                            ("--exclude", exclude_path), ("--query-index", query_index_path)])
+    check_writable_or_fail(out_path, "fm_recall query")
     if bad_lines:
-        _check_writable(bad_lines, "fm_recall query")
+        check_writable_or_fail(bad_lines, "fm_recall query")
     jit.compile_notice([parse.parse_block, topn_range, format_results], log, quiet)
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
@@ -650,8 +650,8 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
         klist = []
     if not klist or klist[0] < 1:
         raise click.BadParameter("expected positive integers such as 10,50,100, got %r" % ks, param_hint="-k")
-    _check_distinct("fm_recall eval", [("", "-")], [("--input", input_path or "-"), ("-m", model_path),
-                                                   ("--index", index_path), ("--train", train_path)])
+    check_distinct_or_fail("fm_recall eval", [("", "-")], [("--input", input_path or "-"), ("-m", model_path),
+                                                          ("--index", index_path), ("--train", train_path)])
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
     if index.kind != "items":

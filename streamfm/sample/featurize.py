@@ -31,6 +31,7 @@ from .. import floatfmt
 from ..recall.keys import KeyIndex
 # value dictionaries, not the model's table: the unkeyed name hash serves
 from ..table import init_hash_bytes as hash_bytes
+from ..badlines import BadLineLog
 from . import logs
 from .spec import (BASE_KINDS, K_BUCKET, K_CATEGORICAL, K_HISTORY, K_NUMERIC, K_TAGS, M_COUNT, M_JACCARD,
                    O_BASE, O_CROSS, O_OVERLAP, SIDES, T_LOG1P, T_NONE, SpecError, value_hashes)
@@ -950,7 +951,7 @@ class ProfileTable:
         for j, a in enumerate(columns[1:], 1):
             cell_of_attr[a] = j
         feat_cell = np.array([cell_of_attr[attrs[plan.bases[b]["attr"]]] for b in plan.local_b[side]], np.int64)
-        self.bad = logs.BadRecords(opts, log, source=path, secondary=True, shared_file=bad_file)
+        self.bad = BadLineLog(opts, log, source=path, file=bad_file)
         self.store = Tokens()
         nl = plan.n_local[side]
         pa, pb = [], []
@@ -982,10 +983,10 @@ class ProfileTable:
                     line_no = cols.first_line + int(cols.line[r])
                     raw = logs.line_bytes(cols.data, cols.line_start[r])
                     if kc[r] != 1:
-                        self.bad.add(line_no, logs.reason_text(logs.R_MISSING if kc[r] == 0 else logs.R_LIST,
+                        self.bad.add_record(line_no, logs.reason_text(logs.R_MISSING if kc[r] == 0 else logs.R_LIST,
                                                                "key %r" % key_column), 0, raw)
                     else:
-                        self.bad.add(line_no, bad_value_text(plan, br[r], bb[r]), int(bc[r]), raw)
+                        self.bad.add_record(line_no, bad_value_text(plan, br[r], bb[r]), int(bc[r]), raw)
                 self.bad.check_fraction(self.lines)
                 rows = np.flatnonzero(ok)
                 if nl:
@@ -1337,7 +1338,7 @@ class LogFeaturizer:
         starts = dict(zip(need, logs.line_starts(bt.cols.data, need))) if need else {}
         for li, r, text, col in rows:
             s = bt.cols.line_start[r] if r >= 0 else starts[li]
-            bad_log.add(bt.cols.first_line + li, text, col, logs.line_bytes(bt.cols.data, s))
+            bad_log.add_record(bt.cols.first_line + li, text, col, logs.line_bytes(bt.cols.data, s))
         return len(rows)
 
 

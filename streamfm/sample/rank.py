@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit
 
 from ..metrics import fmt_int
+from ..badlines import BadLineLog
 from . import logs
 from .featurize import LABELED, LineWriter, LogFeaturizer, load_profiles
 
@@ -203,7 +204,7 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
         if not opts.quiet:
             for msg in lf.attribute_warnings(missing):
                 log("%s: warning: %s" % (name, msg))
-    bad_log = logs.BadRecords(opts, log, source="input", shared_file=bad_file)
+    bad_log = BadLineLog(opts, log, file=bad_file)
     writer = LineWriter(plan, profiles)
     s = RankSummary()
     weight_neg = b"%s\n" % repr(1.0 / neg_rate).encode() if neg_rate < 1 else b"1\n"

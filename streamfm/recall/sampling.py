@@ -19,13 +19,8 @@ import math
 import numpy as np
 from numba import njit
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
-_S11 = np.uint64(11)
+from ..mix import GOLDEN, mix64, mix64_py, splitmix64, unit
+
 
 DIST_UNIFORM = 0
 DIST_POP = 1
@@ -34,22 +29,15 @@ SUPPRESS_WARMUP = 10.0  # suppression starts after SUPPRESS_WARMUP / t clicks
 
 
 @njit(inline="always")
-def _mix(z):
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-@njit(inline="always")
 def next_u64(state):
-    state[0] += _GOLDEN
-    return _mix(state[0])
+    state[0] += GOLDEN
+    return mix64(state[0])
 
 
 @njit(inline="always")
 def uniform(state):
     """A double in [0, 1)."""
-    return np.float64(next_u64(state) >> _S11) * (1.0 / 9007199254740992.0)
+    return unit(next_u64(state))
 
 
 @njit(inline="always")
@@ -59,8 +47,8 @@ def next_uniform(x):
     Kernels keep their generator in a local variable with this: an array
     passed to an inlined function costs reference counting on every call.
     """
-    x = x + _GOLDEN
-    return x, np.float64(_mix(x) >> _S11) * (1.0 / 9007199254740992.0)
+    x = x + GOLDEN
+    return x, unit(mix64(x))
 
 
 @njit(inline="always")
@@ -75,15 +63,8 @@ def seed_state(*parts):
     h = 0x243F6A8885A308D3
     for p in parts:
         h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 & 0xFFFFFFFFFFFFFFFF
-        h = _mix_py(h)
+        h = mix64_py(h)
     return np.array([h], dtype=np.uint64)
-
-
-def _mix_py(z):
-    m = 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return z ^ (z >> 31)
 
 
 # ----------------------------------------------------------------------------
@@ -199,7 +180,7 @@ def weights_of(counts, power):
 @njit(inline="always")
 def pair_key(user_hash, item):
     """The nonzero fingerprint of (user key hash, catalog position)."""
-    h = _mix(user_hash ^ _mix(np.uint64(item) + _GOLDEN))
+    h = mix64(user_hash ^ splitmix64(np.uint64(item)))
     return h if h != np.uint64(0) else np.uint64(1)
 
 

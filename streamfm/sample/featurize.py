@@ -28,10 +28,10 @@ import numpy as np
 from numba import njit
 
 from .. import floatfmt
+from ..badlines import BadLineLog
 from ..recall.keys import KeyIndex
 # value dictionaries, not the model's table: the unkeyed name hash serves
 from ..table import init_hash_bytes as hash_bytes
-from ..badlines import BadLineLog
 from . import logs
 from .spec import (BASE_KINDS, K_BUCKET, K_CATEGORICAL, K_HISTORY, K_NUMERIC, K_TAGS, M_COUNT, M_JACCARD,
                    O_BASE, O_CROSS, O_OVERLAP, SIDES, T_LOG1P, T_NONE, SpecError, value_hashes)

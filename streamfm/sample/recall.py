@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from ..metrics import fmt_int
 from ..badlines import BadLineLog
+from ..metrics import fmt_int
 from . import logs
 from .featurize import CLICK, KEYED, LineWriter, LogFeaturizer, SideTokens, Tokens, load_profiles
 from .spec import SpecError, feature_sides, mixed_features

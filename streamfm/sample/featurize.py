@@ -33,13 +33,13 @@ from ..recall.keys import KeyIndex
 # value dictionaries, not the model's table: the unkeyed name hash serves
 from ..table import init_hash_bytes as hash_bytes
 from . import logs
+from .sketch import pair_home
 from .spec import (BASE_KINDS, K_BUCKET, K_CATEGORICAL, K_HISTORY, K_NUMERIC, K_TAGS, M_COUNT, M_JACCARD,
                    O_BASE, O_CROSS, O_OVERLAP, SIDES, T_LOG1P, T_NONE, SpecError, value_hashes)
 from .text import escape_into, value_texts
 
 _KIND_CODE = {"categorical": K_CATEGORICAL, "tags": K_TAGS, "history": K_HISTORY, "bucket": K_BUCKET,
               "numeric": K_NUMERIC}
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 # line layouts of assemble
 LABELED = 0   # LABEL FEATS          (fm_train)
@@ -264,7 +264,7 @@ class Plan:
 def _vocab_build(slots, vh, vb):
     mask = slots.shape[0] - 1
     for e in range(vh.shape[0]):
-        i = np.int64((vh[e] ^ (np.uint64(vb[e] + 1) * _MIX)) & np.uint64(mask))
+        i = pair_home(vh[e], vb[e], mask)
         while slots[i] >= 0:
             i = (i + 1) & mask
         slots[i] = e
@@ -273,7 +273,7 @@ def _vocab_build(slots, vh, vb):
 @njit(inline="always")
 def _vocab_has(slots, vh, vb, b, h):
     mask = slots.shape[0] - 1
-    i = np.int64((h ^ (np.uint64(b + 1) * _MIX)) & np.uint64(mask))
+    i = pair_home(h, b, mask)
     while True:
         e = slots[i]
         if e < 0:

@@ -31,6 +31,7 @@ from numba import njit
 from .. import floatfmt
 from ..reader import BlockReader
 from ..table import init_hash_bytes as hash_bytes  # value dictionaries: the unkeyed hash
+from ..table import lookup_one, place
 
 # bad-record reasons; the kernels return the code, Python the words
 R_JSON = 1
@@ -422,7 +423,6 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
     sp = scratch0
     cap_e = el_start.shape[0]
     cap_t = text.shape[0]
-    mask = col_slots.shape[0] - 1
     line = 0
     p = 0
     while p < n:
@@ -474,13 +474,7 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
                     h = hash_bytes(text, sp, k2)
                 else:
                     h = hash_bytes(text, p + 1, ke)
-                c = -1
-                i = np.int64(h & np.uint64(mask))
-                while col_slots[i] >= 0:
-                    if col_hash[col_slots[i]] == h:
-                        c = col_slots[i]
-                        break
-                    i = (i + 1) & mask
+                c = lookup_one(col_slots, col_hash, h)
                 p = _ws(text, ke + 1, n)
                 if p >= n or text[p] != 58:
                     reason = 1
@@ -661,15 +655,10 @@ class Tokenizer:
                 size *= 2
             self.col_slots = np.full(size, -1, np.int64)
             self.col_hash = np.zeros(max(self.n_cols, 1), np.uint64)
-            mask = size - 1
             for c, name in enumerate(self.columns):
                 b = np.frombuffer(name.encode("utf-8", "surrogatepass"), np.uint8)
-                h = hash_bytes(b, 0, b.shape[0])
-                self.col_hash[c] = h
-                i = int(h & np.uint64(mask))
-                while self.col_slots[i] >= 0:
-                    i = (i + 1) & mask
-                self.col_slots[i] = c
+                self.col_hash[c] = hash_bytes(b, 0, b.shape[0])
+                place(self.col_slots, self.col_hash, c)
 
     def _alloc_elements(self):
         self.start = np.empty(self.el_cap, np.int64)

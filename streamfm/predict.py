@@ -28,11 +28,24 @@ class ServingModel:
 
     @classmethod
     def from_arrays(cls, arrays):
-        return cls(table_for(arrays), arrays.weights, arrays.k, arrays.info)
+        mapped = getattr(arrays, "mapped", None)
+        weights = arrays.weights
+        table = table_for(arrays, share=mapped is not None)
+        if mapped is not None:
+            # a mapped model: the names were needed to build the table (lookups
+            # use its hashes) and full FTRL rows to derive (w, v); give their
+            # pages back, only (w, v) stay in use
+            mapped.drop(arrays.arena)
+            mapped.drop(arrays.name_off)
+            if arrays.params is not None:
+                mapped.drop(arrays.params)
+        return cls(table, weights, arrays.k, arrays.info)
 
     @classmethod
-    def load(cls, path, k=None):
-        return cls.from_arrays(read_model(path, k=k, state=False))
+    def load(cls, path, k=None, mmap=False):
+        """The serving model of a model file; ``mmap``: map a binary model's
+        arrays read-only (``model.read_bin``) instead of reading them."""
+        return cls.from_arrays(read_model(path, k=k, state=False, mmap=mmap))
 
     @property
     def n_rows(self):

@@ -173,13 +173,23 @@ class FeatureTable:
         self.meta = np.zeros(2, dtype=np.int64)
 
     @classmethod
-    def from_names(cls, arena, name_off, n_rows, row_capacity=0, arena_capacity=0):
-        """Table over given names (row 0 must be the bias); raises on a duplicate."""
+    def from_names(cls, arena, name_off, n_rows, row_capacity=0, arena_capacity=0, share=False):
+        """Table over given names (row 0 must be the bias); raises on a duplicate.
+
+        ``share``: keep ``arena`` and ``name_off`` themselves (e.g. read-only
+        views of a memory-mapped model) instead of copies with spare capacity:
+        a table for lookups only, which can never grow.
+        """
         t = cls.__new__(cls)
         used = int(name_off[n_rows])
-        t._allocate(max(row_capacity, n_rows), max(arena_capacity, used))
-        t.arena[:used] = arena[:used]
-        t.name_off[: n_rows + 1] = name_off[: n_rows + 1]
+        if share:
+            t.arena, t.name_off = arena[:used], name_off[: n_rows + 1]
+            t.row_hash = np.empty(max(n_rows, 2), dtype=np.uint64)
+            t.meta = np.zeros(2, dtype=np.int64)
+        else:
+            t._allocate(max(row_capacity, n_rows), max(arena_capacity, used))
+            t.arena[:used] = arena[:used]
+            t.name_off[: n_rows + 1] = name_off[: n_rows + 1]
         hash_arena(t.name_off, t.arena, t.row_hash, 1, n_rows)
         t.meta[:] = (n_rows, used)
         t.slots = np.full(index_size(n_rows), EMPTY, dtype=np.int32)

@@ -1064,6 +1064,11 @@ def file_dtype(path):
     return np.dtype(np.float64)
 
 
+def model_has_state(path):
+    """Whether a binary model holds the FTRL state (False: stripped, w and v only)."""
+    return bool(read_bin_header(path).get("has_state", True))
+
+
 def write_model(src, path, fmt="txt", state=True):
     if fmt == "bin":
         write_bin(src, path, state=state)

@@ -89,7 +89,7 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
     k : int, optional
         Factor count every model must have (as fm_predict ``-dim``).
     poll_interval : float
-        Seconds between looks at the files (0: never reload by itself).
+        Seconds between looks at the files (0: only when ``request_reload`` is called).
     limits : Limits
         Request size limits.
     featurizer : callable, optional
@@ -194,14 +194,12 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
 
     @asynccontextmanager
     async def lifespan(app):
-        watcher = Watcher(holder, poll_interval) if poll_interval and poll_interval > 0 else None
-        if watcher is not None:
-            watcher.start()
+        watcher = Watcher(holder, poll_interval)
+        watcher.start()
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.stop()
+            watcher.stop()
             pool.shutdown(wait=False)
 
     app = Starlette(routes=[

@@ -50,30 +50,6 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
     return build
 
 
-def warm_up(app):
-    """Run each endpoint's kernels once on the loaded state, so no request compiles or loads one."""
-    from ..recall.query import MODES
-    from . import search
-    from .errors import RequestError
-    from .scoring import score_text
-
-    state = app.state.holder.state
-    model = state.model.obj
-    name = model.table.name(1) if model.n_rows > 1 else "a"
-    score_text(model, "1 %s:1 zz\n%s" % (name, name), 2, explain=2)
-    for mode, (kind, _q, pair) in MODES.items():
-        index = state.index(kind)
-        if index is None or index.n == 0:
-            continue
-        for exact in (True, False):
-            q = search.check_query({"mode": mode, "features": name, "topn": 2, "exact": exact,
-                                    "exclude": [index.key(0).decode("utf-8", "replace")]}, 10)
-            try:
-                search.run(state, q)
-            except RequestError:
-                pass
-
-
 @click.command(context_settings=CONTEXT)
 @click.option("-m", "model_path", metavar="MODEL", required=True,
               help="Model to serve (txt or bin; a binary model is memory-mapped). Replace it by renaming a new "
@@ -172,11 +148,11 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
     from ..recall.index import FaissMissing
 
     t0 = time.time()
+    jit.release_compiler_memory()  # importing numba mapped all of LLVM; loading kernels needs part of it
     try:
         app = create_app(model_path, items_index, users_index, k=dim, mmap=mmap, poll_interval=poll_interval,
                          limits=Limits(max_body_bytes, max_samples, max_explain, max_topn), ann=ann, cores=cores,
                          probe_text=probe_text)
-        warm_up(app)
     except (StreamFMError, OSError, FaissMissing) as e:
         _fail(str(e))
     jit.release_compiler_memory()

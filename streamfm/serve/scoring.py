@@ -137,6 +137,7 @@ def samples_text(samples, what="samples"):
     """The samples (strings or {name: value} objects) as one text, a line each."""
     if type(samples) is not list:
         raise RequestError(400, "wrong_type", "%s must be an array, not %s" % (what, json_type(samples)))
+    lines = samples
     try:
         text = "\n".join(samples)  # all strings: no Python per sample
     except TypeError:
@@ -150,8 +151,8 @@ def samples_text(samples, what="samples"):
                 raise RequestError(400, "wrong_type", "sample %d must be a string or an object, not %s"
                                    % (i, json_type(s)), sample=i)
         text = "\n".join(lines)
-    if text.count("\n") != len(samples) - 1:
-        i = next(i for i, s in enumerate(samples) if type(s) is str and "\n" in s)
+    if samples and text.count("\n") != len(samples) - 1:
+        i = next(i for i, s in enumerate(lines) if "\n" in s)
         raise RequestError(400, "bad_sample", "sample %d holds an end of line: one sample is one line" % i,
                            sample=i)
     return text

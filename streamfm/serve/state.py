@@ -33,6 +33,7 @@ from ..fm import probabilities
 from ..predict import ServingModel
 from ..recall.index import Searcher, fingerprint_matches, model_fingerprint, read_index
 from ..recall.query import MODES
+from ..recall.split import SplitSearcher
 
 logger = logging.getLogger("streamfm.serve")
 
@@ -156,6 +157,30 @@ def check_set(model, items, users):
                 slot.path, slot.extra.get("model_version"), model.path, model.version))
 
 
+def warm(state):
+    """Run each endpoint's kernels once on a new state before it serves, so that no
+    request compiles or loads a kernel (a model of another number type needs
+    kernels of its own) and no request prepares a searcher."""
+    from .errors import RequestError
+    from .scoring import score_text
+    from . import search
+
+    model = state.model.obj
+    name = model.table.name(1) if model.n_rows > 1 else "a"
+    score_text(model, "1 %s:1 zz\n%s" % (name, name), 2, explain=2)
+    for mode, (kind, _q, _pair) in MODES.items():
+        index = state.index(kind)
+        if index is None or index.n == 0:
+            continue
+        for exact in (True, False):
+            q = search.check_query({"mode": mode, "features": name, "topn": 2, "exact": exact,
+                                    "exclude": [index.key(0).decode("utf-8", "replace")]}, 10)
+            try:
+                search.run(state, q)
+            except RequestError:
+                pass
+
+
 class ServingState:
     """An immutable set: ``model``, ``items``, ``users`` (Loaded or None), searchers, ``generation``.
 
@@ -196,7 +221,9 @@ class ServingState:
             with self._lock:  # another metric than the default: prepared once, on first use
                 s = self._exact.get(key)
                 if s is None:
-                    s = self._exact[key] = Searcher(self.index(kind), pair, metric, self.cores)
+                    # one query a request: with several cores, split the rows, not the queries
+                    s = self._exact[key] = (SplitSearcher(self.index(kind), pair, metric, self.cores)
+                                            if self.cores > 1 else Searcher(self.index(kind), pair, metric, 1))
         return s
 
     def describe(self, now=None):
@@ -256,8 +283,10 @@ class Holder:
     def _make_state(self, slots):
         check_set(slots["model"], slots["items"], slots["users"])
         ann = self.ann_builder(slots) if self.ann_builder is not None else None
+        state = ServingState(slots["model"], slots["items"], slots["users"], self.generation + 1, ann, self.cores)
+        warm(state)
         self.generation += 1
-        return ServingState(slots["model"], slots["items"], slots["users"], self.generation, ann, self.cores)
+        return state
 
     def load(self):
         """Load the first set; raises StreamFMError (one line) if it cannot serve."""
@@ -287,11 +316,13 @@ class Holder:
                 return False
             if any(idents[name] is None for name in changed):
                 return False  # a file is being replaced right now: look again at the next poll
+            # a file refused before and unchanged since is not tried again (the set keeps the served one)
+            changed = [name for name in changed if force or self._failed.get(name) != idents[name]]
+            if not changed:
+                return False
             slots = {name: getattr(cur, name) for name in FILES}
             for name in changed:
                 ident = idents[name]
-                if not force and self._failed.get(name) == ident:
-                    return False  # refused before, unchanged since
                 cached = self._cache.get(name)
                 if cached is not None and cached.ident == ident:
                     slots[name] = cached
@@ -347,7 +378,8 @@ class Holder:
 
 
 class Watcher:
-    """Polls a Holder every ``interval`` seconds in a daemon thread (at once after ``request_reload``)."""
+    """Polls a Holder every ``interval`` seconds in a daemon thread (at once after
+    ``request_reload``; only then with ``interval`` 0)."""
 
     def __init__(self, holder, interval=1.0):
         self.holder = holder
@@ -362,7 +394,7 @@ class Watcher:
     def _run(self):
         wake = self.holder.wakeup
         while not self._stop.is_set():
-            wake.wait(self.interval)
+            wake.wait(self.interval if self.interval > 0 else None)
             wake.clear()
             if self._stop.is_set():
                 break

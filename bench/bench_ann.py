@@ -100,12 +100,10 @@ def main():
     rows = [("exact (numba, float32 tiles + float64 check)", t_exact, mem_exact, qps_1, qps_b, 1.0)]
     print("| %s | %.2f | %.0f | %.0f | %.0f | %.4f |" % rows[-1])
     sys.stdout.flush()
-    configs = [("hnsw", dict(m=16, ef_construction=64, ef_search=64)),
-               ("hnsw", dict(m=16, ef_construction=64, ef_search=128)),
-               ("hnsw", dict(m=16, ef_construction=64, ef_search=256)),
-               ("ivf", dict(nlist=1024, nprobe=8)),
-               ("ivf", dict(nlist=1024, nprobe=32)),
-               ("ivf", dict(nlist=1024, nprobe=128))]
+    configs = [("hnsw", dict(m=16, ef_construction=40, ef_search=64)),
+               ("hnsw", dict(m=16, ef_construction=40, ef_search=256)),
+               ("ivf", dict(nlist=1024, nprobe=16)),
+               ("ivf", dict(nlist=1024, nprobe=64))]
     built = {}
     for kind, params in configs:
         key = (kind, params.get("m"), params.get("nlist"))

@@ -142,7 +142,7 @@ class Server:
         self.log = open(log, "wb")
         t0 = time.time()
         self.proc = subprocess.Popen([tool("fm_serve"), "--host", HOST, "--port", str(self.port)] + args,
-                                     stdout=subprocess.DEVNULL, stderr=self.log)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log)
         import urllib.request
 
         while True:
@@ -172,6 +172,19 @@ class Server:
             except OSError:
                 pass
         return now / 1024, peak / 1024
+
+    def cpu_seconds(self):
+        """CPU time (user + system) the server and its workers have used so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in [self.proc.pid] + children(self.proc.pid):
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except OSError:
+                pass
+        return total
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -248,6 +261,23 @@ async def closed_loop(url, path, bodies, seconds, max_requests, connections=64):
         return done[0] / (time.perf_counter() - t0)
 
 
+def measured(srv, coro):
+    """Run a load coroutine; (its result, server CPU s, this client's CPU s)."""
+    import resource
+
+    c0 = srv.cpu_seconds()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    out = asyncio.run(coro)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return out, srv.cpu_seconds() - c0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def cpu_line(n, server_cpu, client_cpu):
+    print("    CPU a request: server %.3f ms (%.0f requests/s a core), client %.3f ms; load average %s" % (
+        server_cpu / n * 1e3, n / max(server_cpu, 1e-9), client_cpu / n * 1e3,
+        " ".join("%.1f" % x for x in os.getloadavg())))
+
+
 def summary(name, rate, lat, errors, wall, target):
     ok = lat[np.isfinite(lat)]
     p50, p99, mx = (np.percentile(ok, 50) * 1e3, np.percentile(ok, 99) * 1e3, ok.max() * 1e3) if ok.size else (
@@ -266,10 +296,11 @@ def scenario_score(args, model, train, logdir):
     srv = Server(["-m", model, "--workers", str(args.workers), "-q"], os.path.join(logdir, "score.log"))
     try:
         rss0 = srv.rss_mb()
-        lat, errors, _, wall = asyncio.run(open_loop(srv.url, "/v1/score", bodies, args.rate, args.seconds,
-                                                     args.max_requests))
+        (lat, errors, _, wall), scpu, ccpu = measured(srv, open_loop(srv.url, "/v1/score", bodies, args.rate,
+                                                                      args.seconds, args.max_requests))
         summary("score, 100 x 30 features, %d worker(s)" % args.workers, args.rate, lat, errors, wall,
                 ">= 1,000/s, p99 <= 15 ms")
+        cpu_line(len(lat), scpu, ccpu)
         if args.max_rate:
             qps = asyncio.run(closed_loop(srv.url, "/v1/score", bodies, min(args.seconds, 10), args.max_requests))
             print("|   highest rate, 64 connections (closed loop) | | | %.0f | | | | | |" % qps)
@@ -287,10 +318,11 @@ def scenario_u2i(args, data, logdir):
                  os.path.join(logdir, "u2i.log"))
     try:
         rate = args.u2i_rate
-        lat, errors, _, wall = asyncio.run(open_loop(srv.url, "/v1/recall", bodies, rate, args.seconds,
-                                                     args.max_requests))
+        (lat, errors, _, wall), scpu, ccpu = measured(srv, open_loop(srv.url, "/v1/recall", bodies, rate,
+                                                                      args.seconds, args.max_requests))
         summary("u2i top-100 of 1M items, dim 16, exact, --cores %d" % args.cores, rate, lat, errors, wall,
                 "p99 <= 25 ms at 100/s")
+        cpu_line(len(lat), scpu, ccpu)
         rss = srv.rss_mb()
         print("    fm_serve start-up %.2f s; RSS %.0f MB (peak %.0f MB)" % (srv.startup, rss[0], rss[1]))
     finally:
@@ -352,13 +384,13 @@ def scenario_swap(args, model, train, logdir):
         stop[0] = True
         th.join()
         wrong = sum(1 for a in answers if a is False)
-        versions = [v for _, v in sorted(seen)]
+        versions = [v for _, v in seen]  # in the order the answers came
         changes = sum(1 for x, y in zip(versions, versions[1:]) if x != y)
         reloads = metric_total(srv.url, "streamfm_reloads_total", 'result="ok"')
         summary("score while the model is replaced every 2 s", args.swap_rate, lat, errors + [
             ("wrong answer",)] * wrong, wall, "0 failed, new model after each swap")
         print("    %d replacements, %d reloads swapped in, %d answers that did not match their model, "
-              "%d changes of model in request order" % (th_result[0], reloads, wrong, changes))
+              "%d changes of model in the order the answers came" % (th_result[0], reloads, wrong, changes))
     finally:
         stop[0] = True
         srv.stop()
@@ -405,6 +437,31 @@ def scenario_memory(args, model, train, logdir):
         sys.stdout.flush()
 
 
+def scenario_json(args, model, train, logdir):
+    """stdlib json against orjson on a score request (decode) and its answer (encode), best of 5."""
+    import json
+    import timeit
+
+    import orjson
+
+    body = score_bodies(train, n_bodies=1)[0]
+    dict_body = json.dumps({"samples": [{t.rsplit(":", 1)[0]: float(t.rsplit(":", 1)[1]) for t in x.split()}
+                                        for x in json.loads(body)["samples"]]}).encode()
+    probs = np.random.default_rng(0).random(100)
+    cases = [("decode 100 x 30 lines (%d bytes)" % len(body), lambda: json.loads(body), lambda: orjson.loads(body)),
+             ("decode 100 x 30 objects (%d bytes)" % len(dict_body), lambda: json.loads(dict_body),
+              lambda: orjson.loads(dict_body)),
+             ("encode 100 probabilities", lambda: json.dumps({"probabilities": probs.tolist()}).encode(),
+              lambda: orjson.dumps({"probabilities": probs}, option=orjson.OPT_SERIALIZE_NUMPY))]
+    print()
+    print("| JSON, per request | json (stdlib) us | orjson us | ratio |")
+    print("|---|---|---|---|")
+    for name, a, b in cases:
+        ta = min(timeit.repeat(a, number=200, repeat=5)) / 200 * 1e6
+        tb = min(timeit.repeat(b, number=200, repeat=5)) / 200 * 1e6
+        print("| %s | %.1f | %.1f | %.1fx |" % (name, ta, tb, ta / tb))
+
+
 def metric_total(url, name, having):
     import urllib.request
 
@@ -416,7 +473,7 @@ def metric_total(url, name, having):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(HERE, "data"), help="where the data and models go")
-    ap.add_argument("--only", choices=["score", "u2i", "swap", "memory"], action="append",
+    ap.add_argument("--only", choices=["score", "u2i", "swap", "memory", "json"], action="append",
                     help="run only these scenarios (memory: peak RSS of fm_predict and fm_serve)")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each scenario's load (default 20)")
     ap.add_argument("--rate", type=float, default=1000.0, help="score requests/s (default 1,000)")
@@ -427,17 +484,22 @@ def main():
     ap.add_argument("--max-requests", type=int, default=100_000, help="cap on requests per scenario")
     ap.add_argument("--max-rate", action="store_true", help="also measure the highest score rate (closed loop)")
     args = ap.parse_args()
-    only = set(args.only or ["score", "u2i", "swap", "memory"])
+    only = set(args.only or ["score", "u2i", "swap", "memory", "json"])
     logdir = os.path.join(args.data, "out", "serve_logs")
     os.makedirs(logdir, exist_ok=True)
     model = train = None
-    if only & {"score", "swap", "memory"}:
+    if only & {"score", "swap", "memory", "json"}:
         model, train = ctr_model(args.data)
     print("# fm_serve load test")
     print()
     print("machine: %s; %s" % (machine(), time.strftime("%Y-%m-%d %H:%M")))
     print("client: aiohttp, open loop (latency from when each request was due), 127.0.0.1")
     print()
+    if "memory" in only:
+        # first, while this process is small: a child's peak RSS (wait4) counts this process's
+        # image from before the child's exec
+        scenario_memory(args, model, train, logdir)
+        print()
     print("| scenario | requests | rate asked /s | rate done /s | failed | p50 ms | p99 ms | max ms | target |")
     print("|---|---|---|---|---|---|---|---|---|")
     if "score" in only:
@@ -446,8 +508,8 @@ def main():
         scenario_u2i(args, args.data, logdir)
     if "swap" in only:
         scenario_swap(args, model, train, logdir)
-    if "memory" in only:
-        scenario_memory(args, model, train, logdir)
+    if "json" in only:
+        scenario_json(args, model, train, logdir)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers import TEST, TRAIN, assert_ok, fm_dump, fm_predict, fm_train
-from streamfm import FM, Recall
+from streamfm import FM, Recall, parse
 from streamfm.errors import ModelFormatError
 from streamfm.model import read_bin, read_model
 from streamfm.predict import ServingModel
@@ -15,11 +15,12 @@ from streamfm.recall.index import fingerprint_matches, model_fingerprint
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("mmap")
     full = d / "full.bin"
-    assert_ok(fm_train("-m", full, "-mf", "bin", "-dim", "1,1,4", "--input", TRAIN, "-q"))
+    # generous timeouts: the first run of a command on a fresh checkout compiles its kernels
+    assert_ok(fm_train("-m", full, "-mf", "bin", "-dim", "1,1,4", "--input", TRAIN, "-q", timeout=900))
     strip = d / "strip.bin"
     f32 = d / "f32.bin"
-    assert_ok(fm_dump("strip", full, strip))
-    assert_ok(fm_dump("strip", "--float", full, f32))
+    assert_ok(fm_dump("strip", full, strip, timeout=900))
+    assert_ok(fm_dump("strip", "--float", full, f32, timeout=900))
     return {"full": full, "strip": strip, "f32": f32, "dir": d}
 
 
@@ -47,8 +48,10 @@ def test_mapped_serving_model_scores_as_the_read_one(models):
         assert np.array_equal(read.weights, mapped.weights)
         if which == "strip":
             assert not mapped.weights.flags.writeable  # (w, v) straight from the file's pages
-        for name in (b"bias", read.table.name_bytes(1), read.table.name_bytes(read.n_rows - 1), b"nope"):
-            assert read.table.lookup(name) == mapped.table.lookup(name)
+        names = [b"bias", b"nope"] + [read.table.name_bytes(r) for r in range(1, read.n_rows)]
+        line = np.frombuffer(b"0 " + b" ".join(names) + b"\n", np.uint8)
+        rows = [parse.parse(line, 2, parse.ParseBuffers(0), t.table).rows.tolist() for t in (read, mapped)]
+        assert rows[0] == rows[1] == [-1, -1] + list(range(1, read.n_rows))
     p_full = FM.load(models["full"]).predict_proba(lines)
     p_strip = FM.load(models["strip"]).predict_proba(lines)
     assert np.array_equal(p_full, p_strip)
@@ -78,11 +81,11 @@ def test_mapped_corrupt_and_truncated_models_fail_cleanly(models, tmp_path):
 def test_fm_predict_output_is_the_same_for_every_copy(models):
     outs = {}
     for which in ("full", "strip"):
-        proc = fm_predict("-m", models[which], "--input", TEST, "-core", "2")
+        proc = fm_predict("-m", models[which], "--input", TEST, "-core", "2", timeout=900)
         assert_ok(proc)
         outs[which] = proc.stdout
     assert outs["full"] == outs["strip"] and outs["full"].count(b"\n") > 100
-    proc = fm_predict("-m", models["f32"], "--input", TEST)
+    proc = fm_predict("-m", models["f32"], "--input", TEST, timeout=900)
     assert_ok(proc)
     p64 = np.array([float(x.split()[1]) for x in outs["full"].splitlines()])
     p32 = np.array([float(x.split()[1]) for x in proc.stdout.splitlines()])
@@ -94,8 +97,9 @@ def test_strip_float_writes_float32_w_and_v(models):
     b = read_model(str(models["strip"]), state=False)
     assert a.dtype == np.float32 and not a.has_state
     assert np.array_equal(a.weights, b.weights.astype(np.float32))
-    assert models["f32"].stat().st_size < 0.6 * models["strip"].stat().st_size
-    proc = fm_dump("info", models["f32"])
+    saved = models["strip"].stat().st_size - models["f32"].stat().st_size
+    assert abs(saved - a.weights.size * 4) < 64 + 1024  # half the (w, v) bytes (alignment, header aside)
+    proc = fm_dump("info", models["f32"], timeout=900)
     assert_ok(proc)
     assert b"float32" in proc.stdout
 
@@ -109,7 +113,7 @@ def test_an_index_matches_the_float32_copy_of_its_model(models, tmp_path):
     path = tmp_path / "r.bin"
     rec.fm.save(path)
     index = rec.index(items)
-    assert_ok(fm_dump("strip", "--float", path, tmp_path / "r32.bin"))
+    assert_ok(fm_dump("strip", "--float", path, tmp_path / "r32.bin", timeout=900))
     w64 = ServingModel.load(str(path)).weights
     w32 = ServingModel.load(str(tmp_path / "r32.bin")).weights
     assert fingerprint_matches(index.model_info, w64)

@@ -713,8 +713,8 @@ def start_cli(*args, timeout=900):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    proc = subprocess.Popen([FM_SERVE, "--port", str(port)] + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([FM_SERVE, "--port", str(port)] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = "http://127.0.0.1:%d" % port
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -778,7 +778,7 @@ def test_cli_workers_share_the_port_and_a_dead_worker_is_replaced(files, tmp_pat
     s.close()
     log = open(tmp_path / "err.txt", "wb")
     proc = subprocess.Popen([FM_SERVE, "-m", p["model"], "--workers", "2", "--poll-interval", "0", "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=log)
+                             str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     url = "http://127.0.0.1:%d" % port
     try:
         def up():
@@ -821,7 +821,8 @@ def test_cli_refuses_to_start_on_a_bad_set(files, tmp_path, what):
     else:
         other = make_set(str(tmp_path), seed=5, clicks=CLICKS[:500], stem="o")
         args = ["-m", p["model"], "--items-index", other["items"]]
-    proc = subprocess.run([FM_SERVE, "--port", "0"] + [str(a) for a in args], stdout=subprocess.PIPE,
+    proc = subprocess.run([FM_SERVE, "--port", "0"] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=900)
     err = proc.stderr.decode()
     assert proc.returncode == 1, err

@@ -147,9 +147,13 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
     from ..errors import StreamFMError
     from ..recall.index import FaissMissing
 
+    from .state import warm_kernels
+
     t0 = time.time()
     jit.release_compiler_memory()  # importing numba mapped all of LLVM; loading kernels needs part of it
     try:
+        warm_kernels(model_path, bool(items_index), bool(users_index), mmap)
+        jit.release_compiler_memory()  # the kernels are loaded: LLVM's pages go before the model's come in
         app = create_app(model_path, items_index, users_index, k=dim, mmap=mmap, poll_interval=poll_interval,
                          limits=Limits(max_body_bytes, max_samples, max_explain, max_topn), ann=ann, cores=cores,
                          probe_text=probe_text)

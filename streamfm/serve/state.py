@@ -181,6 +181,45 @@ def warm(state):
                 pass
 
 
+def warm_kernels(model_path, items=False, users=False, mmap=True):
+    """Load every kernel serving ``model_path`` needs, on a tiny set of the same kind
+    (format, number type, stripped or not; with indexes if asked), before the
+    real files: their pages and LLVM's are then never resident at once."""
+    import tempfile
+
+    from .. import ftrl
+    from ..fm import FM
+    from ..model import ModelArrays, detect_format, file_dtype, model_has_state, write_model
+    from ..recall.api import Recall
+
+    fmt = detect_format(model_path)
+    dtype = file_dtype(model_path)
+    stripped = fmt == "bin" and not model_has_state(model_path)
+    names = [b"bias", b"u=1", b"u=2", b"i=1", b"i=2", b"c=1"]
+    off = np.zeros(len(names) + 1, np.int64)
+    np.cumsum([len(x) for x in names], out=off[1:])
+    arena = np.frombuffer(b"".join(names), np.uint8)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="streamfm-serve-warm-") as d:
+        path = os.path.join(d, "m." + fmt)
+        if stripped:
+            arrays = ModelArrays(arena, off, rng.normal(size=(len(names), 3)).astype(dtype), None, {"k": 2})
+        else:
+            params = np.zeros((len(names), ftrl.n_cols(2)), dtype=dtype)
+            params[:, 0] = 0.1
+            arrays = ModelArrays(arena, off, None, None, {"k": 2}, params=params)
+        write_model(arrays, path, fmt, state=not stripped)
+        paths = {"items": None, "users": None}
+        if items or users:
+            rec = Recall(FM.load(path))
+            for kind, want, lines in (("items", items, [b"i1 i=1 c=1", b"i2 i=2 c=1"]),
+                                      ("users", users, [b"u1 u=1", b"u2 u=2"])):
+                if want:
+                    paths[kind] = os.path.join(d, kind + ".idx")
+                    Recall.save_index(rec.index(lines, kind), paths[kind])
+        Holder(path, paths["items"], paths["users"], mmap=mmap).load()
+
+
 class ServingState:
     """An immutable set: ``model``, ``items``, ``users`` (Loaded or None), searchers, ``generation``.
 

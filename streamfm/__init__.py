@@ -13,7 +13,8 @@ the classes above are imported on first use, so the commands start fast.
 """
 
 from . import numba_cache as _numba_cache
-from .errors import BadInputError, ModelFormatError, NotFittedError, ParameterError, StreamFMError
+from .errors import (BadInputError, ModelFormatError, NotFittedError, OutputError, ParameterError,
+                     SameFileError, StreamFMError)
 
 __version__ = "0.1.0"
 
@@ -24,7 +25,8 @@ _LAZY = {"FM": ".fm", "Report": ".fm", "BadLine": ".fm", "FMClassifier": ".estim
          "Recall": ".recall.api"}
 
 __all__ = ["FM", "FMClassifier", "Recall", "Report", "BadLine", "StreamFMError", "BadInputError",
-           "ModelFormatError", "ParameterError", "NotFittedError", "__version__"]
+           "ModelFormatError", "OutputError", "SameFileError", "ParameterError", "NotFittedError",
+           "__version__"]
 
 
 def __getattr__(name):

@@ -11,6 +11,7 @@ import threading
 
 from . import parse
 from .errors import BadInputError as BadInputStop  # one class; the commands' name for it
+from .output import open_output
 
 __all__ = ["BadInputStop", "BadLineLog", "printable"]
 
@@ -37,10 +38,11 @@ class BadLineLog:
         self.file = None
         if opts.bad_lines:
             # a command that reads several files (recall: catalog, clicks)
-            # keeps one bad-lines file: the first log truncates, the others add
-            path = os.path.abspath(opts.bad_lines)
-            self.file = open(path, "ab" if path in _opened else "wb")
-            _opened.add(path)
+            # keeps one bad-lines file: the first log replaces it (atomically,
+            # complete when the log closes), the others add to it
+            key = os.path.abspath(opts.bad_lines)
+            self.file = open_output(opts.bad_lines, append=key in _opened)
+            _opened.add(key)
 
     def add(self, block, parsed):
         """Record the bad lines of one parsed block."""
@@ -75,8 +77,10 @@ class BadLineLog:
             line_no, parse.REASONS[reason], col + 1, what)
 
     def close(self):
+        """Complete the bad-lines file (also after a failed run: it says why)."""
         if self.file:
-            self.file.close()
+            f, self.file = self.file, None
+            f.close()
 
     def describe(self):
         return ", ".join("%s: %d" % (parse.REASONS[r], c) for r, c in sorted(self.by_reason.items()))

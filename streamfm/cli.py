@@ -4,10 +4,14 @@ alphaFM's flags keep their single-dash names, meanings and defaults, so
 existing shell scripts keep working; streamfm's own flags are GNU style.
 """
 
+import contextlib
+import errno
 import functools
-import os
+import io
+import math
 import signal
 import sys
+import threading
 import time
 
 import click
@@ -16,20 +20,40 @@ import numpy as np
 from . import ftrl, jit
 from .badlines import BadInputStop
 from .metrics import fmt_int, fmt_metric
-from .model import (Model, ModelArrays, ModelError, AtomicFile, detect_format, dtype_name, dtype_of, file_dtype,
+from .model import (MAX_K, Model, ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
                     model_has_state, read_model, write_model)
+from .output import (OutputError, check_distinct, check_writable, open_output,
+                     protect_standard_streams, write_text)
 from .parse import VALUE_CLIP
 
+EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 # Row capacity reserved up front: zero pages cost address space, not memory,
-# and a run that stays within it never copies the model to grow it.
+# and a run that stays within it never copies the model to grow it. Address
+# space is not free either (the kernel refuses a 60 GB np.zeros), so wide
+# rows (-dim 1,1,1000) reserve fewer and grow by doubling past them.
 _SPARE_ROWS = 1 << 22
+_SPARE_BYTES = 1 << 31
+
+
+def spare_rows(k, dtype, rows=_SPARE_ROWS):
+    """Rows to reserve for a model of k factors: ``rows``, or fewer when
+    they would take more than _SPARE_BYTES of address space."""
+    width = ftrl.n_cols(k) * np.dtype(dtype).itemsize
+    return int(max(1 << 10, min(rows, _SPARE_BYTES // width)))
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
+    if sys.stderr is None:  # started with 2>&-: the exit code still tells
+        return
+    try:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def fail(cmd, msg, code=1):
@@ -37,17 +61,44 @@ def fail(cmd, msg, code=1):
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the trainer's own handling: unwinds like Ctrl-C, so an
+    output being written is discarded (its temporary file removed)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def interruptible(name):
-    """Ctrl-C outside the trainer's own handling (loading, compiling) exits 130
-    with a word, not click's 'Aborted!' and status 1."""
+    """The frame of every command.
+
+    Ctrl-C or SIGTERM outside the trainer's own handling (loading, compiling,
+    writing) unwinds the command, so an output in progress removes its
+    temporary file, and exits 128+signal with a word, not click's 'Aborted!'
+    and status 1; running out of memory exits 1 with one line, not a
+    traceback. Descriptors 0-2 closed at start (``>&-``) are kept taken, so no
+    file opened later becomes standard output.
+    """
     def deco(f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
+            protect_standard_streams()
+            old = None
+            if threading.current_thread() is threading.main_thread():
+                old = signal.signal(signal.SIGTERM, _on_sigterm)
             try:
                 return f(*args, **kwargs)
-            except KeyboardInterrupt:
-                log("%s: interrupted; nothing written" % name)
-                sys.exit(128 + signal.SIGINT)
+            except KeyboardInterrupt as e:
+                sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+                log("%s: interrupted (%s); nothing written" % (name, sig.name))
+                sys.exit(128 + sig)
+            except MemoryError:
+                log("%s: error: out of memory; nothing written" % name)
+                sys.exit(1)
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGTERM, old)
         return wrapper
     return deco
 
@@ -59,9 +110,9 @@ def parse_dim(text, cmd="fm_train"):
         vals = [int(p) for p in parts]
     except ValueError:
         vals = None
-    if not vals or len(vals) != 3 or vals[2] < 0 or any(v not in (0, 1) for v in vals[:2]):
-        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; k >= 0), got %r" % text,
-                                 param_hint="-dim")
+    if not vals or len(vals) != 3 or not 0 <= vals[2] <= MAX_K or any(v not in (0, 1) for v in vals[:2]):
+        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; 0 <= k <= %d), got %r"
+                                 % (MAX_K, text), param_hint="-dim")
     return bool(vals[0]), bool(vals[1]), vals[2]
 
 
@@ -88,35 +139,68 @@ def _open_input(path):
 
 
 def _check_writable(path, cmd):
-    """Fail before hours of training, not after, when the model cannot be written."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(d):
-        fail(cmd, "cannot write %s: directory %s does not exist" % (path, d))
-    if not os.access(d, os.W_OK):
-        fail(cmd, "cannot write %s: directory %s is not writable" % (path, d))
-    if os.path.isdir(path):
-        fail(cmd, "cannot write %s: it is a directory" % path)
+    """Fail before hours of training, not after, when an output cannot be written."""
+    try:
+        check_writable(path)
+    except OutputError as e:
+        fail(cmd, str(e))
+
+
+def _check_distinct(cmd, outputs, inputs, allow=()):
+    """Exit 2 before anything is opened for writing when an output is an input
+    (or two outputs are one file); see output.check_distinct."""
+    try:
+        check_distinct(outputs, inputs, allow)
+    except OutputError as e:
+        fail(cmd, str(e), EXIT_USAGE)
+
+
+def output_failed(cmd, e):
+    """End a command whose output failed: one line naming the output, exit 1
+    (silently when a reader such as ``head`` closed the pipe: nothing to tell)."""
+    if e.errno == errno.EPIPE:
+        sys.exit(1)
+    fail(cmd, str(e))
 
 
 def to_output(cmd, out_path, run, reading="input"):
-    """``run(out)`` on standard output ('-') or on a file written atomically
-    (a run that fails leaves no partial file, as with models); its failures
-    end the command with a one-line error and the documented exit code."""
+    """``run(out)`` on standard output ('-') or an output file (output.open_output:
+    a run that fails leaves no partial file, as with models); its failures end
+    the command with a one-line error and the documented exit code."""
     try:
-        if out_path == "-":
-            result = run(sys.stdout.buffer)
-            sys.stdout.buffer.flush()
-            return result
-        with AtomicFile(out_path) as out:
+        with open_output(out_path) as out:
             return run(out)
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed(cmd, e)
     except ModelError as e:
         fail(cmd, str(e))
-    except BrokenPipeError:
-        sys.exit(1)
     except OSError as e:
         fail(cmd, "reading %s: %s" % (reading, e.strerror or e))
+
+
+def report(cmd):
+    """A command whose result is text printed on standard output: what it
+    prints is gathered and written at the end, checked, so a full disk or a
+    closed stdout ends it with a one-line error and exit 1, not a short report."""
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            try:
+                check_writable("-")
+            except OutputError as e:
+                output_failed(cmd, e)
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                result = f(*args, **kwargs)
+            try:
+                write_text("-", buf.getvalue())
+            except OutputError as e:
+                output_failed(cmd, e)
+            return result
+        return wrapper
+    return deco
 
 
 def _fmt_seconds(s):
@@ -135,11 +219,39 @@ _HP_HELP = {
 }
 
 
+class FiniteFloat(click.FloatRange):
+    """A float flag within bounds that must also be a finite number: click's
+    FloatRange lets 'nan' (every comparison false) and 'inf' through."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail("%r is not a finite number" % rv, param, ctx)
+        return rv
+
+
+class HyperParam(click.ParamType):
+    """An FTRL hyper-parameter flag, checked by ftrl.hp_error (finite; alpha > 0, the rest >= 0)."""
+
+    name = "float"
+
+    def __init__(self, hp):
+        self.hp = hp
+
+    def convert(self, value, param, ctx):
+        why = ftrl.hp_error(self.hp, value)
+        if why:
+            self.fail(why, param, ctx)
+        return float(value)
+
+
+# --seed: the trainer's kernels take it as a 64-bit integer
+SEED = click.IntRange(-(1 << 63), (1 << 63) - 1)
+
+
 def _hp_options(f):
     for name, default in reversed(list(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS))):
-        # alpha divides; the others are magnitudes
-        kind = click.FloatRange(0, min_open=True) if name.endswith("alpha") else click.FloatRange(0)
-        f = click.option("-" + name, name, type=kind, default=default, show_default=True,
+        f = click.option("-" + name, name, type=HyperParam(name), default=default, show_default=True,
                          help=_HP_HELP[name] + ".")(f)
     return f
 
@@ -163,29 +275,33 @@ def _hp_options(f):
               help="Number type of the model in memory and on disk (float halves the memory).")
 @click.option("--input", "input_path", metavar="FILE", default=None,
               help="Read samples from FILE instead of standard input.")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Seed of the initial v draws; a feature's draw depends only on its name and the "
                    "seed. Default: the -im binary model's seed, else 0.")
 @click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
               help="On a bad line: skip it (counted and reported), or stop, write no model and exit 3.")
-@click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=None, metavar="F",
+@click.option("--max-bad-fraction", type=FiniteFloat(0, 1), default=None, metavar="F",
               help="Stop (no model, exit 3) when more than this fraction of lines is bad.")
 @click.option("--bad-lines", metavar="FILE", default=None,
               help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
 @click.option("--save-on-interrupt", is_flag=True,
               help="On SIGINT/SIGTERM, write the model trained so far (default: write nothing, exit non-zero).")
-@click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True,
+@click.option("--allow-empty", is_flag=True,
+              help="Write the model even when the input held no valid sample: the -im model unchanged, "
+                   "or one with only the bias (default: write nothing and exit 3).")
+@click.option("--progress-every", type=FiniteFloat(0.1), default=5.0, show_default=True,
               metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 @interruptible("fm_train")
 def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
              init_stdev, cores, init_model, init_model_format, fvs, mnt, input_path, seed, on_error,
-             max_bad_fraction, bad_lines, save_on_interrupt, progress_every, quiet):
+             max_bad_fraction, bad_lines, save_on_interrupt, allow_empty, progress_every, quiet):
     """Train an FM with FTRL on libsvm-style lines from standard input.
 
     Each line is 'LABEL NAME:VALUE NAME:VALUE ...' (label > 0 is a click).
     Progress and progressive (score-before-update) logloss and AUC go to
-    stderr.
+    stderr. Input without a single valid sample (an empty hour of logs, a
+    gzip file fed raw) writes no model and exits 3, unless --allow-empty.
 
     \b
     Examples:
@@ -200,6 +316,9 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     k0, k1, k = parse_dim(dim)
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
+    # -im X -m X replaces a model by its continuation: it is read whole first
+    _check_distinct(cmd, [("-m", model_path), ("--bad-lines", bad_lines)],
+                    [("--input", input_path or "-"), ("-im", init_model)], allow={("-m", "-im")})
     _check_writable(model_path, cmd)
     if bad_lines:
         _check_writable(bad_lines, cmd)
@@ -213,12 +332,13 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
             continue_fmt)
     jit.release_compiler_memory()
     t_load = time.time()
+    spare = spare_rows(k, dtype)
     try:
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype,
-                                extra_rows=_SPARE_ROWS)
+                                extra_rows=spare)
             seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
-            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=_SPARE_ROWS)
+            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare)
             del arrays
             if not quiet:
                 log("%s: continuing %s: %s features, %s samples seen before (%s)" % (
@@ -226,7 +346,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
                     _fmt_seconds(time.time() - t_load)))
         else:
             seed = 0 if seed is None else seed
-            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=_SPARE_ROWS,
+            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=spare,
                           arena_capacity=1 << 25)
     except (ModelError, ValueError) as e:
         fail(cmd, str(e))
@@ -238,19 +358,26 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         summary = train_stream(model, stream, opts, log)
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed(cmd, e)
     except OSError as e:
         fail(cmd, "reading input: %s" % (e.strerror or e))
     if summary.interrupted and not save_on_interrupt:
         log("%s: interrupted (%s) after %s lines; no model written (--save-on-interrupt writes it)"
             % (cmd, summary.interrupted, fmt_int(summary.lines)))
         sys.exit(128 + getattr(signal, summary.interrupted))
-    if summary.samples == 0 and not quiet:
-        log("%s: warning: %s; the model holds only the bias" % (
-            cmd, "the input was empty" if summary.lines == 0 else "no valid sample in the input"))
+    if summary.samples == 0:
+        what = "the input was empty" if summary.lines == 0 else "no valid sample in %s lines of input (%s bad)" % (
+            fmt_int(summary.lines), fmt_int(summary.bad))
+        if not allow_empty:
+            fail(cmd, "%s; no model written (--allow-empty writes it anyway)" % what, EXIT_BAD_INPUT)
+        if not quiet:
+            log("%s: warning: %s; %s" % (cmd, what, "the model is -im's, unchanged" if init_model
+                                          else "the model holds only the bias"))
     t_write = time.time()
     try:
         write_model(model, model_path, model_format)
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail(cmd, str(e))
     t_write = time.time() - t_write
     if not quiet:
@@ -288,6 +415,9 @@ def _train_report(cmd, s, model, path, fmt, t_write):
         log("  overflow guarded     %s samples skipped, %s updates skipped (numbers too large)"
             % (fmt_int(s.overflow_samples), fmt_int(s.overflow_updates)))
     log("  features in model    %s" % fmt_int(model.n_rows - 1))
+    if model.table.collisions:
+        log("  hash collisions      %s  (new names whose 64-bit hash equals another name's: they "
+            "share its row)" % fmt_int(model.table.collisions))
     log("  samples/s            %s" % fmt_int(rate))
     log("  progressive logloss  %s   auc %s" % (fmt_metric(s.logloss), fmt_metric(s.auc)))
     log("  model written        %s (%s, %s)" % (path, fmt, _fmt_seconds(t_write)))
@@ -317,10 +447,10 @@ def _train_report(cmd, s, model, path, fmt, t_write):
               help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
 @click.option("--metrics", is_flag=True,
               help="Print logloss, AUC and calibration (mean prediction vs observed rate) to stderr.")
-@click.option("--explain", type=click.IntRange(0), default=0, metavar="N",
+@click.option("--explain", type=click.IntRange(0, (1 << 63) - 1), default=0, metavar="N",
               help="After 'label score', a tab and the N features with the largest |contribution| "
                    "as name:phi (phis of all features + bias = the raw score).")
-@click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True,
+@click.option("--progress-every", type=FiniteFloat(0.1), default=5.0, show_default=True,
               metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 @interruptible("fm_predict")
@@ -344,9 +474,12 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     if not model_path:
         raise click.UsageError("-m PATH (the model) is required")
     k = parse_predict_dim(dim)
+    _check_distinct(cmd, [("-out", out_path), ("--bad-lines", bad_lines)],
+                    [("--input", input_path or "-"), ("-m", model_path)])
+    _check_writable(out_path, cmd)
+    if bad_lines:
+        _check_writable(bad_lines, cmd)
     stream = _open_input(input_path)
-    if out_path != "-":
-        _check_writable(out_path, cmd)
     try:
         fmt = detect_format(model_path)
         warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path))
@@ -370,6 +503,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
             fmt_int(rate), _fmt_seconds(t_load)))
         if summary.bad:
             log("  bad lines: %s" % summary.bad_description)
+        if summary.clipped:
+            log("  values clipped: %s (|value| > %g)" % (fmt_int(summary.clipped), VALUE_CLIP))
     if metrics:
         m = summary.metrics
         log("%s: samples %s  logloss %s  auc %s  mean prediction %s  observed rate %s" % (
@@ -396,6 +531,7 @@ def _load_for_dump(path, state=True):
 @fm_dump.command("info", context_settings=CONTEXT)
 @click.argument("model_path", metavar="MODEL")
 @interruptible("fm_dump info")
+@report("fm_dump")
 def dump_info(model_path):
     """Print a model's shape, sparsity and hyper-parameters."""
     try:
@@ -425,13 +561,32 @@ def dump_info(model_path):
         print("seed          %s" % arrays.info.get("seed"))
     else:
         print("hyper         unknown (text model)")
+    _print_hash_info(arrays)
+
+
+def _print_hash_info(arrays):
+    """The name hash's key, collisions and probe lengths (docs: Feature hash)."""
+    from .model import stored_key
+    from .table import count_collisions
+
+    key = stored_key(arrays.info)  # read_model has checked it
+    if key is None:
+        print("hash key      none (text model): a fresh random key is drawn when it is loaded")
+        key = arrays.table.key
+    else:
+        print("hash key      stored in the model (random, 128 bits)")
+    _, collisions = count_collisions(arrays.arena, arrays.name_off, arrays.n_rows, key)
+    # names whose 64-bit hash under that key equals another name's
+    print("hash collisions  %s" % fmt_int(collisions))
+    longest, mean = arrays.table.probe_lengths()
+    print("index probes  longest %d slots, mean %.2f" % (longest, mean))
 
 
 def _write_or_fail(src, path, fmt, state=True):
     _check_writable(path, "fm_dump")
     try:
         write_model(src, path, fmt, state=state)
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail("fm_dump", str(e))
 
 
@@ -456,6 +611,7 @@ def dump_convert(src_path, dst_path, to_fmt, nonzero):
 def _rewrite(src_path, dst_path, nonzero, state, to_fmt, dtype=None):
     """Read a model, drop all-zero features if asked, write it in to_fmt(its format)
     (``dtype``: w and v converted to it; stripped models only)."""
+    _check_distinct("fm_dump", [("OUT", dst_path)], [("MODEL", src_path)])
     try:
         fmt = detect_format(src_path)
     except ModelError as e:
@@ -493,21 +649,30 @@ def dump_strip(src_path, dst_path, to_fmt, nonzero, to_float):
 @click.option("--nonzero", is_flag=True, help="Skip features whose v is all zero.")
 @interruptible("fm_dump embeddings")
 def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
-    """Write every feature's factor vector v (the bias has none)."""
+    """Write every feature's factor vector v (the bias has none); OUT '-' is standard output."""
     from .model import write_embeddings_txt
 
+    outs = [("OUT", dst_path)]
+    if out_fmt == "npy":
+        if dst_path == "-":
+            fail("fm_dump", "--format npy writes OUT and OUT.names: give a file name, not -", EXIT_USAGE)
+        outs.append(("OUT.names", dst_path + ".names"))
+    _check_distinct("fm_dump", outs, [("MODEL", src_path)])
+    for _, p in outs:
+        _check_writable(p, "fm_dump")
     arrays = _load_for_dump(src_path, state=False)
     v = arrays.weights[1:, 1:]
-    _check_writable(dst_path, "fm_dump")
     sub = arrays.select(np.r_[False, np.any(v != 0, axis=1)] if nonzero else np.ones(arrays.n_rows, bool))
     try:
         if out_fmt == "npy":
-            with AtomicFile(dst_path) as f:
+            with open_output(dst_path) as f:
                 np.save(f, np.ascontiguousarray(sub.weights[1:, 1:]))
-            with AtomicFile(dst_path + ".names") as f:
+            with open_output(dst_path + ".names") as f:
                 f.write(b"".join(sub.name_bytes(r) + b"\n" for r in range(1, sub.n_rows)))
         else:
             write_embeddings_txt(sub, dst_path)
+    except OutputError as e:
+        output_failed("fm_dump", e)
     except ModelError as e:
         fail("fm_dump", str(e))
 
@@ -539,6 +704,8 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     cmd = "fm_dump importance"
     if sep is not None and len(sep.encode()) != 1:
         raise click.BadParameter("SEP must be a single byte, such as _", param_hint="--by-field")
+    _check_distinct(cmd, [("", "-")], [("--input", input_path or "-"), ("-m", model_path)])
+    _check_writable("-", cmd)
     stream = _open_input(input_path)
     try:
         model = ServingModel.load(model_path)
@@ -555,7 +722,7 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     count, sum_phi, sum_abs = ex.totals()
     arena, name_off = model.table.names_view()
     if sep is not None:
-        keys = field_prefix_hash(arena, name_off, model.n_rows, sep.encode()[0])
+        keys = field_prefix_hash(arena, name_off, model.n_rows, sep.encode()[0], model.table.key)
         seen = count > 0
         seen[0] = False
         uniq, first, inv = np.unique(keys[seen], return_index=True, return_inverse=True)
@@ -576,12 +743,14 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     order = np.lexsort((np.arange(len(mean_abs)), -mean_abs))
     if top:
         order = order[:top]
-    out = sys.stdout.buffer
-    for i in order:
-        name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
-        out.write(b"%s %d %s %s\n" % (name, g_count[i], repr(float(mean_phi[i])).encode(),
-                                       repr(float(mean_abs[i])).encode()))
-    out.flush()
+    try:
+        with open_output("-") as out:
+            for i in order:
+                name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
+                out.write(b"%s %d %s %s\n" % (name, g_count[i], repr(float(mean_phi[i])).encode(),
+                                               repr(float(mean_abs[i])).encode()))
+    except OutputError as e:
+        output_failed(cmd, e)
     if not quiet:
         log("%s: %s samples, %s features seen, %s bad lines" % (
             cmd, fmt_int(summary.samples), fmt_int(int((count[1:] > 0).sum())), fmt_int(summary.bad)))

@@ -12,6 +12,9 @@ one-line explanation fit for a user.
 - ``ModelFormatError``: a model or index file that cannot be used (missing,
   truncated, corrupted, another factor count, a stripped model where the
   training state is needed) or cannot be written.
+- ``OutputError``: an output that cannot be written (full disk, closed
+  standard output, no permission); ``SameFileError``, one of them: an output
+  that is an input of the same command (the commands exit 2 on it).
 - ``ParameterError``: a hyper-parameter or option out of its range (also a
   ``ValueError``).
 - ``NotFittedError``: a model asked to predict before it has learnt anything
@@ -31,6 +34,18 @@ class BadInputError(StreamFMError):
 
 class ModelFormatError(StreamFMError):
     """A model (or index) file that cannot be used; str() is a one-line explanation."""
+
+
+class OutputError(StreamFMError):
+    """An output that cannot be written; str() is a one-line message naming it."""
+
+    def __init__(self, msg, code=None):
+        super().__init__(msg)
+        self.errno = code
+
+
+class SameFileError(OutputError):
+    """An output that is an input (or another output) of the same command."""
 
 
 class ParameterError(StreamFMError, ValueError):

@@ -1,4 +1,4 @@
-"""Why a score: exact per-feature attribution of FM scores (DESIGN section 7).
+"""Why a score: exact per-feature attribution of FM scores (docs/design.md, "Explanations").
 
     phi_i = w_i x_i + 0.5 x_i <v_i, s - v_i x_i>,   s = sum_j v_j x_j
 
@@ -93,8 +93,8 @@ def accumulate_importance(rows, phi, nnz, count, sum_phi, sum_abs):
 
 
 @njit(cache=True, nogil=True)
-def field_prefix_hash(arena, name_off, n_rows, sep):
-    """Hash of each row's name up to its first ``sep`` byte (the whole name if none)."""
+def field_prefix_hash(arena, name_off, n_rows, sep, key):
+    """Hash under ``key`` of each row's name up to its first ``sep`` byte (the whole name if none)."""
     out = np.empty(n_rows, dtype=np.uint64)
     for r in range(n_rows):
         a = name_off[r]
@@ -104,7 +104,7 @@ def field_prefix_hash(arena, name_off, n_rows, sep):
             if arena[p] == sep:
                 e = p
                 break
-        out[r] = hash_bytes(arena, a, e)
+        out[r] = hash_bytes(arena, a, e, key)
     return out
 
 

@@ -13,6 +13,7 @@ goes to a callback and to the ``streamfm`` logger (level INFO).
 
 import logging
 import math
+import re
 import time
 from collections import namedtuple
 
@@ -206,6 +207,16 @@ def run_options(k0, k1, cores, on_error, max_bad_fraction):
                    quiet=True)
 
 
+def _for_the_api(e, report):
+    """A BadInputError of the pipeline in the API's words, with the call's report."""
+    msg = str(e).replace(", no model written", "").replace("--on-error stop", "on_error='stop'")
+    e.args = (msg.replace("--max-bad-fraction", "max_bad_fraction"),)
+    e.report = report
+
+
+_SPACE_OR_CONTROL = re.compile(rb"[\x00- \x7f]")
+
+
 def _one_line(x, y=None):
     """A sample given as {name: value} as the bytes of one input line."""
     if not hasattr(x, "items"):
@@ -213,6 +224,8 @@ def _one_line(x, y=None):
     parts = [b"1" if y is not None and y > 0 else b"0"]
     for name, value in x.items():
         b = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+        if _SPACE_OR_CONTROL.search(b):
+            raise BadInputError("feature name %r holds white space or a control byte" % (name,))
         parts.append(b"%s:%s" % (b, repr(float(value)).encode()))
     return b" ".join(parts) + b"\n"
 
@@ -380,7 +393,6 @@ class FM:
         For the layers built on FM (recall, the commands): the caller is
         about to train it, so the prediction view is dropped.
         """
-        self._serving = None
         if self._model is None:
             a = self._arrays
             if not a.has_state:
@@ -388,6 +400,11 @@ class FM:
                                        "can be used for prediction, not trained" % getattr(a, "path", "model"))
             self._model = Model.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype)
             self._arrays = None
+        self._serving = None
+        return self._synced()
+
+    def _synced(self):
+        """The Model with this object's hyper-parameters (they may have changed since)."""
         m = self._model
         m.hp = self._hp.copy()
         m.fvs = self._fvs
@@ -448,7 +465,7 @@ class FM:
                 train_stream(model, src.stream, opts, logger.warning, signals=False, bad=bad,
                              progress=_Progress(progress, progress_every, bad), summary=summary)
         except BadInputError as e:
-            e.report = report
+            _for_the_api(e, report)
             raise
         finally:
             report._fill(summary, bad, model.n_rows - 1)
@@ -475,7 +492,7 @@ class FM:
 
             self._acc = new_accumulators(ftrl.N_STATS - 4)
         self._serving = None
-        ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_hash,
+        ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_init,
                          model.hp, model.k, self._k0, self._k1, model.fvs, model.seed, *self._acc)
         model.samples_seen += p.n_samples
 
@@ -538,7 +555,7 @@ class FM:
                 predict_stream(sm, src.stream, None, opts, logger.warning, metrics=src.has_labels,
                                bad=bad, on_scores=on_scores, summary=summary)
         except BadInputError as e:
-            e.report = report
+            _for_the_api(e, report)
             raise
         finally:
             report._fill(summary, bad, sm.n_rows - 1, summary.metrics)
@@ -582,9 +599,10 @@ class FM:
         ``last_report``). Features the model does not know have phi = 0.
 
         >>> fm = FM(k=0, w_l1=0, w_l2=0, w_alpha=1)
-        >>> fm.learn_one({"a": 1, "b": 2}, 1)
-        >>> [(n, round(phi, 4)) for n, phi in fm.explain([b"0 a b:2 zz"], top=2)[0]]
-        [('b', 0.7071), ('a', 0.3536)]
+        >>> for _ in range(2):
+        ...     fm.learn_one({"a": 1, "b": 2}, 1)
+        >>> fm.explain([b"0 a b:2 zz", b"1 x:?"], top=2)   # w_b x_b = 0.5 * 2; w_a x_a = 1/3
+        [[('b', 1.0), ('a', 0.3333333333333333)], None]
         """
         top = _check_int("top", top, 0)
         sm = self.serving_model()
@@ -636,11 +654,7 @@ class FM:
         """
         if format not in ("bin", "txt"):
             raise ParameterError("format must be 'bin' or 'txt', not %r" % (format,))
-        if self._model is not None:
-            m = self.training_model()
-            src = m
-        else:
-            src = self._arrays
+        src = self._synced() if self._model is not None else self._arrays
         write_model(src, str(path), format, state=bool(state))
 
     @classmethod
@@ -686,3 +700,19 @@ class FM:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._bufs = parse.ParseBuffers(0)
+
+
+def _hp_property(i, name):
+    def get(self):
+        return float(self._hp[i])
+
+    def set(self, value):
+        self._hp[i] = _check_hp(name, value)
+        self._serving = None
+
+    return property(get, set, doc="FTRL hyper-parameter %s (see the class doc)." % name)
+
+
+for _i, _name in enumerate(ftrl.HP_NAMES):
+    setattr(FM, _name, _hp_property(_i, _name))
+del _i, _name

@@ -1,4 +1,4 @@
-"""FTRL-Proximal for FM, exactly as alphaFM applies it (DESIGN section 4).
+"""FTRL-Proximal for FM, exactly as alphaFM applies it (docs/design.md, "The FTRL-Proximal update").
 
 State layout, one row per feature (row 0 = bias), columns::
 
@@ -30,6 +30,25 @@ W, WN, WZ, VN = 0, 1, 2, 3
 HP_NAMES = ("w_alpha", "w_beta", "w_l1", "w_l2", "v_alpha", "v_beta", "v_l1", "v_l2", "init_stdev")
 HP_DEFAULTS = (0.05, 1.0, 0.1, 5.0, 0.05, 1.0, 0.1, 5.0, 0.1)
 HP_INIT_STDEV = HP_NAMES.index("init_stdev")
+
+
+def hp_error(name, x):
+    """Why ``x`` cannot be the hyper-parameter ``name`` (None when it can).
+
+    Every one is a finite number; alpha divides (> 0), beta, l1, l2 and
+    init_stdev are magnitudes (>= 0). A NaN would pass every comparison the
+    update makes and turn the model into NaNs.
+    """
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "%r is not a number" % (x,)
+    if not math.isfinite(x):
+        return "%r is not a finite number" % x
+    if name.endswith("alpha"):
+        return None if x > 0 else "%r is not > 0" % x
+    return None if x >= 0 else "%r is not >= 0" % x
+
 
 # train_block's stats vector: the metrics' counters, then its own.
 ST_SKIPPED_OVERFLOW = N_METRICS
@@ -116,10 +135,11 @@ def _draw_v(params, r, key, k, stdev, only_unused):
 
 @njit(inline="always")
 def init_row(params, r, h, k, seed, stdev):
-    """Fresh state for row r (feature hash h): zeros and v drawn from N(0, stdev).
+    """Fresh state for row r (h: the name's init hash): zeros and v drawn from N(0, stdev).
 
-    The draw depends only on the feature's hash and the seed, never on
-    arrival order or threads, so A then -im B equals A+B in one run.
+    The draw depends only on the feature's name (its unkeyed init hash,
+    table.py) and the seed, never on arrival order, threads or the table's
+    hash key, so A then -im B equals A+B in one run.
     """
     for c in range(params.shape[1]):
         params[r, c] = 0.0
@@ -317,9 +337,12 @@ def v_state_after(n, zs, g, v, n_seen, sq_seen, inv_alpha, big):
 
 
 @njit(cache=True, nogil=True)
-def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
+def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
                 k0, k1, fvs, seed, stats, hist):
     """Progressive-validate then update on samples 0..n_samples-1 (CSR rows).
+
+    ``row_init``: each row's init hash (FeatureTable.row_init), which keys
+    the -fvs re-draws.
 
     For each sample, in alphaFM's order: weights from state, predict, the
     gradient multiplier, then the w and v states. ``stats`` and ``hist``
@@ -356,7 +379,7 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_hash, hp, k,
         w0 = refresh_w(params, 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, m)
         for i in range(m):
             r = rows[a + i]
-            key = init_key(row_hash[r], seed) if fvs else no_key
+            key = init_key(row_init[r], seed) if fvs else no_key
             wloc[i] = refresh_w(params, r, k1, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, i)
         for i in range(m):
             refresh_v(params, rows[a + i], k, wloc[i], fvs, v_alpha, v_beta, v_l1, v_l2, vloc, vseen, i * k)

@@ -25,6 +25,7 @@ label is 1 where y > 0, 0 where y <= 0, and ``nan`` where y is not finite
 
 import io
 import os
+import time
 
 import numpy as np
 from numba import njit
@@ -89,6 +90,21 @@ def format_csr_lines(indptr, indices, data, y, y0, has_y, start, n, names, name_
     return r, pos
 
 
+@njit(cache=True, nogil=True)
+def dense_to_csr(sub, indptr, indices, data):
+    """The non-zero entries of a dense block (NaN included: it makes its line bad)."""
+    nnz = 0
+    for i in range(sub.shape[0]):
+        for j in range(sub.shape[1]):
+            x = sub[i, j]
+            if x != 0.0:
+                indices[nnz] = j
+                data[nnz] = x
+                nnz += 1
+        indptr[i + 1] = nnz
+    return nnz
+
+
 def encode_names(feature_names, n_cols):
     """(name bytes, offsets, plain) of the columns' names; checks each name.
 
@@ -140,7 +156,9 @@ class MatrixLines(io.RawIOBase):
                 raise ParameterError("%d labels for %d rows" % (y.shape[0], self.n_rows))
         self.y = y if y is not None else np.zeros(0)
         self.names, self.name_off, self.plain = encode_names(feature_names, self.n_cols)
-        self.rows_per_chunk = rows_per_chunk
+        # a dense chunk is converted whole: keep it near a million cells
+        self.rows_per_chunk = rows_per_chunk if self.sparse else max(1, min(rows_per_chunk,
+                                                                            (1 << 20) // max(self.n_cols, 1)))
         self.row = 0          # the next row to cut a chunk at
         self.chunk = None     # (indptr, indices, data) of rows chunk_r0.. being written
         self.chunk_r0 = self.chunk_row = self.chunk_rows = 0
@@ -156,14 +174,16 @@ class MatrixLines(io.RawIOBase):
             a, b = indptr[0], indptr[-1]
             return (indptr, np.asarray(self.indices[a:b], dtype=np.int64),
                     np.asarray(self.data[a:b], dtype=np.float64))
-        sub = np.asarray(self.X[r0:r1], dtype=np.float64)
-        mask = sub != 0.0  # NaN stays, and makes its line bad
+        sub = np.ascontiguousarray(self.X[r0:r1], dtype=np.float64)
         indptr = np.zeros(r1 - r0 + 1, np.int64)
-        np.cumsum(mask.sum(axis=1), out=indptr[1:])
-        return indptr, np.nonzero(mask)[1].astype(np.int64), sub[mask]
+        indices = np.empty(sub.size, np.int64)
+        data = np.empty(sub.size, np.float64)
+        nnz = dense_to_csr(sub, indptr, indices, data)
+        return indptr, indices[:nnz], data[:nnz]
 
     def read(self, n=-1):
-        want = max(int(n), 1 << 16) if n is not None and n >= 0 else 1 << 20
+        want = max(int(n), 1 << 16) if n is not None and n >= 0 else float("inf")
+        size = int(min(want, 1 << 22))  # the kernel's buffer; a large read loops
         parts = []
         got = 0
         while got < want:
@@ -176,8 +196,8 @@ class MatrixLines(io.RawIOBase):
                 self.chunk_r0, self.chunk_row, self.chunk_rows = r0, 0, r1 - r0
                 self.row = r1
             indptr, indices, data = self.chunk
-            if self.out.shape[0] < want:
-                self.out = np.empty(want, np.uint8)
+            if self.out.shape[0] < size:
+                self.out = np.empty(size, np.uint8)
             r, nb = format_csr_lines(indptr, indices, data, self.y, self.chunk_r0, self.y.shape[0] > 0,
                                      self.chunk_row, self.chunk_rows, self.names, self.name_off,
                                      self.plain, self.out)
@@ -187,8 +207,8 @@ class MatrixLines(io.RawIOBase):
                 # one row larger than the buffer: make room for it
                 a, b = indptr[r] - indptr[0], indptr[r + 1] - indptr[0]
                 lens = np.diff(self.name_off)[indices[a:b]]
-                self.out = np.empty(int(lens.sum()) + _ENTRY * (b - a) + 16, np.uint8)
-                want = self.out.shape[0]
+                size = int(lens.sum()) + _ENTRY * (b - a) + 16
+                self.out = np.empty(size, np.uint8)
                 continue
             parts.append(self.out[:nb].tobytes())
             got += nb
@@ -202,9 +222,12 @@ class LineIterator(io.RawIOBase):
     Each element is one line: a newline is added where it has none, and a
     newline inside an element is replaced by a NUL byte, which makes that
     line bad (with its own line number) instead of splitting it in two.
+    A read returns after ``linger`` seconds with what it has, so the lines
+    of a slow source (a queue, a socket) are trained on as they come.
     """
 
-    def __init__(self, lines):
+    def __init__(self, lines, linger=0.2):
+        self.linger = linger
         self.it = iter(lines)
         self.done = False
         self.lines = 0
@@ -218,6 +241,7 @@ class LineIterator(io.RawIOBase):
         want = n if n is not None and n > 0 else 1 << 20
         parts = []
         got = 0
+        until = time.monotonic() + self.linger
         for line in self.it:
             if isinstance(line, str):
                 line = line.encode("utf-8", "surrogateescape")
@@ -232,7 +256,7 @@ class LineIterator(io.RawIOBase):
             parts.append(b"\n")
             self.lines += 1
             got += len(line) + 1
-            if got >= want:
+            if got >= want or time.monotonic() >= until:
                 break
         else:
             self.done = True

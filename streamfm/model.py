@@ -1,4 +1,4 @@
-"""The FM model in memory and its files (DESIGN section 5).
+"""The FM model in memory and its files (docs/design.md, "File formats").
 
 Text (alphaFM's layout)::
 
@@ -15,15 +15,17 @@ Binary::
     | zero padding | arrays at the offsets the header lists
 
 The arrays are the name bytes, the name offsets, ``weights`` (w, v) and, in
-a full model, ``state`` (w_n, w_z, v_n, v_z), each with its own crc32.
-Every file is written to a temporary file beside the target, fsynced and
-renamed over it, so a crash never leaves a half-written model.
+a full model, ``state`` (w_n, w_z, v_n, v_z), each with its own crc32. The
+header also keeps the feature table's random hash key (``hash_key``, 16
+bytes; absent: a fresh key is drawn on load, as for text models).
+Every file is written by ``output.open_output``: a regular file goes to a
+temporary file beside the target, fsynced and renamed over it, so a crash
+never leaves a half-written model; a device or pipe is written in place.
 """
 
 import contextlib
 import os
 import re
-import tempfile
 import zlib
 
 import msgpack
@@ -32,7 +34,9 @@ from numba import njit
 
 from . import floatfmt, ftrl
 from .errors import ModelFormatError as ModelError  # one class; the commands' name for it
-from .table import FeatureTable, lookup_one, place
+from .output import open_output
+from .table import (KEY_BYTES, DuplicateName, FeatureTable, init_hash_bytes, key_from_bytes, lookup_one,
+                    place, same_bytes)
 
 MAGIC = b"\x89SFMBIN\n"
 FORMAT_NAME = "streamfm-bin"
@@ -68,14 +72,14 @@ class Model:
     """
 
     def __init__(self, k, dtype=np.float64, hp=None, fvs=False, seed=0,
-                 row_capacity=1 << 16, arena_capacity=1 << 20):
+                 row_capacity=1 << 16, arena_capacity=1 << 20, hash_key=None):
         self.k = int(k)
         self.dtype = np.dtype(dtype)
         self.hp = np.array(ftrl.HP_DEFAULTS if hp is None else hp, dtype=np.float64)
         self.fvs = bool(fvs)
         self.seed = int(seed)
         self.samples_seen = 0
-        self.table = FeatureTable(row_capacity, arena_capacity)
+        self.table = FeatureTable(row_capacity, arena_capacity, key=hash_key)
         self.params = np.zeros((self.table.row_capacity, ftrl.n_cols(self.k)), dtype=self.dtype)
 
     @property
@@ -99,7 +103,7 @@ class Model:
     def meta(self):
         return {"k": self.k, "dtype": dtype_name(self.dtype), "n_rows": self.n_rows,
                 "hyper": self.hyper(), "fvs": self.fvs, "seed": self.seed,
-                "samples_seen": int(self.samples_seen)}
+                "samples_seen": int(self.samples_seen), "hash_key": self.table.key_bytes()}
 
     def chunks(self, weights=True, state=True, rows=CHUNK_ROWS):
         """Yield (r0, r1, weights|None, state|None) in file columns, chunk by chunk."""
@@ -143,38 +147,44 @@ class Model:
             with pause():
                 self.reserve(parsed.n_unknown, new_bytes)
         t = self.table
-        add_features(t.slots, t.row_hash, t.name_off, t.arena, t.meta, parsed.hashes, parsed.rows,
-                     data, parsed.name_start, parsed.name_len, parsed.nnz, self.params, self.k,
-                     self.seed, self.hp[ftrl.HP_INIT_STDEV])
+        add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
+                     parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
+                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV])
 
 
 @njit(cache=True, nogil=True)
-def add_features(slots, row_hash, name_off, arena, meta, hashes, rows, src, name_start,
+def add_features(slots, row_hash, row_init, name_off, arena, meta, hashes, rows, src, name_start,
                  name_len, n, params, k, seed, stdev):
     """Rows for the entries with rows[j] == -1, creating rows for new names.
 
-    A new row's name, hash and initial state are written before the row is
+    A new row's name, hashes and initial state are written before the row is
     published in the index, so a concurrent lookup never sees it half made.
+    Its initial factors come from the name's unkeyed init hash (table.py).
+    A name whose table hash is already indexed under a different name (a
+    true 64-bit collision) shares that row and is counted in meta[2].
     The caller holds the insert lock and has reserved capacity for n rows.
     """
     for j in range(n):
         if rows[j] >= 0:
             continue
         h = hashes[j]
+        ln = name_len[j]
+        s = name_start[j]
         r = lookup_one(slots, row_hash, h)
         if r < 0:
             r = meta[0]
             a = meta[1]
-            ln = name_len[j]
-            s = name_start[j]
             for t in range(ln):
                 arena[a + t] = src[s + t]
             name_off[r + 1] = a + ln
             meta[1] = a + ln
             row_hash[r] = h
-            ftrl.init_row(params, r, h, k, seed, stdev)
+            row_init[r] = init_hash_bytes(src, s, s + ln)
+            ftrl.init_row(params, r, row_init[r], k, seed, stdev)
             meta[0] = r + 1
             place(slots, row_hash, r)
+        elif not same_bytes(arena, name_off[r], name_off[r + 1], src, s, s + ln):
+            meta[2] += 1
         rows[j] = r
     return 0
 
@@ -317,88 +327,6 @@ def _gather_names(arena, name_off, idx, off, out):
 
 
 # ----------------------------------------------------------------------------
-# Atomic writes
-
-
-class AtomicFile:
-    """A temporary file beside ``path`` that replaces it only on success.
-
-    The temporary's name carries the writer's pid, so a later write to the
-    same path removes what a killed writer left behind.
-    """
-
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-        d = os.path.dirname(self.path)
-        base = "." + os.path.basename(self.path) + "."
-        _remove_orphans(d, base)
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix=base + "%d." % os.getpid(), suffix=".tmp", dir=d)
-        except OSError as e:
-            raise ModelError("%s: cannot write: %s" % (path, e.strerror or e)) from None
-        self.f = os.fdopen(fd, "wb")
-
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, et, ev, tb):
-        try:
-            if et is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-            self.f.close()
-            if et is None:
-                os.chmod(self.tmp, 0o644)
-                os.replace(self.tmp, self.path)
-                _fsync_dir(os.path.dirname(self.path))
-        except OSError as e:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-            raise ModelError("%s: cannot write: %s" % (self.path, e.strerror or e)) from None
-        finally:
-            if et is not None and os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        if isinstance(ev, OSError):
-            raise ModelError("%s: cannot write: %s" % (self.path, ev.strerror or ev)) from None
-        return False
-
-
-def _remove_orphans(d, base):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return
-    for name in names:
-        if not (name.startswith(base) and name.endswith(".tmp")):
-            continue
-        pid = name[len(base):].split(".", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(d, name))
-            except OSError:
-                pass
-        except OSError:
-            pass  # alive (or not ours to signal): leave it
-
-
-def _fsync_dir(d):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# ----------------------------------------------------------------------------
 # Text format
 
 
@@ -470,7 +398,7 @@ def write_txt(src, path, state=True, threads=2):
         assert i == r1 - r0
         return out[:nb]
 
-    with AtomicFile(path) as f, ThreadPoolExecutor(threads) as pool:
+    with open_output(path) as f, ThreadPoolExecutor(threads) as pool:
         pending = []
         for job in src.chunks(state=state and src.has_state, rows=CHUNK_ROWS // 2):
             pending.append(pool.submit(fmt, job))
@@ -487,7 +415,7 @@ def write_embeddings_txt(arrays, path):
     f32 = np.dtype(arrays.dtype) == np.float32
     empty_state = np.empty((v.shape[0], 0), dtype=v.dtype)
     n = v.shape[0]
-    with AtomicFile(path) as f:
+    with open_output(path) as f:
         for r0 in range(1, n, CHUNK_ROWS):
             r1 = min(n, r0 + CHUNK_ROWS)
             out = np.empty(int(name_off[r1] - name_off[r0]) + (r1 - r0) * (27 * v.shape[1] + 2),
@@ -822,29 +750,46 @@ def write_bin(src, path, state=True):
     header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
                    "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
                    "params_columns": PARAMS_COLUMNS, "arrays": arrays})
-    with AtomicFile(path) as f:
-        f.write(b"\0" * _HEADER_RESERVE)
-        pieces = {
-            "names": lambda: [arena[: name_off[n]]],
-            "name_off": lambda: [name_off[: n + 1]],
-            "params": lambda: [src.file_params],
-            "weights": lambda: (c[2] for c in src.chunks(weights=True, state=False)),
-        }
-        for spec in arrays:
-            _seek_pad(f, spec["offset"])
-            crc = 0
-            for part in pieces[spec["name"]]():
-                b = memoryview(np.ascontiguousarray(part)).cast("B")
-                crc = zlib.crc32(b, crc)
-                f.write(b)
-            spec["crc32"] = crc
+    pieces = {
+        "names": lambda: [arena[: name_off[n]]],
+        "name_off": lambda: [name_off[: n + 1]],
+        "params": lambda: [src.file_params],
+        "weights": lambda: (c[2] for c in src.chunks(weights=True, state=False)),
+    }
+
+    def parts(spec):
+        for part in pieces[spec["name"]]():
+            yield memoryview(np.ascontiguousarray(part)).cast("B")
+
+    def packed_header():
         packed = msgpack.packb(header, use_bin_type=True)
         if len(packed) + 16 > _HEADER_RESERVE:
             raise ModelError("%s: model header too large" % path)
-        f.seek(0)
-        f.write(MAGIC)
-        f.write(np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes())
-        f.write(packed)
+        return MAGIC + np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes() + packed
+
+    with open_output(path) as f:
+        if f.seekable():
+            # one pass: the header, whose checksums come last, is written over its reserve
+            f.write(b"\0" * _HEADER_RESERVE)
+        else:
+            # a device or pipe is written in order: checksums first, then the bytes
+            for spec in arrays:
+                crc = 0
+                for b in parts(spec):
+                    crc = zlib.crc32(b, crc)
+                spec["crc32"] = crc
+            f.write(packed_header())
+        for spec in arrays:
+            _seek_pad(f, spec["offset"])
+            crc = 0
+            for b in parts(spec):
+                crc = zlib.crc32(b, crc)
+                f.write(b)
+            spec["crc32"] = crc
+        if f.seekable():
+            head = packed_header()
+            f.seek(0)
+            f.write(head)
 
 
 def _seek_pad(f, offset):
@@ -872,15 +817,123 @@ def read_bin_header(path):
         header = msgpack.unpackb(packed, raw=False)
     except Exception as e:  # msgpack raises several types for bad bytes
         raise ModelError("%s: corrupted header (%s)" % (path, e)) from None
-    if header.get("format") != FORMAT_NAME:
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelError("%s: not a streamfm binary model" % path)
-    if header.get("version", 0) > FORMAT_VERSION:
-        raise ModelError("%s: binary model version %s is newer than this streamfm reads (%d)"
-                         % (path, header.get("version"), FORMAT_VERSION))
-    end = max(a["offset"] + a["nbytes"] for a in header["arrays"])
+    version = header.get("version", 0)
+    if not _is_int(version) or version > FORMAT_VERSION:
+        raise ModelError("%s: binary model version %r: this streamfm reads versions up to %d"
+                         % (path, version, FORMAT_VERSION))
+    _check_bin_header(path, header, size)
+    return header
+
+
+# What a binary model's header may say. Its dtype strings are looked up
+# here, never handed to numpy: np.dtype('O') or a structured dtype from a
+# crafted file would make numpy read pointers from the file.
+_FLOAT_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+MAX_K = 1 << 16  # factors a model may have (-dim checks it too)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def array_specs(path, header, size, expected):
+    """The header's array list checked against ``expected``: {name: (dtype, shape)}.
+
+    A shape entry of None is any size; every name must be expected and appear
+    at most once, with exactly the dtype, shape and byte count given, inside
+    the file's ``size`` bytes. Returns {name: spec}. Shared by every file in
+    the binary container (models, recall indexes).
+    """
+    arrays = header.get("arrays")
+    if not isinstance(arrays, list):
+        raise ModelError("%s: corrupted header: no array list" % path)
+    specs = {}
+    end = 0
+    for a in arrays:
+        name = a.get("name") if isinstance(a, dict) else None
+        if name not in expected or name in specs:
+            raise ModelError("%s: corrupted header: %s array %r" % (
+                path, "repeated" if name in specs else "unexpected", name))
+        dt, shape = expected[name]
+        got = a.get("shape")
+        if a.get("dtype") != dt.str:
+            raise ModelError("%s: header says array %r is %r, expected %r" % (path, name, a.get("dtype"), dt.str))
+        if (not isinstance(got, list) or len(got) != len(shape)
+                or not all(_is_int(g) and g >= 0 and (e is None or g == e) for g, e in zip(got, shape))):
+            raise ModelError("%s: header says array %r has shape %r, expected %r" % (
+                path, name, got, [("any" if e is None else e) for e in shape]))
+        nbytes = dt.itemsize
+        for g in got:
+            nbytes *= g
+        if not (_is_int(a.get("offset")) and _is_int(a.get("nbytes")) and _is_int(a.get("crc32"))) or (
+                a["nbytes"] != nbytes or a["offset"] < 0):
+            raise ModelError("%s: header disagrees with array %r (offset, size or checksum)" % (path, name))
+        end = max(end, a["offset"] + nbytes)
+        specs[name] = a
     if size < end:
         raise ModelError("%s: truncated: %d bytes, the header says %d" % (path, size, end))
-    return header
+    return specs
+
+
+def _check_bin_header(path, header, size):
+    """Every number the reader trusts, checked against the others before any array is read."""
+    k, n, dtype = header.get("k"), header.get("n_rows"), header.get("dtype")
+    if not _is_int(k) or not 0 <= k <= MAX_K:
+        raise ModelError("%s: corrupted header: k = %r is not a factor count (0 to %d)" % (path, k, MAX_K))
+    if not _is_int(n) or n < 1:
+        raise ModelError("%s: corrupted header: n_rows = %r (at least the bias row)" % (path, n))
+    if dtype not in _FLOAT_DTYPES:
+        raise ModelError("%s: corrupted header: dtype %r (float32 or float64)" % (path, dtype))
+    ft = _FLOAT_DTYPES[dtype]
+    specs = array_specs(path, header, size, {
+        "names": (np.dtype(np.uint8), (None,)), "name_off": (np.dtype("<i8"), (n + 1,)),
+        "params": (ft, (n, ftrl.n_cols(k))), "weights": (ft, (n, 1 + k))})
+    for name in ("names", "name_off"):
+        if name not in specs:
+            raise ModelError("%s: corrupted header: no %r array" % (path, name))
+    if "params" not in specs and "weights" not in specs:
+        raise ModelError("%s: corrupted header: neither FTRL rows nor weights" % path)
+    if "has_state" in header and bool(header["has_state"]) != ("params" in specs):
+        raise ModelError("%s: corrupted header: has_state disagrees with its arrays" % path)
+    hyper = header.get("hyper")
+    if hyper is not None:
+        if not isinstance(hyper, dict):
+            raise ModelError("%s: corrupted header: hyper-parameters %r" % (path, hyper))
+        for name in ftrl.HP_NAMES:
+            why = ftrl.hp_error(name, hyper[name]) if name in hyper else None
+            if why:
+                raise ModelError("%s: corrupted header: %s %s" % (path, name, why))
+    if header.get("fvs", 0) not in (0, 1):  # True == 1, False == 0
+        raise ModelError("%s: corrupted header: fvs %r" % (path, header.get("fvs")))
+    seed = header.get("seed")
+    if seed is not None and not (_is_int(seed) and -(1 << 63) <= seed < 1 << 63):
+        raise ModelError("%s: corrupted header: seed %r is not a 64-bit integer" % (path, seed))
+    seen = header.get("samples_seen")
+    if seen is not None and not (_is_int(seen) and seen >= 0):
+        raise ModelError("%s: corrupted header: samples_seen %r" % (path, seen))
+
+
+@njit(cache=True, nogil=True)
+def first_nonfinite(a):
+    """Position of the first NaN or infinity in the 1-D array a, or -1."""
+    for i in range(a.shape[0]):
+        x = a[i]
+        if not (x - x == 0.0):
+            return i
+    return -1
+
+
+def check_finite(path, name, arr):
+    """ModelError when a float array read from a file holds NaN or an infinity
+    (the text reader refuses them too): nothing trained could be one."""
+    if arr.size:
+        i = first_nonfinite(arr.reshape(-1))
+        if i >= 0:
+            row = i // max(arr.shape[1], 1) if arr.ndim == 2 else i
+            raise ModelError("%s: corrupted: array %r row %d holds %r, not a finite number"
+                             % (path, name, row, float(arr.reshape(-1)[i])))
 
 
 def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
@@ -904,6 +957,7 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
         raise ModelError("%s: model has %d factors (-dim ...,%d) but %d were asked for"
                          % (path, mk, mk, int(k)))
     specs = {a["name"]: a for a in header["arrays"]}
+    ft = _FLOAT_DTYPES[header["dtype"]]
     if "params" in specs and header.get("params_columns") != PARAMS_COLUMNS:
         raise ModelError("%s: FTRL rows in an unknown layout (%r)" % (path, header.get("params_columns")))
     if state and "params" not in specs:
@@ -920,22 +974,25 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
         for name in want:
             a = specs[name]
             shape = tuple(a["shape"])
+            dt = ft if name in ("params", "weights") else (np.dtype("<i8") if name == "name_off" else np.uint8)
             if mapped is not None:
-                arr = mapped.array(a["offset"], a["dtype"], shape)
+                arr = mapped.array(a["offset"], dt, shape)
                 if arr is None:  # cut after the header was read
                     raise ModelError("%s: truncated in array %r" % (path, name))
             else:
                 if name == "params" and extra_rows:
-                    full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=np.dtype(a["dtype"]))
+                    full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=dt)
                     arr = full[: shape[0]]
                 else:
-                    arr = np.empty(shape, dtype=np.dtype(a["dtype"]))
+                    arr = np.empty(shape, dtype=dt)
                 f.seek(a["offset"])
                 got = f.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
                 if got != a["nbytes"]:
                     raise ModelError("%s: truncated in array %r" % (path, name))
             if verify and zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
                 raise ModelError("%s: corrupted: checksum mismatch in array %r" % (path, name))
+            if name in ("params", "weights"):
+                check_finite(path, name, arr)
             out[name] = arr
     n = int(header["n_rows"])
     off = out["name_off"]
@@ -1047,20 +1104,37 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
 def table_for(arrays, row_capacity=0, arena_capacity=0, share=False):
     """The FeatureTable of a model file's names (ModelError on a duplicate).
 
-    ``share``: a lookup-only table over the file's own name arrays (no copy).
+    A binary model's hash key is reused, so a continued run keeps it; a
+    text model has none and gets a fresh one (table.py).
+    ``share``: a lookup-only table over the file's own name arrays (no copy;
+    e.g. read-only views of a memory-mapped model).
     """
+    path = getattr(arrays, "path", "model")
     try:
         return FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows,
                                        row_capacity=row_capacity, arena_capacity=arena_capacity,
-                                       share=share)
+                                       key=stored_key(arrays.info, path), share=share)
+    except DuplicateName:
+        raise duplicate_error(arrays, path) from None
+    except ValueError as e:
+        raise ModelError("%s: %s" % (path, e)) from None
+
+
+def stored_key(info, path="model"):
+    """The table hash key a model file holds (uint64[2]), or None (text models)."""
+    b = info.get("hash_key")
+    if b is None:
+        return None
+    try:
+        return key_from_bytes(b)
     except ValueError:
-        raise duplicate_error(arrays, getattr(arrays, "path", "model")) from None
+        raise ModelError("%s: corrupted header: hash_key is not %d bytes" % (path, KEY_BYTES)) from None
 
 
 def file_dtype(path):
     """The number type a model file holds (text models load as float64)."""
     if detect_format(path) == "bin":
-        return np.dtype(read_bin_header(path)["dtype"])
+        return _FLOAT_DTYPES[read_bin_header(path)["dtype"]]
     return np.dtype(np.float64)
 
 

@@ -1,4 +1,4 @@
-"""The input line grammar (DESIGN sections 3 and 6), parsed in numba.
+"""The input line grammar (docs/design.md, "Input lines"), parsed in numba.
 
     LABEL SEP NAME:VALUE SEP NAME:VALUE ...      SEP = one or more ' ' or '\\t'
 
@@ -20,7 +20,7 @@ from numba import njit
 
 from . import floatfmt
 from .jit import prefetch1
-from .table import HASH_SEED, hash_final, hash_word
+from .table import hash_final, hash_start, hash_word, home_slot, lookup_from
 
 # Reasons a line is rejected; the numbers are stable (they appear in reports).
 BAD_LABEL = 1
@@ -32,7 +32,7 @@ EMPTY_VALUE = 6
 CONTROL_BYTE = 7
 BAD_CLICK = 8
 
-# What the first token of a line is (DESIGN sections 3 and 6).
+# What the first token of a line is (docs/design.md, "Input lines").
 LABELED = 0   # LABEL NAME:VALUE ...
 KEYED = 1     # KEY NAME:VALUE ...                (recall items, users, queries)
 CLICK = 2     # USER_KEY NAME:VALUE ... | ITEM_KEY (recall clicks)
@@ -142,7 +142,7 @@ def _token_end(buf, pos, n):
 
 
 @njit(cache=True, nogil=True)
-def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, rows, vals,
+def parse_block(buf, n, mode, slots, row_hash, key, ys, indptr, sample_line, hashes, rows, vals,
                 name_start, name_len, keys, bad_line, bad_reason, bad_col, slow_idx, slow_start,
                 slow_end):
     """Parse the complete lines in buf[:n] into CSR arrays.
@@ -151,10 +151,11 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
     KEYED and CLICK lines keys[s] = (start, end) of the sample's key and,
     for CLICK, keys[s, 2:4] of its item key (ys is then 1).
 
-    Each feature's name is hashed and looked up in the feature table
-    (``slots``, ``row_hash``) as it is parsed, so the table's cache misses
-    overlap with parsing: rows[j] is its row, or -1 for a name not in the
-    table (the hash and the name's byte span are kept for inserting it).
+    Each feature's name is hashed under the table's ``key`` and looked up
+    in the feature table (``slots``, ``row_hash``) as it is parsed, so the
+    table's cache misses overlap with parsing: rows[j] is its row, or -1 for
+    a name not in the table (the hash and the name's byte span are kept for
+    inserting it).
     Capacities the caller provides: samples and bad lines <= lines in the
     block + 1, features and slow tokens <= n // 2 + 1.
     Returns (samples, features, lines, bad lines, slow tokens, clipped
@@ -172,6 +173,7 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
     pos = 0
     indptr[0] = 0
     mask = slots.shape[0] - 1
+    h0 = hash_start(key)
     while pos < n:
         lstart = pos
         while pos < n and _is_sep(_at(buf, pos)):
@@ -236,7 +238,7 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
                     break
                 item = True
                 break
-            h = HASH_SEED
+            h = h0
             acc = np.uint64(0)
             cnt = 0
             colon = -1
@@ -327,7 +329,7 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
                 x = -VALUE_CLIP
                 nclip += 1
             # the lookup waits for the line's end; its slot starts loading now
-            prefetch1(slots, np.int64(hv & np.uint64(mask)))
+            prefetch1(slots, home_slot(hv, mask))
             hashes[nnz] = hv
             vals[nnz] = x
             name_start[nnz] = ts
@@ -340,7 +342,7 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
             # table lookups (lock-free; see table.py), in two passes so the
             # hash of each candidate row loads while the next slot is read
             for j in range(line_nnz, nnz):
-                sl = slots[np.int64(hashes[j] & np.uint64(mask))]
+                sl = slots[home_slot(hashes[j], mask)]
                 rows[j] = sl
                 if sl >= 0:
                     prefetch1(row_hash, sl)
@@ -352,15 +354,7 @@ def parse_block(buf, n, mode, slots, row_hash, ys, indptr, sample_line, hashes, 
                     if row_hash[sl] == hv:
                         r = sl
                     else:
-                        i = (np.int64(hv & np.uint64(mask)) + 1) & mask
-                        while True:
-                            sl = slots[i]
-                            if sl < 0:
-                                break
-                            if row_hash[sl] == hv:
-                                r = sl
-                                break
-                            i = (i + 1) & mask
+                        r = lookup_from(slots, row_hash, hv, (home_slot(hv, mask) + 1) & mask, mask)
                 rows[j] = r
                 if r < 0:
                     nmiss += 1
@@ -423,22 +417,25 @@ class Parsed:
 
 _NO_SLOTS = np.full(1, -1, dtype=np.int32)
 _NO_HASHES = np.zeros(1, dtype=np.uint64)
+NO_KEY = np.zeros(2, dtype=np.uint64)
 
 
 def parse(buf, n_lines_hint, bufs, table=None, mode=LABELED):
     """Parse a uint8 array of complete lines; returns a Parsed.
 
-    With a FeatureTable, ``rows`` holds each feature's row (-1: not in it).
-    ``mode``: LABELED (ranking samples), KEYED or CLICK (recall files; see
-    ``Parsed.keys`` and ``key_bytes``).
+    With a FeatureTable, ``rows`` holds each feature's row (-1: not in it)
+    and ``hashes`` the names' hashes under its key (without one, under
+    ``NO_KEY``). ``mode``: LABELED (ranking samples), KEYED or CLICK (recall
+    files; see ``Parsed.keys`` and ``key_bytes``).
     """
     n = buf.shape[0]
     if n_lines_hint is None:
         n_lines_hint = bytes(buf).count(b"\n") + 1
     bufs.ensure(n, n_lines_hint)
-    slots, row_hash = (table.slots, table.row_hash) if table is not None else (_NO_SLOTS, _NO_HASHES)
+    slots, row_hash, key = ((table.slots, table.row_hash, table.key) if table is not None
+                            else (_NO_SLOTS, _NO_HASHES, NO_KEY))
     ns, nnz, nl, nbad, nslow, nclip, nmiss = parse_block(
-        buf, n, mode, slots, row_hash, bufs.ys, bufs.indptr, bufs.sample_line, bufs.hashes,
+        buf, n, mode, slots, row_hash, key, bufs.ys, bufs.indptr, bufs.sample_line, bufs.hashes,
         bufs.rows, bufs.vals, bufs.name_start, bufs.name_len, bufs.keys, bufs.bad_line,
         bufs.bad_reason, bufs.bad_col, bufs.slow_idx, bufs.slow_start, bufs.slow_end)
     p = Parsed()

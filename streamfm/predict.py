@@ -97,7 +97,8 @@ def accumulate_metrics(ys, raw, n, stats, hist):
 
 
 class OrderedWriter:
-    """Writes per-block outputs in block sequence order."""
+    """Writes per-block outputs in block sequence order (``out.write`` writes
+    all it is given or raises: output.Output)."""
 
     def __init__(self, out):
         self.out = out
@@ -206,8 +207,10 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
             summary.bad = bad.count
             progress.maybe(summary)
     finally:
-        reader.stop()
+        # also on an exception here (SIGTERM, Ctrl-C): no worker may write to
+        # ``out`` once the caller closes it
         stop.set()
+        reader.stop()
         for th in threads:
             if th.is_alive():
                 th.join()
@@ -240,6 +243,7 @@ def warm_up(fmt, dtype, log, quiet, stripped=False):
 
     from . import jit
     from .model import ModelArrays, write_model
+    from .output import open_output
     from .train import Options
 
     # importing numba mapped all of LLVM; loading cached kernels needs only part of it
@@ -249,7 +253,7 @@ def warm_up(fmt, dtype, log, quiet, stripped=False):
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
         path = os.path.join(d, "tiny." + fmt)
         if fmt == "txt":
-            with open(path, "wb") as f:
+            with open_output(path) as f:
                 f.write(b"bias 0.1 0 0\na 0.2 0.3 0 0 0 0\n")
         elif stripped:
             arrays = ModelArrays(np.frombuffer(b"biasa", np.uint8), np.array([0, 4, 5]),

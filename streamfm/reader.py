@@ -6,10 +6,15 @@ their sequence number and first line number so results can be put back in
 input order and bad lines reported with their line numbers.
 
 A block is handed out when it reaches ``block_size`` bytes, or, when the
-input pauses (a slow pipe, ``tail -f``), as soon as it holds complete lines
-and no more data came for ``linger`` seconds. The thread waits with
+input pauses (a slow pipe, ``tail -f``; a short read from a stream without
+a descriptor), as soon as it holds complete lines and no more data came for
+``linger`` seconds. The thread waits with
 ``select``, so ``stop`` takes effect within a tenth of a second even while
 the pipe is silent.
+
+A UTF-8 byte order mark at the very start of the stream (what some Windows
+editors and exporters write) is dropped here, for every command that reads
+samples: it is not part of the first line's label.
 """
 
 import os
@@ -25,6 +30,7 @@ import numpy as np
 # that the per-block Python work is noise.
 BLOCK_SIZE = 1 << 18
 _POLL = 0.1
+BOM = b"\xef\xbb\xbf"
 
 
 class Block:
@@ -96,6 +102,12 @@ class BlockReader:
         while not self._stopped():
             if fd is None:
                 chunk = self.stream.read(self.block_size)
+                if chunk and len(chunk) < self.block_size:
+                    # a short read: the source has no more for now (the API's
+                    # iterables of lines return what came within a moment)
+                    yield chunk
+                    yield None
+                    continue
             else:
                 try:
                     ready, _, _ = select.select([fd], [], [], _POLL)
@@ -116,6 +128,7 @@ class BlockReader:
         scanned = 0      # buf[:scanned] holds no '\n' after the last cut
         last_nl = -1     # position of the last '\n' in buf, or -1
         first_byte = 0.0
+        at_start = True  # the stream's first bytes may be a byte order mark
 
         def emit(cut):
             nonlocal seq, line_no, scanned, last_nl, first_byte
@@ -143,6 +156,12 @@ class BlockReader:
                     first_byte = time.time()
                 self.bytes_read += len(chunk)
                 buf += chunk
+                if at_start:
+                    if len(buf) < len(BOM) and BOM.startswith(bytes(buf)):
+                        continue  # a pipe may hand the mark over byte by byte
+                    if buf[:len(BOM)] == BOM:
+                        del buf[:len(BOM)]
+                    at_start = False
                 nl = buf.rfind(b"\n", scanned)
                 if nl >= 0:
                     last_nl = nl

@@ -41,6 +41,7 @@ Command line (``--help`` for all options)::
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import sys
@@ -48,6 +49,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from .output import OutputError, open_output
 
 __all__ = [
     "FIELD_VOCAB",
@@ -442,20 +445,20 @@ def generate_ctr(
 
 
 def write_ctr(path_or_file: Union[str, os.PathLike, BinaryIO], n_lines: int, **kwargs) -> Tuple[int, int]:
-    """Write ``generate_ctr(n_lines, **kwargs)`` to a path (``"-"`` is stdout) or a
-    binary file object. Returns (lines, bytes) written."""
+    """Write ``generate_ctr(n_lines, **kwargs)`` to a path (``"-"`` is stdout;
+    written by ``output.open_output``) or a binary file object. Returns
+    (lines, bytes) written."""
     nbytes = 0
-    if isinstance(path_or_file, (str, os.PathLike)) and os.fspath(path_or_file) != "-":
-        with open(path_or_file, "wb") as fh:
+    if isinstance(path_or_file, (str, os.PathLike)):
+        with open_output(os.fspath(path_or_file)) as fh:
             for block in generate_ctr(n_lines, **kwargs):
                 fh.write(block)
                 nbytes += len(block)
         return int(n_lines), nbytes
-    fh = sys.stdout.buffer if not hasattr(path_or_file, "write") else path_or_file
     for block in generate_ctr(n_lines, **kwargs):
-        fh.write(block)
+        path_or_file.write(block)
         nbytes += len(block)
-    fh.flush()
+    path_or_file.flush()
     return int(n_lines), nbytes
 
 
@@ -512,10 +515,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 scale=args.scale, informative_fields=args.informative,
                 block_lines=args.block_lines, explicit_one=not args.implicit_one,
             )
-        except BrokenPipeError:  # the reader went away, e.g. `| head`
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python exits
-            return 0
+        except OutputError as e:
+            if e.errno == errno.EPIPE:  # the reader went away, e.g. `| head`
+                return 0
+            raise SystemExit("error: %s" % e)
         except ValueError as e:
             raise SystemExit("error: %s" % e)
     return 0

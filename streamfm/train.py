@@ -169,7 +169,7 @@ def train_stream(model, stream, opts, log, signals=True, bad=None, progress=None
                 rw.acquire_read()
                 try:
                     ftrl.train_block(p.indptr, rows, p.vals, p.ys, p.n_samples, model.params,
-                                     model.table.row_hash, model.hp, k, flags[0], flags[1], flags[2],
+                                     model.table.row_init, model.hp, k, flags[0], flags[1], flags[2],
                                      model.seed, w.stats, w.hist)
                 finally:
                     rw.release_read()
@@ -259,10 +259,10 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     from . import jit
     from .model import Model, read_model, write_model
     from .model import add_features as model_add_features
-    from .table import find_duplicate, hash_arena
+    from .table import hash_arena, index_names
 
     jit.compile_notice([parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights,
-                        ftrl.file_state, hash_arena, find_duplicate], log, quiet)
+                        ftrl.file_state, hash_arena, index_names], log, quiet)
     tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log, signals=False)
     tiny.reserve(2000, 0)  # table growth has kernels of its own

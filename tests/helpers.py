@@ -111,3 +111,21 @@ def model_names(arrays):
 def write_lines(path, lines):
     with open(path, "wb") as f:
         f.write(b"".join(ln + b"\n" for ln in lines))
+
+
+def without_hash_key(data):
+    """A binary model's bytes with its random hash key (and the header crc) zeroed.
+
+    Each model draws its own key (docs: Feature hash), so two runs that
+    compute the same model differ in those 20 bytes and nowhere else; text
+    models carry no key and pass through unchanged.
+    """
+    import msgpack
+
+    if not data.startswith(b"\x89SFMBIN\n"):
+        return data
+    hlen = int.from_bytes(data[8:12], "little")
+    key = msgpack.unpackb(data[16:16 + hlen], raw=False)["hash_key"]
+    assert isinstance(key, bytes) and len(key) == 16
+    i = data.index(b"\xa8hash_key\xc4\x10" + key, 16, 16 + hlen) + 11
+    return data[:12] + bytes(4) + data[16:i] + bytes(16) + data[i + 16:]

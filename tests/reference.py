@@ -1,12 +1,12 @@
 """A slow, obviously-correct FTRL-FM trainer the numba kernels are checked against.
 
-Written from the update rule of alphaFM's ftrl_trainer.h (DESIGN section 4),
+Written from the update rule of alphaFM's ftrl_trainer.h (docs/design.md, "The FTRL-Proximal update"),
 one sample at a time, in plain Python floats. Only the random numbers (the
 initial v draws and -fvs re-draws) come from streamfm, because they are the
 generator's definition rather than the update:
 
-- a new feature's v[f] = init_stdev * gauss(init_key(hash(name), seed), f)
-- the -fvs re-draw uses key = mix64(init_key(hash(name), seed) ^ bits(w_n)),
+- a new feature's v[f] = init_stdev * gauss(init_key(init_hash(name), seed), f)
+- the -fvs re-draw uses key = mix64(init_key(init_hash(name), seed) ^ bits(w_n)),
   bits(w_n) being the uint64 bit pattern of the float64 w_n at that moment,
   and replaces only the v[f] whose v_n[f] is still 0.
 
@@ -21,7 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from streamfm import ftrl
-from streamfm.table import hash_name
+from streamfm.table import init_hash
 
 SGN_EPS = 1e-10
 
@@ -74,12 +74,12 @@ def f64_bits(x):
 
 
 def initial_v(name, k, seed, stdev):
-    key = np.uint64(ftrl.init_key(np.uint64(hash_name(name)), seed))
+    key = np.uint64(ftrl.init_key(np.uint64(init_hash(name)), seed))
     return [stdev * float(ftrl.gauss(key, f)) for f in range(k)]
 
 
 def redraw_v(name, w_n, k, seed, stdev):
-    base = np.uint64(ftrl.init_key(np.uint64(hash_name(name)), seed))
+    base = np.uint64(ftrl.init_key(np.uint64(init_hash(name)), seed))
     key = np.uint64(ftrl._mix64(np.uint64(base ^ f64_bits(w_n))))
     return [stdev * float(ftrl.gauss(key, f)) for f in range(k)]
 
@@ -254,7 +254,7 @@ class ReferenceFM:
 
 
 def parse_line(line):
-    """(label, [(name, x), ...]) of one input line, by DESIGN section 3's grammar."""
+    """(label, [(name, x), ...]) of one input line, by the grammar of docs/design.md, "Input lines"."""
     tokens = line.split()
     if not tokens:
         return None

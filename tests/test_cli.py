@@ -303,9 +303,12 @@ def test_bad_lines_file_holds_every_bad_line(tmp_path, train_data):
     assert sorted(bl2.read_bytes().splitlines()) == sorted(bl.read_bytes().splitlines())
 
 
-def test_empty_input_writes_a_bias_only_model(tmp_path):
+def test_empty_input_with_allow_empty_writes_a_bias_only_model(tmp_path):
     p = tmp_path / "empty.txt"
-    proc = fm_train("-m", p, input=b"")
+    # without --allow-empty nothing is written (tests/test_validation.py)
+    assert_one_line_error(fm_train("-m", p, input=b""), "--allow-empty", code=3)
+    assert not p.exists()
+    proc = fm_train("-m", p, "--allow-empty", input=b"")
     assert_ok(proc)
     assert "warning" in text(proc.stderr) and "empty" in text(proc.stderr)
     assert p.read_bytes() == b"bias 0 0 0\n"

@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL while a model is written, SIGINT/SIGTERM while training.
 
-DESIGN section 5: every model file is written to a temporary file beside the
+docs/design.md, "File formats" and "Output files": every model file is written to a temporary file beside the
 target and renamed over it, so a crash never leaves a half-written model.
 fm_train: without --save-on-interrupt an interrupted run writes nothing and
 exits 128+signal; with it, it writes the model trained so far and exits 0.
@@ -62,7 +62,7 @@ def test_sigkill_while_writing_keeps_the_previous_model(tmp_path, big_model, fmt
     _small_model(target, fmt)
     before = target.read_bytes()
     proc = subprocess.Popen([FM_TRAIN, "-im", str(big_model), "-m", str(target), "-mf", fmt, "-dim", "1,1,%d" % K,
-                             "--quiet"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             "--quiet", "--allow-empty"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60
@@ -104,7 +104,8 @@ def test_sigkill_while_writing_keeps_the_previous_model(tmp_path, big_model, fmt
 
 def test_sigkill_while_writing_a_first_model_leaves_no_model(tmp_path, big_model):
     target = tmp_path / "first.txt"
-    proc = subprocess.Popen([FM_TRAIN, "-im", str(big_model), "-m", str(target), "-dim", "1,1,%d" % K, "-q"],
+    proc = subprocess.Popen([FM_TRAIN, "-im", str(big_model), "-m", str(target), "-dim", "1,1,%d" % K, "-q",
+                             "--allow-empty"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60

@@ -115,7 +115,8 @@ def test_zero_value_drops_feature_and_empty_sample_trains_bias():
 
 
 def test_input_grammar_edge_cases():
-    """Labels and values in the forms DESIGN section 3 allows train as the numbers they denote."""
+    """Labels and values in the forms the grammar allows (docs/design.md, "Input lines")
+    train as the numbers they denote."""
     text = (b"1 a:2 b c\n0 b:1 c:-1 d\n"
             b"1\n"                                  # no features: trains the bias
             b"0.5 a:.5 b:5.\n-0.5 a:+2 c:1E3\n"    # label > 0 is positive
@@ -241,7 +242,7 @@ def test_block_boundaries_crlf_and_growth():
 
 
 def test_large_feature_values_not_clipped():
-    """x is used as given (alphaFM and DESIGN section 3 have no limit on |x|).
+    """x is used as given (alphaFM and the grammar in docs/design.md, "Input lines", have no limit on |x|).
 
     Fails today: streamfm.parse clips |x| > 1e9 (VALUE_CLIP) to +-1e9, so a
     value such as a Unix time stamp (1.7e9) trains as 1e9.

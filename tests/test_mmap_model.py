@@ -126,3 +126,45 @@ def test_an_index_matches_the_float32_copy_of_its_model(models, tmp_path):
     fp32 = model_fingerprint(w32)
     assert fingerprint_matches(fp32, w32) and fingerprint_matches(fp32, w64)
     assert not fingerprint_matches({}, w64)
+
+
+@pytest.mark.parametrize("case", ["header dtype object", "array dtype object", "array dtype float32 in a float64 model",
+                                  "hyper w_alpha nan", "k = -1", "name offsets as float"])
+def test_mapped_load_keeps_the_header_checks(models, tmp_path, case):
+    """A crafted header is refused by a mapped load (fm_predict, fm_serve) as by a read one."""
+    from streamfm.serve.state import load_model
+    from test_validation import HEADER_EDITS, craft
+
+    edit, needle = HEADER_EDITS[case]
+    bad = craft(models["full"], tmp_path / "bad.bin", edit_header=edit)
+    for load in (lambda: read_model(str(bad), state=False, mmap=True), lambda: load_model(str(bad), mmap=True)):
+        with pytest.raises(ModelFormatError, match="bad.bin") as e:
+            load()
+        assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("which,array", [("full", "params"), ("strip", "weights"), ("f32", "weights")])
+def test_mapped_load_refuses_a_nonfinite_number(models, tmp_path, which, array):
+    from streamfm.serve.state import load_model
+    from test_validation import craft
+
+    def poison(arr):
+        arr[2, 1] = np.nan
+    bad = craft(models[which], tmp_path / "bad.bin", edit_array=(array, poison))
+    for load in (lambda: read_model(str(bad), state=False, mmap=True), lambda: load_model(str(bad), mmap=True)):
+        with pytest.raises(ModelFormatError, match="array %r row 2 holds nan" % array):
+            load()
+
+
+def test_mapped_model_carries_the_hash_key(models):
+    """A mapped model looks names up under the key its file stores (the keyed table hash)."""
+    from streamfm.model import read_bin_header
+    from streamfm.table import key_from_bytes
+
+    for which in ("full", "strip", "f32"):
+        key = read_bin_header(str(models[which]))["hash_key"]
+        m = ServingModel.load(str(models[which]), mmap=True)
+        assert np.array_equal(m.table.key, key_from_bytes(key))
+        assert m.table.row_init is None  # lookup-only: no init hashes kept
+        read = ServingModel.load(str(models[which]))
+        assert np.array_equal(m.table.row_hash[1:m.n_rows], read.table.row_hash[1:read.n_rows])

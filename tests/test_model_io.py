@@ -1,4 +1,4 @@
-"""Model files (DESIGN section 5): alphaFM text, streamfm text and binary,
+"""Model files (docs/design.md, "File formats"): alphaFM text, streamfm text and binary,
 stripped models, fm_dump, and clean one-line errors for every broken file."""
 
 import io
@@ -172,7 +172,7 @@ def test_alphafm_model_continues_with_its_state(tmp_path):
     src = tmp_path / "alpha.txt"
     src.write_bytes(ALPHA_MODEL)
     out = tmp_path / "out.txt"
-    proc = fm_train("-im", src, "-m", out, "-dim", "1,1,%d" % ALPHA_K, "--quiet", input=b"")
+    proc = fm_train("-im", src, "-m", out, "-dim", "1,1,%d" % ALPHA_K, "--quiet", "--allow-empty", input=b"")
     assert_ok(proc)
     a = read_model(str(src))
     b = read_model(str(out))

@@ -1,4 +1,4 @@
-"""The input line grammar (DESIGN section 3) as streamfm.parse implements it.
+"""The input line grammar (docs/design.md, "Input lines") as streamfm.parse implements it.
 
 Every rule and every bad-line class is checked on hand-written lines; a
 hypothesis property test compares the parser with an independent pure-Python
@@ -16,10 +16,15 @@ from hypothesis import strategies as st
 
 from helpers import bad_of, parse_bytes, samples_of
 from streamfm import parse
-from streamfm.table import hash_name
+from streamfm.table import hash_name as keyed_hash_name
 
 R = parse
 CLIP = parse.VALUE_CLIP
+
+
+def hash_name(name):
+    """The hash parse() gives a name when no table is given (under NO_KEY)."""
+    return keyed_hash_name(name, parse.NO_KEY)
 
 
 def one(line):
@@ -444,7 +449,7 @@ def _is_control(b):
 
 
 def reference_parse(data):
-    """(samples, bad, clipped) of ``data`` by the grammar of DESIGN section 3."""
+    """(samples, bad, clipped) of ``data`` by the grammar of docs/design.md, "Input lines"."""
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()

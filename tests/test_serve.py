@@ -707,14 +707,14 @@ def test_server_with_ann_answers_exact_on_request(files):
 
 # -- the command -----------------------------------------------------------------------
 
-def start_cli(*args, timeout=900):
+def start_cli(*args, timeout=900, cwd=None):
     """fm_serve in a subprocess on a free port; returns (process, base url)."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
     proc = subprocess.Popen([FM_SERVE, "--port", str(port)] + [str(a) for a in args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     url = "http://127.0.0.1:%d" % port
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -829,3 +829,68 @@ def test_cli_refuses_to_start_on_a_bad_set(files, tmp_path, what):
     assert "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
     assert {"no_model": "no such", "broken_model": "truncated", "mismatched_index": "built from"}[what] in err
+
+
+# -- raw records through fm_sample's featurizer (--spec) --------------------------------
+
+def test_cli_spec_record_scores_exactly_as_its_fm_sample_line_in_fm_predict(tmp_path):
+    """A raw impression sent to ``fm_serve --spec`` scores exactly as the line
+    ``fm_sample rank`` writes for the same log record scores in ``fm_predict``."""
+    from helpers import FM_PREDICT, FM_TRAIN, run
+    from sample_helpers import fm_sample, make_dir, random_rows, write_log
+    from test_sample_identity import learning_spec
+
+    rows = random_rows(120, seed=4)
+    spec = make_dir(tmp_path, learning_spec(rows))
+    log = tmp_path / "log.jsonl"
+    write_log(log, rows, "jsonl")
+    frozen = tmp_path / "frozen.json"
+    r = fm_sample("fit", "--spec", spec, "--input", log, "-o", frozen, "-q")
+    assert r.returncode == 0, r.stderr
+    r = fm_sample("rank", "--spec", frozen, "--input", log, "--negatives", "all", "-q")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout
+    model = tmp_path / "m.bin"
+    r = run(FM_TRAIN, "-m", model, "-dim", "1,1,4", "--seed", "3", "-q", input=lines)
+    assert r.returncode == 0, r.stderr
+    r = run(FM_PREDICT, "-m", model, "-q", input=lines)
+    assert r.returncode == 0, r.stderr
+    want = [float(ln.split()[1]) for ln in r.stdout.splitlines()]
+    records = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert len(records) == len(want) > 300
+
+    proc, url = start_cli("-m", model, "--spec", frozen, "--poll-interval", "0", "--max-samples", "5000", cwd=tmp_path)
+    try:
+        got = httpx.post(url + "/v1/score", json={"records": records}, timeout=60)
+        assert got.status_code == 200, got.text
+        assert got.json()["probabilities"] == want          # equal, not close
+        one = httpx.post(url + "/v1/score", json={"records": records[7:8]}).json()["probabilities"]
+        assert one == want[7:8]
+        # qualified attribute names route like the log's columns
+        rec = dict(records[7])
+        q = {"user.uid": rec.pop("uid"), "item.iid": rec.pop("iid")}
+        q.update({k: v for k, v in rec.items() if k not in ("uid", "iid")})
+        assert httpx.post(url + "/v1/score", json={"records": [q]}).json()["probabilities"] == want[7:8]
+        h = httpx.get(url + "/healthz").json()
+        assert h["spec"]["fingerprint"] == json.loads(frozen.read_text())["fingerprint"]
+        for bad, why in (([{"uid": "u1", "iid": "i1", "colour": "red"}], "unknown name 'colour'"),
+                         ([{"uid": "u1", "user.uid": "u2"}], "given twice"),
+                         (["uid=u1"], "a record is an object"),
+                         ([{"uid": {"nested": 1}}], "records")):
+            r = httpx.post(url + "/v1/score", json={"records": bad})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "bad_record" and why in r.json()["error"]["message"], r.text
+    finally:
+        code, err = stop_cli(proc)
+    assert "Traceback" not in err, err
+
+
+def test_cli_refuses_a_bad_spec(files, tmp_path):
+    d, p = files
+    bad = tmp_path / "spec.json"
+    bad.write_text("{}")
+    proc = subprocess.run([FM_SERVE, "--port", "0", "-m", p["model"], "--spec", bad], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.startswith("fm_serve: --spec %s: " % bad) and len(err.strip().splitlines()) == 1, err

@@ -1,4 +1,4 @@
-"""FM recall (DESIGN section 6): u2i, i2i, u2u and i2u from one FM model.
+"""FM recall (docs/design.md, "Recall"): u2i, i2i, u2u and i2u from one FM model.
 
 Modules:
 

@@ -1,10 +1,11 @@
-"""fm_recall: train, index, query, eval (DESIGN section 6).
+"""fm_recall: train, index, query, eval (docs/design.md, "Recall").
 
 Flags follow fm_train's: alphaFM's single-dash names for what alphaFM has
 (-m -mf -dim -w_alpha ... -core -im -imf -fvs -mnt), GNU style for the rest.
 Errors print one line ``fm_recall <command>: error: ...``; bad input exits 3
-(``--on-error stop``), other failures 1; no model or index file is written
-by a failed run.
+(``--on-error stop``, ``--max-bad-fraction``, no valid click for train, no
+valid record for index), other failures 1; no model or index file is
+written by a failed run.
 """
 
 import json
@@ -17,17 +18,19 @@ import click
 import numpy as np
 
 from ..badlines import BadInputStop
-from ..cli import (CONTEXT, EXIT_BAD_INPUT, _check_writable, _continue_seed, _fmt_seconds, _hp_options,
-                   interruptible, log, parse_dim, to_output)
+from ..cli import (CONTEXT, EXIT_BAD_INPUT, SEED, FiniteFloat, _check_distinct, _check_writable, _continue_seed,
+                   _fmt_seconds, _hp_options, interruptible, log, output_failed, parse_dim, report, spare_rows,
+                   to_output)
 from ..metrics import fmt_int
 from ..model import ModelError, dtype_of
+from ..output import OutputError
 
 _ON_ERROR = click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
                          help="On a bad line: skip it (counted and reported with its line number), "
                               "or stop, write nothing and exit 3.")
 _BAD_LINES = click.option("--bad-lines", metavar="FILE", default=None,
                           help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
-_MAX_BAD = click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=None, metavar="F",
+_MAX_BAD = click.option("--max-bad-fraction", type=FiniteFloat(0, 1), default=None, metavar="F",
                         help="Stop (nothing written, exit 3) when more than this fraction of lines is bad.")
 _QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 
@@ -164,7 +167,7 @@ def fm_recall():
               show_default=True,
               help="Draw negatives uniformly from the catalog, or by click count (to the power 1 or "
                    "0.75; counts as seen so far, the whole log with --epochs > 1).")
-@click.option("--pop-suppress", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="T",
+@click.option("--pop-suppress", type=FiniteFloat(0, 1), default=0.0, show_default=True, metavar="T",
               help="Keep a click on an item with click share f with probability "
                    "min(1, sqrt(T/f) + T/f), as word2vec does; 0 keeps every click. Try 1e-3.")
 @click.option("--hard-neg", type=click.IntRange(0, 100000), default=0, show_default=True, metavar="M",
@@ -174,8 +177,9 @@ def fm_recall():
 @click.option("--loss", type=click.Choice(["hinge", "bpr", "logistic"]), default="hinge", show_default=True,
               help="Pairwise hinge max(0, margin - s(u,i+) + s(u,i-)), pairwise BPR "
                    "-log sigmoid(s(u,i+) - s(u,i-)), or pointwise logistic (clicks 1, negatives 0).")
-@click.option("--margin", type=float, default=1.0, show_default=True, help="Margin of the hinge loss.")
-@click.option("--seed", type=int, default=None,
+@click.option("--margin", type=FiniteFloat(0), default=1.0, show_default=True,
+              help="Margin of the hinge loss (>= 0).")
+@click.option("--seed", type=SEED, default=None,
               help="Seed of the initial v and of sampling and shuffling (default: the -im binary "
                    "model's seed, else 0).")
 @click.option("--keep-untrained", is_flag=True,
@@ -186,12 +190,15 @@ def fm_recall():
 @_BAD_LINES
 @click.option("--save-on-interrupt", is_flag=True,
               help="On SIGINT/SIGTERM, write the model trained so far (default: write nothing).")
+@click.option("--allow-empty", is_flag=True,
+              help="Write the model even when no valid click (one whose item is in --items) was read: "
+                   "the -im model's trained features, or only the bias (default: write nothing, exit 3).")
 @_QUIET
 @interruptible("fm_recall train")
 def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
               init_stdev, cores, init_model, init_model_format, fvs, mnt, items_path, input_path, epochs, neg,
               neg_dist, pop_suppress, hard_neg, hard_neg_model, loss, margin, seed, keep_untrained, on_error,
-              max_bad_fraction, bad_lines, save_on_interrupt, quiet):
+              max_bad_fraction, bad_lines, save_on_interrupt, allow_empty, quiet):
     """Train an FM for recall on click lines from standard input.
 
     Each click 'USER_KEY NAME:VALUE ... | ITEM_KEY' is a positive; negatives
@@ -223,6 +230,9 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         raise click.UsageError("--hard-neg-model needs --hard-neg M")
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
+    _check_distinct("fm_recall train", [("-m", model_path), ("--bad-lines", bad_lines)],
+                    [("--items", items_path), ("--input", input_path or "-"), ("-im", init_model),
+                     ("--hard-neg-model", hard_neg_model)], allow={("-m", "-im")})
     _check_writable(model_path, "fm_recall train")
     if bad_lines:
         _check_writable(bad_lines, "fm_recall train")
@@ -237,13 +247,13 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
             seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
-            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype)
+            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare_rows(k, dtype, 1 << 16))
             del arrays
             if not quiet:
                 log("fm_recall train: continuing %s: %s features" % (init_model, fmt_int(model.n_rows - 1)))
         else:
             seed = 0 if seed is None else seed
-            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=1 << 18,
+            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=spare_rows(k, dtype, 1 << 18),
                           arena_capacity=1 << 22)
         hard = None
         if hard_neg_model:
@@ -256,11 +266,13 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                                            progress=ReadProgress(log, "fm_recall train", quiet)).read_all())
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed("fm_recall " + cmd, e)
     if catalog.n < 2:
         fail(cmd, "%s holds %d item(s); negatives need a catalog of at least 2" % (items_path, catalog.n))
-    if catalog.keys.duplicates and not quiet:
+    if catalog.duplicates and not quiet:
         log("fm_recall train: warning: %d repeated item keys in %s; the first line of each is used"
-            % (catalog.keys.duplicates, items_path))
+            % (catalog.duplicates, items_path))
     if not quiet:
         log("fm_recall train: %s items in the catalog (%s), %s features" % (
             fmt_int(catalog.n), _fmt_seconds(time.time() - t0), fmt_int(model.n_rows - 1)))
@@ -275,11 +287,17 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                             stop=stop.event, progress=progress)
         except BadInputStop as e:
             fail(cmd, str(e) + ", no model written", EXIT_BAD_INPUT)
+        except OutputError as e:
+            output_failed("fm_recall " + cmd, e)
         except OSError as e:
             fail(cmd, "reading clicks: %s" % (e.strerror or e))
     if stop.signal and not save_on_interrupt:
         log("fm_recall train: interrupted (%s); no model written (--save-on-interrupt writes it)" % stop.signal)
         sys.exit(128 + getattr(signal, stop.signal))
+    if summary.clicks == 0 and not allow_empty:
+        fail(cmd, "no valid click in %s lines of input (%s bad, %s not in --items); no model written "
+             "(--allow-empty writes it anyway)" % (fmt_int(summary.lines), fmt_int(summary.bad),
+                                                   fmt_int(summary.not_in_catalog)), EXIT_BAD_INPUT)
     if summary.trained == 0 and not quiet:
         log("fm_recall train: warning: no click was trained on")
     t_write = time.time()
@@ -289,7 +307,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         else:
             src, dropped = drop_untrained(model)
         write_model(src, model_path, model_format)
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail(cmd, str(e))
     if not quiet:
         s = summary
@@ -365,10 +383,11 @@ class _TrainProgress:
 def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fraction, bad_lines, quiet):
     """Embed every item (or user) record with the model into an index file.
 
-    A record's row is [V, lin + inter] (DESIGN section 6), computed from
+    A record's row is [V, lin + inter] (docs/design.md, "Recall"), computed from
     whatever of its features the model knows: a new item or user (cold
     start) is embedded from its other features. Repeated keys keep their
-    first line.
+    first line. A file without a single valid record writes no index and
+    exits 3.
     """
     from .. import jit, parse
     from .embed import embed, embed_records
@@ -380,18 +399,27 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
         raise click.UsageError("give exactly one of --items FILE or --users FILE")
     path = items_path or users_path
     kind = "items" if items_path else "users"
+    _check_distinct("fm_recall index", [("-o", out_path), ("--bad-lines", bad_lines)],
+                    [("-m", model_path), ("--" + kind, path)])
     _check_writable(out_path, "fm_recall index")
+    if bad_lines:
+        _check_writable(bad_lines, "fm_recall index")
     jit.compile_notice([parse.parse_block, embed_records], log, quiet)
     t0 = time.time()
     model = _load_serving(model_path, cmd)
     f = _open(path, cmd, "--" + kind)
     try:
         with f:
-            recs = RecordReader(f, parse.KEYED, _opts(1, on_error, max_bad_fraction, quiet, bad_lines), log,
-                                path, table=model.table,
-                                progress=ReadProgress(log, "fm_recall index", quiet)).read_all()
+            reader = RecordReader(f, parse.KEYED, _opts(1, on_error, max_bad_fraction, quiet, bad_lines), log,
+                                  path, table=model.table, progress=ReadProgress(log, "fm_recall index", quiet))
+            recs = reader.read_all()
     except BadInputStop as e:
         fail(cmd, str(e) + ", no index written", EXIT_BAD_INPUT)
+    except OutputError as e:
+        output_failed("fm_recall " + cmd, e)
+    if recs.n == 0:
+        fail(cmd, "%s holds no valid record (%s lines, %s bad); no index written"
+             % (path, fmt_int(reader.lines), fmt_int(reader.bad.count)), EXIT_BAD_INPUT)
     from .keys import KeyIndex
 
     keys = KeyIndex(recs.key_hash)
@@ -400,7 +428,7 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
     vec, _own, empty = embed(recs, model.weights, model.k)
     try:
         write_index(out_path, kind, vec, recs.key_arena, recs.key_off, model_fingerprint(model.weights))
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         fail(cmd, str(e))
     if not quiet:
         log("fm_recall index: %s %s, %d factors, written to %s (%s)" % (
@@ -469,8 +497,12 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
         raise click.BadParameter("%s ranks by the FM score; --metric is for i2i and u2u" % mode,
                                  param_hint="--metric")
     metric = metric or ("ip" if pair else "cos")
-    if out_path != "-":
-        _check_writable(out_path, "fm_recall query")
+    _check_distinct("fm_recall query", [("-out", out_path), ("--bad-lines", bad_lines)],
+                    [("--input", input_path or "-"), ("-m", model_path), ("--index", index_path),
+                     ("--exclude", exclude_path), ("--query-index", query_index_path)])
+    _check_writable(out_path, "fm_recall query")
+    if bad_lines:
+        _check_writable(bad_lines, "fm_recall query")
     jit.compile_notice([parse.parse_block, topn_range, format_results], log, quiet)
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
@@ -550,6 +582,7 @@ class _QueryProgress:
 @_ON_ERROR
 @_QUIET
 @interruptible("fm_recall eval")
+@report("fm_recall eval")
 def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json, on_error, quiet):
     """HitRate@K, Recall@K, NDCG@K and catalog coverage of u2i on held-out clicks.
 
@@ -569,6 +602,8 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
         klist = []
     if not klist or klist[0] < 1:
         raise click.BadParameter("expected positive integers such as 10,50,100, got %r" % ks, param_hint="-k")
+    _check_distinct("fm_recall eval", [("", "-")], [("--input", input_path or "-"), ("-m", model_path),
+                                                   ("--index", index_path), ("--train", train_path)])
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
     if index.kind != "items":

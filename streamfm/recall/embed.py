@@ -1,4 +1,4 @@
-"""Record vectors from an FM (DESIGN section 6).
+"""Record vectors from an FM (docs/design.md, "Recall").
 
 With a sample's features split into a user part U and an item part I::
 

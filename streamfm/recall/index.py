@@ -30,7 +30,8 @@ import msgpack
 import numpy as np
 from numba import njit
 
-from ..model import AtomicFile, ModelError
+from ..model import MAX_K, ModelError, array_specs, check_finite
+from ..output import open_output
 
 MAGIC = b"\x89SFMIDX\n"
 FORMAT_NAME = "streamfm-recall-index"
@@ -109,7 +110,7 @@ def write_index(path, kind, vectors, key_arena, key_off, model_info):
     packed = msgpack.packb(header, use_bin_type=True)
     if len(packed) + 16 > specs[0]["offset"]:
         raise IndexError_("%s: index header too large" % path)
-    with AtomicFile(path) as f:
+    with open_output(path) as f:
         f.write(MAGIC)
         f.write(np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes())
         f.write(packed)
@@ -168,6 +169,29 @@ class Index:
         return self._prepared[key]
 
 
+# the arrays' types; a header's dtype strings are compared with these, never given to numpy
+_DTYPES = {"vectors": np.dtype("<f4"), "key_off": np.dtype("<i8"), "keys": np.dtype(np.uint8)}
+
+
+def _index_specs(path, header, size):
+    """The header's arrays, checked against its kind, k and n (IndexError_ when they disagree)."""
+    k, n = header.get("k"), header.get("n")
+    if not isinstance(header.get("model", {}), dict):
+        raise IndexError_("%s: corrupted header: model fingerprint %r" % (path, header.get("model")))
+    if header.get("kind") not in KINDS:
+        raise IndexError_("%s: corrupted header: kind %r (items or users)" % (path, header.get("kind")))
+    if not (isinstance(k, int) and isinstance(n, int)) or isinstance(k, bool) or isinstance(n, bool) \
+            or not 0 <= k <= MAX_K or n < 0:
+        raise IndexError_("%s: corrupted header: k = %r, n = %r" % (path, k, n))
+    specs = array_specs(path, header, size, {"vectors": (_DTYPES["vectors"], (n, k + 1)),
+                                             "key_off": (_DTYPES["key_off"], (n + 1,)),
+                                             "keys": (_DTYPES["keys"], (None,))})
+    if len(specs) != 3:
+        raise IndexError_("%s: corrupted header: arrays %s missing" % (
+            path, ", ".join(sorted(set(_DTYPES) - set(specs)))))
+    return specs
+
+
 def read_index(path):
     try:
         size = os.path.getsize(path)
@@ -179,23 +203,30 @@ def read_index(path):
             packed = f.read(int(hlen))
             if len(packed) != hlen or zlib.crc32(packed) != hcrc:
                 raise IndexError_("%s: corrupted or truncated index header" % path)
-            header = msgpack.unpackb(packed, raw=False)
-            if header.get("format") != FORMAT_NAME:
+            try:
+                header = msgpack.unpackb(packed, raw=False)
+            except Exception as e:  # msgpack raises several types for bad bytes
+                raise IndexError_("%s: corrupted index header (%s)" % (path, e)) from None
+            if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
                 raise IndexError_("%s: not a streamfm recall index" % path)
-            if header.get("version", 0) > FORMAT_VERSION:
+            version = header.get("version", 0)
+            if not isinstance(version, int) or version > FORMAT_VERSION:
                 raise IndexError_("%s: index version %s is newer than this streamfm reads"
                                   % (path, header.get("version")))
+            specs = _index_specs(path, header, size)
             out = {}
-            for a in header["arrays"]:
-                if a["offset"] + a["nbytes"] > size:
-                    raise IndexError_("%s: truncated in array %r" % (path, a["name"]))
-                arr = np.empty(a["shape"], dtype=np.dtype(a["dtype"]))
+            for a in specs.values():
+                arr = np.empty(a["shape"], dtype=_DTYPES[a["name"]])
                 f.seek(a["offset"])
                 if a["nbytes"] and f.readinto(memoryview(arr).cast("B")) != a["nbytes"]:
                     raise IndexError_("%s: truncated in array %r" % (path, a["name"]))
                 if zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
                     raise IndexError_("%s: corrupted: checksum mismatch in array %r" % (path, a["name"]))
                 out[a["name"]] = arr
+        off = out["key_off"]
+        if off[0] != 0 or off[-1] != out["keys"].shape[0] or np.any(np.diff(off) < 0):
+            raise IndexError_("%s: corrupted: inconsistent key offsets" % path)
+        check_finite(path, "vectors", out["vectors"])
     except FileNotFoundError:
         raise IndexError_("%s: no such index file" % path) from None
     except IsADirectoryError:
@@ -204,6 +235,8 @@ def read_index(path):
         if isinstance(e, IndexError_):
             raise
         raise IndexError_("%s: cannot read index: %s" % (path, getattr(e, "strerror", None) or e)) from None
+    except ModelError as e:
+        raise IndexError_(str(e)) from None
     return Index(header["kind"], out["vectors"], out["keys"], out["key_off"], header.get("model"), path)
 
 

@@ -1,21 +1,32 @@
 """Record keys (item or user ids) -> positions, and key bytes kept in an arena.
 
-A key is any token; it is identified by the same 64-bit hash the feature
-table uses for names (``table.hash_bytes``), and looked up in an open
-addressing index over those hashes (``table.lookup_one`` / ``table._place``).
+A key is any token; it is identified by the keyed 64-bit hash the feature
+table uses for names (``table.hash_bytes``), and looked up in the table's
+open addressing index (``table.find_or_place`` / ``table.lookup_one``).
+
+Keys come from users' files, so their hash is keyed too: with ``KEY``, one
+random key per process (``table.new_key``). Every record set, index and
+query of a process hashes with it; nothing stores these hashes (an index
+file keeps the key bytes and they are hashed again when it is read).
 """
 
 import numpy as np
 from numba import njit
 
-from ..table import EMPTY, hash_bytes, index_size, lookup_one
+from ..table import EMPTY, find_or_place, hash_bytes, index_size, lookup_one, new_key
+
+KEY = new_key()
+
+
+def hash_spans(buf, spans, col, n, out):
+    """out[s] = hash of buf[spans[s, col]:spans[s, col + 1]] for s < n (under KEY)."""
+    hash_spans_with(buf, spans, col, n, out, KEY)
 
 
 @njit(cache=True, nogil=True)
-def hash_spans(buf, spans, col, n, out):
-    """out[s] = hash of buf[spans[s, col]:spans[s, col + 1]] for s < n."""
+def hash_spans_with(buf, spans, col, n, out, key):
     for s in range(n):
-        out[s] = hash_bytes(buf, spans[s, col], spans[s, col + 1])
+        out[s] = hash_bytes(buf, spans[s, col], spans[s, col + 1], key)
 
 
 @njit(cache=True, nogil=True)
@@ -37,22 +48,11 @@ def build_index(slots, key_hash, n, first_of):
     first_of[i] = the position whose key is indexed for key i (i itself,
     or the earlier duplicate). Returns the number of duplicates.
     """
-    mask = slots.shape[0] - 1
     dups = 0
     for r in range(n):
-        h = key_hash[r]
-        i = np.int64(h & np.uint64(mask))
-        first_of[r] = r
-        while True:
-            s = slots[i]
-            if s == EMPTY:
-                slots[i] = r
-                break
-            if key_hash[s] == h:
-                first_of[r] = s
-                dups += 1
-                break
-            i = (i + 1) & mask
+        first_of[r] = find_or_place(slots, key_hash, r)
+        if first_of[r] != r:
+            dups += 1
     return dups
 
 

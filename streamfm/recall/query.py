@@ -6,7 +6,7 @@ embedded with the model, searched (``index.Searcher``: exact top-N over
 order. A query line without features takes its vector from an index that
 holds its key (``--query-index``, or the searched index for i2i and u2u).
 
-Modes (DESIGN section 6): u2i ranks the items index by the FM score of
+Modes (docs/design.md, "Recall"): u2i ranks the items index by the FM score of
 (user, item), i2u the users index by the FM score of (user, item) for the
 query item; i2i and u2u rank by cosine of V (or inner product with
 ``--metric ip``). Printed scores: the raw FM score (u2i, i2u), else the
@@ -109,13 +109,15 @@ class QueryRunner:
         self.w0 = float(model.weights[0, 0])
 
     def vectors(self, recs, summary):
-        """Query rows for the kernel, and each query's own score part (pair modes)."""
+        """Query rows for the kernel, each query's own score part (pair modes), and
+        which queries have nothing to rank by (no features, a key no index holds)."""
         k = self.model.k
         vec, own, _ = embed(recs, self.model.weights, k)
         lens = np.diff(recs.indptr)
         rec_of = np.repeat(np.arange(recs.n), lens)
         known = np.bincount(rec_of[recs.rows >= 0], minlength=recs.n)
         bare = np.flatnonzero(lens == 0)
+        unresolved = np.zeros(recs.n, np.bool_)
         if bare.shape[0]:
             found = (self.query_index.keys.lookup(recs.key_hash[bare]) if self.query_index is not None
                      else np.full(bare.shape[0], -1, np.int64))
@@ -124,16 +126,22 @@ class QueryRunner:
                 vec[bare[ok]] = self.query_index.vectors[found[ok]]
                 own[bare[ok]] = self.query_index.vectors[found[ok], k]
             summary.unresolved += int((~ok).sum())
+            unresolved[bare[~ok]] = True
             vec[bare[~ok]] = 0.0
             own[bare[~ok]] = 0.0
         summary.no_known += int(((lens > 0) & (known == 0)).sum())
-        return query_vectors(vec, self.searcher.metric, self.pair), own
+        return query_vectors(vec, self.searcher.metric, self.pair), own, unresolved
 
     def answer(self, recs, summary):
-        """(rows, scores to print) for a block of query records."""
-        qs, own = self.vectors(recs, summary)
+        """(rows, scores to print) for a block of query records.
+
+        A query with nothing to rank by gets an empty result (every row -1),
+        never a ranking of zeros or of the candidates' own score parts.
+        """
+        qs, own, unresolved = self.vectors(recs, summary)
         excl = self.excl.for_queries(recs.key_hash) if self.excl is not None and len(self.excl) else None
         idx, sc = self.searcher.search(qs, self.topn, excl, recs.key_hash)
+        idx[unresolved] = -1
         add = (own + self.w0) if self.pair else np.zeros(recs.n)
         return idx, sc, add
 

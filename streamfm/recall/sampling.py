@@ -1,4 +1,4 @@
-"""Negative sampling and popularity suppression (DESIGN section 6).
+"""Negative sampling and popularity suppression (docs/design.md, "Recall").
 
 - Random numbers: a counter-based generator (splitmix64) whose state is one
   uint64 per thread, so runs are reproducible from ``--seed`` and threads

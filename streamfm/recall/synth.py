@@ -1,4 +1,4 @@
-"""Deterministic synthetic recall data: items, users, clicks (DESIGN section 6 formats).
+"""Deterministic synthetic recall data: items, users, clicks (formats: docs/design.md, "Recall").
 
 Items have an id, a category, a brand and a price band; users an id, an age
 band, a gender and a city. A hidden model decides who clicks what: every
@@ -29,6 +29,8 @@ import os
 import sys
 
 import numpy as np
+
+from ..output import open_output
 
 LATENT = 4
 SHARPNESS = 2.5
@@ -92,7 +94,7 @@ def write_all(out_dir, **kw):
                      generate(**kw)))
     os.makedirs(out_dir, exist_ok=True)
     for name, lines in files.items():
-        with open(os.path.join(out_dir, name), "wb") as f:
+        with open_output(os.path.join(out_dir, name)) as f:
             f.write(b"".join(x + b"\n" for x in lines))
     return {name: len(lines) for name, lines in files.items()}
 

@@ -3,7 +3,7 @@
 For a click (user features U, clicked item P) the trainer draws negatives
 N_1..N_n from the catalog and scores the groups ``U+P`` and ``U+N_j`` with
 the FM (``G(A) = lin(A) + inter(A)``; for a user/item split this is
-``lin(U) + lin(I) + inter(U) + inter(I) + <V_U, V_I>``, DESIGN section 6):
+``lin(U) + lin(I) + inter(U) + inter(I) + <V_U, V_I>``, docs/design.md, "Recall"):
 
 - hinge:    L = sum_j max(0, margin - (G(U+P) - G(U+N_j)))
 - bpr:      L = sum_j log(1 + exp(-(G(U+P) - G(U+N_j))))
@@ -37,7 +37,6 @@ from numba import njit
 from ..ftrl import (VN, W, WN, factor_from_state, init_key, refresh_v, refresh_w, update_w, v_state_after,
                     v_used)
 from . import sampling
-from ..table import lookup_one
 from .sampling import count_click, draw_item, keep_probability, uniform
 
 LOSS_HINGE, LOSS_BPR, LOSS_LOGISTIC = 0, 1, 2
@@ -124,7 +123,7 @@ def _clicked(seen_user, seen_item, uh, c):
 
 @njit(cache=True, nogil=True)
 def train_clicks(order, o0, o1, indptr, rows, vals, click_item, it_ptr, it_rows, it_vals, n_items,
-                 max_item_len, params, row_hash, hp, k, k0, k1, fvs, seed, loss, margin, n_neg,
+                 max_item_len, params, row_init, hp, k, k0, k1, fvs, seed, loss, margin, n_neg,
                  hard_m, pop_t, dist, power, count, counts, tree, totals, state, mark, stats,
                  hard_w, hard_map, hard_k, use_hard, user_hash, seen_user, seen_item):
     """Train on clicks order[o0:o1] (rows of the click CSR; click_item = catalog item).
@@ -266,7 +265,7 @@ def train_clicks(order, o0, o1, indptr, rows, vals, click_item, it_ptr, it_rows,
             w0 = refresh_w(params, 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2, w0seen, 0)
         for u in range(nd):
             r = drow[u]
-            key = init_key(row_hash[r], seed) if fvs else no_key
+            key = init_key(row_init[r], seed) if fvs else no_key
             dw[u] = refresh_w(params, r, k1, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, u)
         for u in range(nd):
             refresh_v(params, drow[u], k, dw[u], fvs, v_alpha, v_beta, v_l1, v_l2, dv, vseen, u * k)
@@ -393,13 +392,6 @@ def train_clicks(order, o0, o1, indptr, rows, vals, click_item, it_ptr, it_rows,
 
 
 @njit(cache=True, nogil=True)
-def map_rows(row_hash, first, last, slots, their_hash, out):
-    """out[r] = the row of our row r's feature in another model's table (or -1)."""
-    for r in range(first, last):
-        out[r] = lookup_one(slots, their_hash, row_hash[r])
-
-
-@njit(cache=True, nogil=True)
 def trained_rows(params, n_rows, k, keep):
     """keep[r] = the row ever got an update (w_n > 0 or some v_n > 0); the bias always."""
     for r in range(n_rows):
@@ -436,13 +428,22 @@ class Config:
 
 
 class Catalog:
-    """The items of --items: their features (rows of the model being trained) and keys."""
+    """The items of --items: their features (rows of the model being trained) and keys.
+
+    A key given twice keeps its first line; the later ones are dropped (counted
+    in ``duplicates``), so they are neither items nor ever drawn as negatives.
+    """
 
     def __init__(self, records):
         from .keys import KeyIndex
 
+        keys = KeyIndex(records.key_hash)
+        self.duplicates = keys.duplicates
+        if keys.duplicates:
+            records = records.take(np.flatnonzero(keys.first_of == np.arange(records.n)))
+            keys = KeyIndex(records.key_hash)
         self.records = records
-        self.keys = KeyIndex(records.key_hash)
+        self.keys = keys
         self.max_len = max(records.max_len(), 1)
 
     @property
@@ -467,8 +468,9 @@ class HardModel:
             m[: self.filled] = self.map[: self.filled]
             self.map = m
         if n > self.filled:
-            t = self.serving.table
-            map_rows(model.table.row_hash, self.filled, n, t.slots, t.row_hash, self.map)
+            # the other model's table has its own hash key: look our names up by name
+            arena, name_off = model.table.names_view()
+            self.serving.table.lookup_names(arena, name_off, self.filled, n, self.map)
             self.filled = n
 
 
@@ -567,7 +569,7 @@ class Trainer:
                 state = sampling.seed_state(cfg.seed, call, i)
                 train_clicks(order, bounds[i], bounds[i + 1], clicks.indptr, clicks.rows, clicks.vals,
                              click_item, cr.indptr, cr.rows, cr.vals, self.cat.n, self.cat.max_len,
-                             m.params, m.table.row_hash, m.hp, m.k, cfg.k0, cfg.k1, m.fvs, m.seed,
+                             m.params, m.table.row_init, m.hp, m.k, cfg.k0, cfg.k1, m.fvs, m.seed,
                              cfg.loss, cfg.margin, cfg.neg, cfg.hard_neg, cfg.pop_suppress, cfg.dist,
                              cfg.power, count, self.counts, self.tree, self.totals, state, self.marks[i],
                              self.stats[i], hard_w, hard_map, hard_k, self.hard is not None,

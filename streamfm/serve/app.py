@@ -94,8 +94,11 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
         Request size limits.
     featurizer : callable, optional
         ``featurizer(records) -> list of str``: turns the ``records`` of a score
-        request (raw attribute records) into feature lines; without it such a
-        request is refused (400 ``no_featurizer``).
+        request (raw attribute records) into feature lines (``fm_serve --spec``
+        passes ``records.RecordFeaturizer``, fm_sample's featurizer); a
+        ValueError it raises is a 400 ``bad_record``; without it such a request
+        is refused (400 ``no_featurizer``). It may be called from several
+        threads.
     ann : callable, optional
         ``ann(slots) -> {(mode, metric): searcher}``: ANN searchers built for every
         new set (``cli.ann_builder``).
@@ -148,7 +151,14 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
         if ("samples" in doc) == ("records" in doc):
             raise RequestError(400, "missing_field", "give either samples or records")
         if "records" in doc:
-            samples = featurize(featurizer, doc["records"])
+            records = doc["records"]
+            if type(records) is list and len(records) > limits.max_samples:
+                raise RequestError(413, "too_many_samples", "%d records; the limit is %d a request"
+                                   % (len(records), limits.max_samples))
+            if type(records) is list and len(records) > INLINE_SAMPLES:
+                samples = await asyncio.get_running_loop().run_in_executor(pool, featurize, featurizer, records)
+            else:
+                samples = featurize(featurizer, records)
         else:
             samples = doc["samples"]
         if type(samples) is list and len(samples) > limits.max_samples:
@@ -180,6 +190,8 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
     async def healthz(request):
         d = {"status": "ok", "pid": os.getpid()}
         d.update(holder.describe())
+        if featurizer is not None and hasattr(featurizer, "info"):
+            d["spec"] = featurizer.info()
         return _json(d), 0
 
     @endpoint("metrics")

@@ -89,17 +89,22 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
               help="HNSW search breadth (recall against speed).")
 @click.option("--ann-nlist", type=click.IntRange(1), default=None, help="IVF cells (default: about sqrt(items)).")
 @click.option("--ann-nprobe", type=click.IntRange(1), default=32, show_default=True, help="IVF cells searched.")
+@click.option("--spec", "spec_path", metavar="SPEC", default=None,
+              help="Frozen fm_sample spec (fm_sample fit -o): /v1/score then also takes \"records\", raw "
+                   "impressions {\"name\": value} as the log fm_sample rank reads has them, featurized as "
+                   "fm_sample featurizes them (profile tables joined).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
 @click.option("--worker-fd", type=int, default=None, hidden=True)
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def fm_serve(model_path, items_index, users_index, host, port, workers, cores, dim, poll_interval, no_mmap,
              probe_path, max_body_bytes, max_samples, max_topn, max_explain, ann, ann_m, ann_ef_construction,
-             ann_ef_search, ann_nlist, ann_nprobe, quiet, worker_fd, ready_fd):
+             ann_ef_search, ann_nlist, ann_nprobe, spec_path, quiet, worker_fd, ready_fd):
     """Serve an FM over HTTP/JSON: scores, recall, health and metrics.
 
     \b
     POST /v1/score   {"samples": ["a:1 b:0.5", {"a": 1, "c": 2}], "explain": 3}
                      -> {"probabilities": [...], "explain": [[[name, phi], ...], ...]}
+                     with --spec: {"records": [{"uid": "u1", "iid": "i9", "hour": 7}, ...]}
     POST /v1/recall  {"mode": "u2i", "key": "u1", "features": "age=3 city=7", "topn": 50,
                       "exclude": ["i9"]} -> {"keys": [...], "scores": [...]}
     GET  /healthz    model and index versions, load time, age
@@ -128,7 +133,7 @@ def fm_serve(model_path, items_index, users_index, host, port, workers, cores, d
                probe_text, max_body_bytes, max_samples, max_topn, max_explain,
                None if ann == "none" else ann_builder(ann, cores, ann_m, ann_ef_construction, ann_ef_search,
                                                       ann_nlist, ann_nprobe),
-               worker_fd, ready_fd, quiet)
+               worker_fd, ready_fd, quiet, spec_path)
 
 
 def _fail(msg):
@@ -137,7 +142,7 @@ def _fail(msg):
 
 
 def _serve_one(model_path, items_index, users_index, host, port, cores, dim, poll_interval, mmap, probe_text,
-               max_body_bytes, max_samples, max_topn, max_explain, ann, worker_fd, ready_fd, quiet):
+               max_body_bytes, max_samples, max_topn, max_explain, ann, worker_fd, ready_fd, quiet, spec_path=None):
     try:
         import uvicorn
         from .app import Limits, create_app
@@ -151,12 +156,21 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
 
     t0 = time.time()
     jit.release_compiler_memory()  # importing numba mapped all of LLVM; loading kernels needs part of it
+    featurizer = None
+    if spec_path:
+        from .records import RecordFeaturizer
+
+        try:
+            featurizer = RecordFeaturizer(spec_path)
+            featurizer([])  # nothing to featurize, but the spec's routes are checked
+        except (StreamFMError, OSError, ValueError) as e:
+            _fail("--spec %s: %s" % (spec_path, e))
     try:
         warm_kernels(model_path, bool(items_index), bool(users_index), mmap)
         jit.release_compiler_memory()  # the kernels are loaded: LLVM's pages go before the model's come in
         app = create_app(model_path, items_index, users_index, k=dim, mmap=mmap, poll_interval=poll_interval,
                          limits=Limits(max_body_bytes, max_samples, max_explain, max_topn), ann=ann, cores=cores,
-                         probe_text=probe_text)
+                         probe_text=probe_text, featurizer=featurizer)
     except (StreamFMError, OSError, FaissMissing) as e:
         _fail(str(e))
     jit.release_compiler_memory()
@@ -188,10 +202,12 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
                     ", users %s (%d)" % (users_index, st.users.obj.n) if st.users else "",
                     host, port, time.time() - t0)
     if ready_fd is not None:
+        from ..output import OutputError, write_all
+
         try:
-            os.write(ready_fd, b"1")
+            write_all(ready_fd, b"1", "the supervisor's pipe")
             os.close(ready_fd)
-        except OSError:
+        except (OSError, OutputError):
             pass  # a restarted worker: nobody waits for it
     server.run(sockets=sockets)
 

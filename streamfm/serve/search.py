@@ -125,7 +125,7 @@ def prepare(state, q):
     searcher = state.searcher(q.mode, q.metric, q.exact)
     runner = QueryRunner(model, index, searcher, q.mode, q.topn, None, query_index)
     summary = QuerySummary()
-    qs, own = runner.vectors(recs, summary)
+    qs, own, _unresolved = runner.vectors(recs, summary)
     if summary.unresolved:
         raise RequestError(404, "unknown_key", "key %r is not in the %s index (give its features)"
                            % (q.key, qkind if qkind != kind or query_index is not None else kind))

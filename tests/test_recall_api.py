@@ -1,0 +1,98 @@
+"""streamfm.Recall: the same models, indexes and rankings as fm_recall train / index / query."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamfm import FM, ParameterError, Recall
+from streamfm.recall.index import read_index
+
+from helpers import SAMPLE
+
+FM_RECALL = os.path.join(os.path.dirname(sys.executable), "fm_recall")
+
+
+def cli(*args, stdin=None):
+    p = subprocess.run([FM_RECALL] + [str(a) for a in args], input=stdin, capture_output=True, timeout=600)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    return p.stdout.decode()
+
+
+def results(text):
+    out = []
+    for line in text.splitlines():
+        key, _, rest = line.partition("\t")
+        out.append((key, [(t.rsplit(":", 1)[0], float(t.rsplit(":", 1)[1])) for t in rest.split()]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recall_api")
+    cli("train", "-m", d / "cli.txt", "--items", SAMPLE / "items.txt", "-dim", "1,1,8", "--epochs", "3",
+        "--seed", "1", "--neg", "4", "--input", SAMPLE / "clicks.txt", "-q")
+    cli("index", "-m", d / "cli.txt", "--items", SAMPLE / "items.txt", "-o", d / "items.idx", "-q")
+    rec = Recall.train(SAMPLE / "clicks.txt", SAMPLE / "items.txt", k=8, epochs=3, seed=1, neg=4)
+    return d, rec
+
+
+def test_train_equals_fm_recall_train(both):
+    d, rec = both
+    assert rec.report.clicks == 9093 and rec.report.passes == 3
+    rec.fm.save(d / "api.txt", format="txt")
+    assert (d / "api.txt").read_bytes() == (d / "cli.txt").read_bytes()
+
+
+def test_index_and_search_equal_the_commands(both, tmp_path):
+    d, rec = both
+    index = rec.index(SAMPLE / "items.txt")
+    theirs = read_index(str(d / "items.idx"))
+    assert np.array_equal(index.vectors, theirs.vectors) and bytes(index.key_arena) == bytes(theirs.key_arena)
+    Recall.save_index(index, tmp_path / "api.idx")
+    again = Recall.load_index(tmp_path / "api.idx")
+    assert np.array_equal(again.vectors, index.vectors) and again.kind == "items"
+    users = (SAMPLE / "users.txt").read_bytes()
+    for mode, extra in (("u2i", []), ("i2i", ["--metric", "cos"])):
+        queries = users if mode == "u2i" else (SAMPLE / "items.txt").read_bytes()[:20000]
+        text = cli("query", "-m", d / "cli.txt", "--index", d / "items.idx", "--mode", mode, "--topn", "10",
+                   *extra, stdin=queries)
+        mine = rec.search(queries, index, mode=mode, topn=10)
+        theirs = results(text)
+        assert [k for k, _ in mine] == [k for k, _ in theirs]
+        for (_, a), (_, b) in zip(mine, theirs):
+            assert [key for key, _ in a] == [key for key, _ in b]
+            # the command prints float32 text of the same numbers
+            assert [np.float32(s) for _, s in a] == [np.float32(s) for _, s in b]
+
+
+def test_exclude_and_faiss_backend(both):
+    import faiss  # noqa: F401  (faiss-cpu is in the test extra: this runs)
+    d, rec = both
+    index = rec.index(SAMPLE / "items.txt")
+    users = (SAMPLE / "users.txt").read_bytes().splitlines()[:100]
+    exact = rec.search(users, index, mode="u2i", topn=10)
+    fa = rec.search(users, index, mode="u2i", topn=10, backend="faiss")
+    same = np.mean([[k for k, _ in a] == [k for k, _ in b] for (_, a), (_, b) in zip(exact, fa)])
+    assert same > 0.95
+    first = {u: hits[0][0] for u, hits in exact}
+    excl = ["%s | %s" % (u, item) for u, item in first.items()]
+    again = rec.search(users, index, mode="u2i", topn=10, exclude=excl)
+    for u, hits in again:
+        assert first[u] not in [k for k, _ in hits]
+
+
+def test_recall_errors(both):
+    d, rec = both
+    index = rec.index(SAMPLE / "items.txt")
+    with pytest.raises(ParameterError, match="searches users"):
+        rec.search([b"u1 user=u1"], index, mode="u2u")
+    with pytest.raises(ParameterError, match="k >= 1"):
+        Recall.train([b"u1 a | i1"], [b"i1 x", b"i2 y"], k=0)
+    with pytest.raises(ParameterError, match="at least 2"):
+        Recall.train([b"u1 a | i1"], [b"i1 x"], k=2)
+    with pytest.raises(TypeError):
+        Recall(object())
+    assert isinstance(rec.fm, FM)

@@ -1,0 +1,93 @@
+"""FMClassifier: scikit-learn's own estimator checks, Pipeline and GridSearchCV, and
+the estimator without scikit-learn installed."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamfm import FM, FMClassifier
+
+sklearn = pytest.importorskip("sklearn", reason="scikit-learn is in the test extra")
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+
+@pytest.mark.filterwarnings("ignore:Estimator FMClassifier does not inherit")  # by design: no sklearn import
+@parametrize_with_checks([FMClassifier(), FMClassifier(k=0, epochs=2)])
+def test_sklearn_estimator_checks(estimator, check):
+    # what does not apply is declared in FMClassifier.__sklearn_tags__: binary only
+    # (multi_class=False) and poor_score (one FTRL pass over a few hundred samples)
+    check(estimator)
+
+
+def data(n=600, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.random((n, d)) < 0.3) * rng.choice([1.0, 0.5, 2.0], (n, d))
+    logit = 2 * X[:, 0] - 1.5 * X[:, 1] + 2 * X[:, 2] * X[:, 3] - 0.5
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return X, y
+
+
+def test_pipeline_and_grid_search():
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import MaxAbsScaler
+
+    X, y = data()
+    pipe = Pipeline([("scale", MaxAbsScaler()), ("fm", FMClassifier(epochs=3, w_alpha=0.3, v_alpha=0.3))])
+    grid = GridSearchCV(pipe, {"fm__k": [0, 4], "fm__w_l2": [0.5, 5.0]}, cv=3, scoring="roc_auc")
+    grid.fit(X, y)
+    assert set(grid.best_params_) == {"fm__k", "fm__w_l2"}
+    assert grid.best_score_ > 0.7
+    assert grid.predict_proba(X).shape == (600, 2)
+
+
+def test_classifier_is_the_fm_on_the_same_matrix():
+    sp = pytest.importorskip("scipy.sparse", reason="scipy is in the test extra")
+    X, y = data()
+    labels = np.where(y == 1, "yes", "no")
+    clf = FMClassifier(k=3, seed=4, epochs=2).fit(sp.csr_matrix(X), labels)
+    fm = FM(k=3, seed=4)
+    for _ in range(2):
+        fm.partial_fit(X, (labels == "yes").astype(float))  # default names: the column indices
+    p = clf.predict_proba(X)
+    assert list(clf.classes_) == ["no", "yes"]
+    assert np.array_equal(p[:, 1], fm.predict_proba(X)) and np.array_equal(p[:, 0], 1 - p[:, 1])
+    assert list(clf.predict(X[:50])) == list(np.where(p[:50, 1] > 0.5, "yes", "no"))
+    # partial_fit continues the same model: two calls equal two epochs
+    inc = FMClassifier(k=3, seed=4)
+    inc.partial_fit(X, labels, classes=["no", "yes"]).partial_fit(X, labels)
+    assert np.array_equal(inc.predict_proba(X), p)
+    names = ["c%d" % j for j in range(12)]
+    named = FMClassifier(k=3, seed=4).fit(X, labels, feature_names=names)
+    fm = FM(k=3, seed=4)
+    fm.partial_fit(X, (labels == "yes").astype(float), feature_names=names)
+    assert sorted(named.fm_.embeddings()[0]) == sorted(names)
+    # the names given to fit are used by predict
+    assert np.array_equal(named.predict_proba(X)[:, 1], fm.predict_proba(X, feature_names=names))
+
+
+def test_works_without_scikit_learn():
+    """No sklearn import at module import: a process where importing sklearn fails
+    fits, predicts, clones by get_params, and raises streamfm's NotFittedError."""
+    code = r"""
+import sys
+sys.modules["sklearn"] = None  # import sklearn -> ImportError
+import numpy as np
+import streamfm
+clf = streamfm.FMClassifier(k=2, epochs=2)
+try:
+    clf.predict(np.ones((1, 2)))
+except streamfm.NotFittedError as e:
+    print("not fitted:", type(e).__module__)
+X = np.array([[1.0, 0.0], [0.0, 1.0]] * 20)
+y = np.array([1, 0] * 20)
+clf.fit(X, y)
+twin = type(clf)(**clf.get_params()).set_params(k=3)
+print(clf.predict(X[:2]).tolist(), twin.k, clf, "sklearn" in sys.modules and sys.modules["sklearn"] is None)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["not fitted: streamfm.errors",
+                                     "[1, 0] 3 FMClassifier(k=2, epochs=2) True"]

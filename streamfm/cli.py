@@ -17,7 +17,8 @@ from .command import (CONTEXT, EXIT_BAD_INPUT, EXIT_USAGE, SEED, FiniteFloat, ch
                       check_writable_or_fail, continue_seed, fail, fmt_seconds, hp_options, interruptible, log,
                       output_failed, parse_dim, report, spare_rows, to_output)
 from .metrics import fmt_int, fmt_metric
-from .model import Model, ModelError, detect_format, dtype_of, file_dtype, read_model, write_model
+from .model import (Model, ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
+                    model_has_state, read_model, write_model)
 from .output import OutputError, open_output
 from .parse import VALUE_CLIP
 
@@ -256,9 +257,13 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
         check_writable_or_fail(bad_lines, cmd)
     stream = _open_input(input_path)
     try:
-        warm_up(detect_format(model_path), file_dtype(model_path), log, quiet)
+        fmt = detect_format(model_path)
+        warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path))
+        # the kernels are loaded: LLVM's pages go before the model's come in
+        jit.release_compiler_memory()
         t0 = time.time()
-        model = ServingModel.load(model_path, k=k)
+        # a binary model is mapped, not read: its pages are the page cache's
+        model = ServingModel.load(model_path, k=k, mmap=True)
     except (ModelError, ValueError) as e:
         fail(cmd, str(e))
     t_load = time.time() - t0
@@ -379,8 +384,9 @@ def dump_convert(src_path, dst_path, to_fmt, nonzero):
              to_fmt=lambda fmt: to_fmt or ("txt" if fmt == "bin" else "bin"))
 
 
-def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
-    """Read a model, drop all-zero features if asked, write it in to_fmt(its format)."""
+def _rewrite(src_path, dst_path, nonzero, state, to_fmt, dtype=None):
+    """Read a model, drop all-zero features if asked, write it in to_fmt(its format)
+    (``dtype``: w and v converted to it; stripped models only)."""
     check_distinct_or_fail("fm_dump", [("OUT", dst_path)], [("MODEL", src_path)])
     try:
         fmt = detect_format(src_path)
@@ -389,6 +395,9 @@ def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
     arrays = _load_for_dump(src_path, state=state)
     if nonzero:
         arrays = arrays.select(_nonzero_rows(arrays))
+    if dtype is not None:
+        arrays = ModelArrays(arrays.arena, arrays.name_off, arrays.weights.astype(dtype), None,
+                             dict(arrays.info, dtype=dtype_name(dtype)))
     _write_or_fail(arrays, dst_path, to_fmt(fmt), state=state is not False)
 
 
@@ -398,10 +407,13 @@ def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
 @click.option("--to", "to_fmt", type=click.Choice(["txt", "bin"]), default=None,
               help="Output format (default: the input's).")
 @click.option("--nonzero", is_flag=True, help="Also drop features whose w and v are all zero.")
+@click.option("--float", "to_float", is_flag=True,
+              help="Store w and v as float32: half the size and memory (fm_predict, fm_serve).")
 @interruptible("fm_dump strip")
-def dump_strip(src_path, dst_path, to_fmt, nonzero):
+def dump_strip(src_path, dst_path, to_fmt, nonzero, to_float):
     """Keep only w and v (what fm_predict needs): a smaller model for serving."""
-    _rewrite(src_path, dst_path, nonzero, state=False, to_fmt=lambda fmt: to_fmt or fmt)
+    _rewrite(src_path, dst_path, nonzero, state=False, to_fmt=lambda fmt: to_fmt or fmt,
+             dtype=np.float32 if to_float else None)
 
 
 @fm_dump.command("embeddings", context_settings=CONTEXT)

@@ -29,11 +29,32 @@ class ServingModel:
 
     @classmethod
     def from_arrays(cls, arrays):
-        return cls(table_for(arrays), arrays.weights, arrays.k, arrays.info)
+        mapped = getattr(arrays, "mapped", None)
+        if mapped is not None and arrays.explicit_weights is None:
+            # (w, v) from mapped FTRL rows a chunk at a time, each chunk's pages
+            # given back once used: the rows are never all resident at once
+            weights = np.empty((arrays.n_rows, 1 + arrays.k), dtype=arrays.dtype)
+            for r0, r1, w, _s in arrays.chunks(weights=True, state=False):
+                weights[r0:r1] = w
+                mapped.drop(arrays.params[r0:r1])
+        else:
+            weights = arrays.weights
+        table = table_for(arrays, share=mapped is not None)
+        if mapped is not None:
+            # a mapped model: the names were needed to build the table (lookups
+            # use its hashes) and full FTRL rows to derive (w, v); give their
+            # pages back, only (w, v) stay in use
+            mapped.drop(arrays.arena)
+            mapped.drop(arrays.name_off)
+            if arrays.params is not None:
+                mapped.drop(arrays.params)
+        return cls(table, weights, arrays.k, arrays.info)
 
     @classmethod
-    def load(cls, path, k=None):
-        return cls.from_arrays(read_model(path, k=k, state=False))
+    def load(cls, path, k=None, mmap=False):
+        """The serving model of a model file; ``mmap``: map a binary model's
+        arrays read-only (``model.read_bin``) instead of reading them."""
+        return cls.from_arrays(read_model(path, k=k, state=False, mmap=mmap))
 
     @property
     def n_rows(self):
@@ -190,9 +211,13 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     return summary
 
 
-def warm_up(fmt, dtype, log, quiet):
+def warm_up(fmt, dtype, log, quiet, stripped=False):
     """Compile or load the kernels that loading a ``fmt`` model and predicting
-    need, on a tiny model, so that the real model is then loaded at disk speed."""
+    need, on a tiny model, so that the real model is then loaded at disk speed.
+
+    ``stripped``: the model holds (w, v) only; a mapped binary one is then
+    scored from read-only arrays (kernels of their own).
+    """
     import io
     import os
     import tempfile
@@ -202,6 +227,8 @@ def warm_up(fmt, dtype, log, quiet):
     from .output import open_output
     from .train import Options
 
+    # importing numba mapped all of LLVM; loading cached kernels needs only part of it
+    jit.release_compiler_memory()
     jit.compile_notice([parse.parse_block, ftrl.score_block, format_predictions,
                         accumulate_metrics], log, quiet)
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
@@ -209,11 +236,15 @@ def warm_up(fmt, dtype, log, quiet):
         if fmt == "txt":
             with open_output(path) as f:
                 f.write(b"bias 0.1 0 0\na 0.2 0.3 0 0 0 0\n")
+        elif stripped:
+            arrays = ModelArrays(np.frombuffer(b"biasa", np.uint8), np.array([0, 4, 5]),
+                                 np.zeros((2, 2), dtype=dtype), None, {"k": 1})
+            write_model(arrays, path, "bin", state=False)
         else:
             params = np.zeros((2, ftrl.n_cols(1)), dtype=dtype)
             arrays = ModelArrays(np.frombuffer(b"biasa", np.uint8), np.array([0, 4, 5]), None, None,
                                  {"k": 1}, params=params)
             write_model(arrays, path, "bin")
-        model = ServingModel.load(path)
+        model = ServingModel.load(path, mmap=True)
     predict_stream(model, io.BytesIO(b"1 a:1 b\n"), io.BytesIO(), Options(quiet=True), log,
                    metrics=True)

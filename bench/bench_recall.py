@@ -1,57 +1,90 @@
 #!/usr/bin/env python3
-"""FM recall bench: quality on MovieLens 100k, and exact top-N speed.
+"""FM recall bench: fm_recall against EASE, LightFM and implicit ALS on MovieLens 100k; exact top-N speed.
 
-    python bench/bench_recall.py                 # both parts
-    python bench/bench_recall.py --part ml       # (a) MovieLens 100k quality
+    python bench/bench_recall.py                 # (a) and (b)
+    python bench/bench_recall.py --part ml       # (a) quality and training time against the peers
+    python bench/bench_recall.py --part tune     # (c) fm_recall settings on the validation split
     python bench/bench_recall.py --part speed    # (b) u2i top-100 queries/s over 1M items
+    python bench/bench_recall.py --install       # the peers, from bench/requirements-recall.txt
 
 (a) MovieLens 100k, read from the recbole==1.2.1 wheel (downloaded at bench
 time with this Python's pip into bench/data/, which is not committed):
-positives are ratings >= 4; per user in time order the last positive is held
-out (users with at least 2 positives). User features: id, age decade,
-gender, occupation, first two zip characters; item features: id, release
-decade, genres. streamfm is trained, indexed and evaluated through the
-fm_recall console script; popularity and item-kNN (cosine on the training
-click matrix) are computed here; all exclude each user's training clicks.
-Cold start: a second model is trained without 10% of the users' clicks and
-without 10% of the items (left out of its catalog and its clicks), so their
-id features are never trained; their held-out clicks are ranked from their
-other features, against popularity.
+positives are ratings >= 4; per user in time order the last positive is the
+test click (users with at least 2 positives: 942). A validation split is
+carved from the training clicks the same way (each user's last training
+positive); every peer's settings are chosen on it (best HR@50), then it is
+trained on all the training clicks and scored on the test clicks, HR@K over
+all items, each user's training clicks excluded. fm_recall runs with its
+defaults (`fm_recall train --items I -m M -dim 1,1,16 -core 2`, chosen by
+(c) on the same validation split), through its console script.
+User features: id, age decade, gender, occupation, first two zip characters;
+item features: id, release decade, genres. Peers: EASE (numpy), LightFM
+WARP (ids only, and with the same side features), implicit ALS; each on
+--threads threads (BLAS too). Training seconds: the peers' fit calls;
+fm_recall's own training time (reading and parsing the clicks included,
+process start and model writing not; the whole command is printed too).
+Cold start: every method that can use features is trained again without
+10% of the test users' clicks and without 10% of the items (left out of its
+catalog and clicks), and ranks those users' test clicks (their id unknown)
+and the test clicks on those items (HR@50), without their id features.
 
 (b) 1,000,000 synthetic items at dim 16 (rows [V, b], 17 float32 columns),
 u2i top-100 of random user vectors [V_U, 1], with the exact kernel on
 --cores threads (the code fm_recall query runs), checked against a numpy
 float64 brute force; then faiss IndexFlatIP on the same vectors when faiss is
 installed (pip install faiss-cpu).
+
+(c) fm_recall's own settings on the validation split (in process, one
+thread, --runs seeds each): the evidence for its defaults.
 """
 
 import argparse
-import glob
-import json
 import os
-import subprocess
 import sys
-import time
-import zipfile
 
-import numpy as np
+THREADS = 2
+for _a, _b in zip(sys.argv, sys.argv[1:]):
+    if _a == "--threads":
+        THREADS = int(_b)
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = str(THREADS)   # before numpy loads its BLAS
+
+import glob  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 DATA = os.path.join(HERE, "data")
 OUT = os.path.join(HERE, "out", "recall")
+REQUIREMENTS = os.path.join(HERE, "requirements-recall.txt")
 FM_RECALL = os.path.join(os.path.dirname(sys.executable), "fm_recall")
 if not os.path.exists(FM_RECALL):
     FM_RECALL = os.path.join(ROOT, "bin", "fm_recall")
+KS = (10, 50, 100)
 
 
-def say(msg):
+def say(msg=""):
     print(msg, flush=True)
 
 
+def install_peers():
+    """The peers into this Python's environment (LightFM needs the legacy build, see PEERS)."""
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["pip<25", "setuptools", "wheel"], check=True)
+    subprocess.run(pip + ["-r", REQUIREMENTS], check=True)
+    subprocess.run(pip + ["--no-use-pep517", "lightfm==1.17"], check=True)
+
+
 # ---------------------------------------------------------------------------
-# (a) MovieLens 100k
+# data
 
 
 def ml100k_files():
@@ -77,7 +110,7 @@ def tok(s):
 
 
 def build_ml(inter, users, items):
-    """Split and feature lines (see the module doc)."""
+    """Positives in time order per user, the test flags, and the feature strings."""
     u = np.array([int(r[0]) for r in inter])
     i = np.array([int(r[1]) for r in inter])
     rating = np.array([float(r[2]) for r in inter])
@@ -86,9 +119,7 @@ def build_ml(inter, users, items):
     u, i, ts = u[pos], i[pos], ts[pos]
     order = np.lexsort((np.arange(len(u)), ts, u))
     u, i, ts = u[order], i[order], ts[order]
-    last = np.r_[u[1:] != u[:-1], True]
-    counts = np.bincount(u)
-    test = last & (counts[u] >= 2)
+    test = last_of_each(u)
     ufeat = {}
     for r in users:
         uid, age, gender, occ, zipc = r[:5]
@@ -101,6 +132,83 @@ def build_ml(inter, users, items):
         g = " ".join("genre=%s" % tok(x) for x in genres.split()) if genres.strip() else ""
         ifeat[int(iid)] = ("item=%s %s %s" % (iid, dec, g)).strip()
     return u, i, test, ufeat, ifeat
+
+
+def last_of_each(u):
+    """The last click of each user (clicks grouped by user, in time order) with at least 2 clicks."""
+    last = np.r_[u[1:] != u[:-1], True]
+    return last & (np.bincount(u)[u] >= 2)
+
+
+class Split:
+    """Training clicks (tr_u, tr_i) and held-out ones (te_u, te_i), with the features."""
+
+    def __init__(self, tr_u, tr_i, te_u, te_i, ufeat, ifeat):
+        self.tr_u, self.tr_i, self.te_u, self.te_i = tr_u, tr_i, te_u, te_i
+        self.ufeat, self.ifeat = ufeat, ifeat
+        self.n_users = max(ufeat) + 1
+        self.n_items = max(ifeat) + 1
+
+    def validation(self):
+        """The same split carved from the training clicks."""
+        val = last_of_each(self.tr_u)
+        return Split(self.tr_u[~val], self.tr_i[~val], self.tr_u[val], self.tr_i[val], self.ufeat, self.ifeat)
+
+
+def ml_split():
+    inter, users, items = ml100k_files()
+    u, i, test, ufeat, ifeat = build_ml(inter, users, items)
+    return Split(u[~test], i[~test], u[test], i[test], ufeat, ifeat)
+
+
+def hit_rates(scores, sp, q_u, q_i, exclude=True, ks=KS):
+    """HR@K of held-out (q_u, q_i) from scores (n_users x n_items; -inf: never ranked).
+
+    Rank = items scored strictly higher, plus ties with a lower id; the
+    users' training clicks are excluded.
+    """
+    s = scores[q_u].astype(np.float64)
+    if exclude:
+        mask = np.zeros((sp.n_users, sp.n_items), bool)
+        mask[sp.tr_u, sp.tr_i] = True
+        s[mask[q_u]] = -np.inf
+    tgt = s[np.arange(len(q_u)), q_i]
+    higher = (s > tgt[:, None]).sum(axis=1)
+    ties = ((s == tgt[:, None]) & (np.arange(sp.n_items)[None, :] < q_i[:, None])).sum(axis=1)
+    rank = higher + ties
+    return {k: float(np.mean(rank < k)) for k in ks}
+
+
+def no_items_mask(sp):
+    """-inf for ids that are no item (MovieLens ids start at 1)."""
+    m = np.full(sp.n_items, -np.inf)
+    m[list(sp.ifeat)] = 0.0
+    return m
+
+
+class Cold:
+    """10% of the test users and 10% of the items, never trained (seeded)."""
+
+    def __init__(self, sp, seed):
+        rng = np.random.default_rng(seed)
+        test_users = np.unique(sp.te_u)
+        self.users = np.sort(rng.choice(test_users, size=len(test_users) // 10, replace=False))
+        ids = np.array(sorted(sp.ifeat))
+        self.items = np.sort(rng.choice(ids, size=len(ids) // 10, replace=False))
+        keep = ~np.isin(sp.tr_u, self.users) & ~np.isin(sp.tr_i, self.items)
+        self.train = Split(sp.tr_u[keep], sp.tr_i[keep], sp.te_u, sp.te_i, sp.ufeat, sp.ifeat)
+        self.cu = np.isin(sp.te_u, self.users)
+        self.ci = np.isin(sp.te_i, self.items) & ~self.cu
+
+    def hit_rates(self, scores, k=50):
+        """(cold-user HR@k, cold-item HR@k) on the test clicks."""
+        tr = self.train
+        return (hit_rates(scores, tr, tr.te_u[self.cu], tr.te_i[self.cu], exclude=False, ks=(k,))[k],
+                hit_rates(scores, tr, tr.te_u[self.ci], tr.te_i[self.ci], ks=(k,))[k])
+
+
+# ---------------------------------------------------------------------------
+# fm_recall
 
 
 def write_lines(path, lines):
@@ -121,121 +229,353 @@ def fm_recall(args, stdin_path=None, quiet=True):
     return p.stdout.decode(), p.stderr.decode()
 
 
-def baseline_hits(train_u, train_i, test_u, test_i, n_users, n_items, ks, exclude=True):
-    """HR@K of popularity and item-kNN (cosine on the click matrix), training clicks excluded."""
-    R = np.zeros((n_users, n_items), np.float32)
-    R[train_u, train_i] = 1.0
-    pop = R.sum(axis=0)
-    norm = np.sqrt(pop)
-    norm[norm == 0] = 1.0
-    sim = (R.T @ R) / norm[:, None] / norm[None, :]
-    np.fill_diagonal(sim, 0.0)
-    out = {}
-    for name, scores in (("popularity", np.broadcast_to(pop, (len(test_u), n_items)).copy()),
-                         ("item-kNN", R[test_u] @ sim)):
-        scores = scores.astype(np.float64)
-        if exclude:
-            scores[R[test_u] > 0] = -np.inf
-        # rank of the held-out item: 1 + items scored strictly higher (ties: lower id first)
-        tgt = scores[np.arange(len(test_u)), test_i]
-        higher = (scores > tgt[:, None]).sum(axis=1)
-        ties_before = ((scores == tgt[:, None]) & (np.arange(n_items)[None, :] < test_i[:, None])).sum(axis=1)
-        rank = higher + ties_before
-        out[name] = {k: float(np.mean(rank < k)) for k in ks}
+def fm_scores_from_model(model_path, sp, d):
+    """Score matrix of every user and item through fm_recall index + the index vectors."""
+    from streamfm.recall.index import read_index
+
+    write_lines(os.path.join(d, "users.txt"), ["u%d %s" % kv for kv in sorted(sp.ufeat.items())])
+    write_lines(os.path.join(d, "items.txt"), ["i%d %s" % kv for kv in sorted(sp.ifeat.items())])
+    fm_recall(["index", "-m", model_path, "--users", os.path.join(d, "users.txt"), "-o", os.path.join(d, "u.idx")])
+    fm_recall(["index", "-m", model_path, "--items", os.path.join(d, "items.txt"), "-o", os.path.join(d, "i.idx")])
+    ui = read_index(os.path.join(d, "u.idx"))
+    ii = read_index(os.path.join(d, "i.idx"))
+    k = ui.k
+    uq = ui.vectors.astype(np.float64)
+    uq[:, k] = 1.0
+    scores = np.full((sp.n_users, sp.n_items), -np.inf)
+    uids = np.array(sorted(sp.ufeat))
+    iids = np.array(sorted(sp.ifeat))
+    scores[np.ix_(uids, iids)] = uq @ ii.vectors.astype(np.float64).T
+    return scores
+
+
+def run_fm(tag, sp, args, cores, catalog_skip=()):
+    """Train through the console script; (score matrix, training s, command s)."""
+    d = os.path.join(OUT, tag)
+    os.makedirs(d, exist_ok=True)
+    write_lines(os.path.join(d, "train.txt"), click_lines(sp.tr_u, sp.tr_i, sp.ufeat))
+    write_lines(os.path.join(d, "catalog.txt"),
+                ["i%d %s" % kv for kv in sorted(sp.ifeat.items()) if kv[0] not in set(catalog_skip)])
+    model = os.path.join(d, "model.bin")
+    t0 = time.time()
+    _, err = fm_recall(["train", "--items", os.path.join(d, "catalog.txt"), "-m", model, "-mf", "bin",
+                        "-core", cores] + list(args), os.path.join(d, "train.txt"), quiet=False)
+    t_cmd = time.time() - t0
+    m = re.search(r"done after ([0-9.]+) (ms|s)", err)
+    t_train = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0) if m else t_cmd
+    return fm_scores_from_model(model, sp, d), t_train, t_cmd, err
+
+
+# ---------------------------------------------------------------------------
+# peers: each fit(split, params) -> (score matrix, fit seconds)
+
+
+def csr_clicks(sp):
+    from scipy.sparse import csr_matrix
+
+    x = csr_matrix((np.ones(len(sp.tr_u), np.float32), (sp.tr_u, sp.tr_i)), shape=(sp.n_users, sp.n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def popularity(sp, _params=None, cold=None):
+    pop = np.bincount(sp.tr_i, minlength=sp.n_items).astype(np.float64) + no_items_mask(sp)
+    return np.broadcast_to(pop, (sp.n_users, sp.n_items)).copy(), 0.0
+
+
+def ease(sp, params, cold=None):
+    """EASE (Steck 2019): B = I - P diagMat(1 / diag(P)), P = (X'X + lambda I)^-1."""
+    x = np.zeros((sp.n_users, sp.n_items))
+    x[sp.tr_u, sp.tr_i] = 1.0
+    t0 = time.time()
+    g = x.T @ x
+    g[np.diag_indices_from(g)] += params["lambda"]
+    p = np.linalg.inv(g)
+    b = p / (-np.diag(p))
+    np.fill_diagonal(b, 0.0)
+    scores = x @ b
+    t = time.time() - t0
+    return scores + no_items_mask(sp), t
+
+
+def als(sp, params, cold=None):
+    from implicit.als import AlternatingLeastSquares
+
+    x = csr_clicks(sp)
+    m = AlternatingLeastSquares(factors=params["factors"], regularization=params["reg"], alpha=params["alpha"],
+                                iterations=params["iterations"], num_threads=THREADS,
+                                random_state=params.get("seed", 1), calculate_training_loss=False)
+    try:
+        from threadpoolctl import threadpool_limits   # implicit asks for a one-thread BLAS
+    except ImportError:
+        limits = None
+    else:
+        limits = threadpool_limits(1, "blas")
+    t0 = time.time()
+    m.fit(x, show_progress=False)
+    t = time.time() - t0
+    if limits is not None:
+        limits.restore_original_limits()
+    uf, itf = np.asarray(m.user_factors), np.asarray(m.item_factors)
+    return uf @ itf.T + no_items_mask(sp), t
+
+
+def _side_features(sp, feat, n, cold_ids, normalize):
+    """identity + attribute features (CSR n x (n + attributes)); cold rows lose their id."""
+    from scipy.sparse import csr_matrix
+
+    names = {}
+    rows, cols = [], []
+    for e in range(n):
+        rows.append(e)
+        cols.append(e)
+    for e, s in feat.items():
+        for t in s.split()[1:]:
+            c = names.setdefault(t, n + len(names))
+            rows.append(e)
+            cols.append(c)
+    m = csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n + len(names)))
+    if len(cold_ids):
+        m = m.tolil()
+        for e in cold_ids:
+            m[e, e] = 0.0
+        m = m.tocsr()
+        m.eliminate_zeros()
+    if normalize:
+        s = np.asarray(m.sum(axis=1)).ravel()
+        s[s == 0] = 1.0
+        m = csr_matrix(m.multiply(1.0 / s[:, None]))
+    return m.astype(np.float32)
+
+
+def lightfm(sp, params, cold=None, checkpoints=None):
+    """LightFM WARP; params["features"]: ids only, or ids + the side features.
+
+    With ``checkpoints`` (epoch counts), one model is trained epoch by epoch
+    (fit_partial) and a list of (epochs, scores, seconds) is returned.
+    """
+    from lightfm import LightFM
+
+    x = csr_clicks(sp).tocoo()
+    m = LightFM(no_components=params["components"], loss="warp", learning_rate=params["lr"],
+                item_alpha=params["alpha"], user_alpha=params["alpha"], max_sampled=params["max_sampled"],
+                random_state=params.get("seed", 1))
+    uf = itf = uf_train = itf_train = None
+    if params["features"]:
+        cu = cold.users if cold is not None else []
+        ci = cold.items if cold is not None else []
+        uf_train = _side_features(sp, sp.ufeat, sp.n_users, [], params["normalize"])
+        itf_train = _side_features(sp, sp.ifeat, sp.n_items, [], params["normalize"])
+        uf = _side_features(sp, sp.ufeat, sp.n_users, cu, params["normalize"])
+        itf = _side_features(sp, sp.ifeat, sp.n_items, ci, params["normalize"])
+
+    def scores():
+        ub, ue = m.get_user_representations(uf)
+        ib, ie = m.get_item_representations(itf)
+        return ue @ ie.T + ib[None, :] + ub[:, None] + no_items_mask(sp)
+
+    if checkpoints is None:
+        t0 = time.time()
+        m.fit(x, user_features=uf_train, item_features=itf_train, epochs=params["epochs"], num_threads=THREADS)
+        return scores(), time.time() - t0
+    out = []
+    t = 0.0
+    for e in range(1, max(checkpoints) + 1):
+        t0 = time.time()
+        m.fit_partial(x, user_features=uf_train, item_features=itf_train, epochs=1, num_threads=THREADS)
+        t += time.time() - t0
+        if e in checkpoints:
+            out.append((e, scores(), t))
     return out
 
 
-def run_fm(tag, train_lines, items_lines, args, eval_sets, work):
-    """Train, index the full catalog, eval each set; returns {set: metrics}."""
-    d = os.path.join(work, tag)
-    os.makedirs(d, exist_ok=True)
-    write_lines(os.path.join(d, "train.txt"), train_lines)
-    write_lines(os.path.join(d, "catalog.txt"), items_lines)
-    t0 = time.time()
-    _, err = fm_recall(["train", "-m", os.path.join(d, "model.bin"), "-mf", "bin", "--items",
-                        os.path.join(d, "catalog.txt")] + args, os.path.join(d, "train.txt"), quiet=False)
-    t_train = time.time() - t0
-    res = {}
-    for name, (lines, all_items, exclude) in eval_sets.items():
-        write_lines(os.path.join(d, "index_items.txt"), all_items)
-        fm_recall(["index", "-m", os.path.join(d, "model.bin"), "--items", os.path.join(d, "index_items.txt"),
-                   "-o", os.path.join(d, "items.idx")])
-        write_lines(os.path.join(d, "eval_%s.txt" % name), lines)
-        out, _ = fm_recall(["eval", "-m", os.path.join(d, "model.bin"), "--index", os.path.join(d, "items.idx"),
-                            "--json", "-k", "10,50,100"] + (["--train", os.path.join(d, "train.txt")] if exclude else []),
-                           os.path.join(d, "eval_%s.txt" % name))
-        res[name] = {int(k): v["hit_rate"] for k, v in json.loads(out)["metrics"].items()}
-    return res, t_train, err
+LIGHTFM_EPOCHS = (10, 20, 40)
+PEERS = {
+    "EASE": (ease, [{"lambda": lam} for lam in (100, 250, 500, 1000)]),
+    "implicit ALS": (als, [{"factors": 64, "reg": reg, "alpha": a, "iterations": 15}
+                           for reg in (0.1, 1.0, 10.0) for a in (1.0, 5.0, 20.0)]),
+    "LightFM WARP": (lightfm, [{"components": 64, "lr": 0.05, "alpha": al, "max_sampled": 10,
+                                "features": False, "normalize": False} for al in (0.0, 1e-5)]),
+    "LightFM WARP + features": (lightfm, [{"components": 64, "lr": 0.05, "alpha": al, "max_sampled": 10,
+                                           "features": True, "normalize": nz}
+                                          for al in (0.0, 1e-5) for nz in (False, True)]),
+}
+USES_FEATURES = {"LightFM WARP + features"}
+
+
+def tune(name, fit, grid, val, runs):
+    """The grid point with the best validation HR@50 (LightFM: its epochs too, by checkpoints)."""
+    best = None
+    for params in grid:
+        if fit is lightfm:
+            for e, scores, _ in lightfm(val, dict(params, seed=1), checkpoints=LIGHTFM_EPOCHS):
+                h = hit_rates(scores, val, val.te_u, val.te_i)
+                if best is None or h[50] > best[1][50]:
+                    best = (dict(params, epochs=e), h)
+            continue
+        scores, _ = fit(val, dict(params, seed=1))
+        h = hit_rates(scores, val, val.te_u, val.te_i)
+        if best is None or h[50] > best[1][50]:
+            best = (params, h)
+    return best
 
 
 def bench_ml(a):
-    say("== (a) MovieLens 100k (recbole==1.2.1 wheel): HR@K, last positive (rating >= 4) held out")
-    inter, users, items = ml100k_files()
-    u, i, test, ufeat, ifeat = build_ml(inter, users, items)
-    n_users = max(ufeat) + 1
-    n_items = max(ifeat) + 1
-    tr_u, tr_i, te_u, te_i = u[~test], i[~test], u[test], i[test]
-    say("positives %d, train %d, held-out users %d, items %d" % (len(u), len(tr_u), len(te_u), len(ifeat)))
-    all_items = ["i%d %s" % (k, v) for k, v in sorted(ifeat.items())]
+    say("== (a) MovieLens 100k (recbole==1.2.1 wheel): HR@K, last positive (rating >= 4) held out, "
+        "%d threads" % a.threads)
+    sp = ml_split()
+    val = sp.validation()
+    say("positives %d: train %d, test %d (one a user); validation carved from train: %d / %d; items %d"
+        % (len(sp.tr_u) + len(sp.te_u), len(sp.tr_u), len(sp.te_u), len(val.tr_u), len(val.te_u),
+           len(sp.ifeat)))
     os.makedirs(OUT, exist_ok=True)
-    fm_args = ["-dim", "1,1,%d" % a.dim, "--epochs", a.epochs, "--neg", a.neg, "--neg-dist", a.neg_dist,
-               "--loss", a.loss, "--margin", a.margin, "-v_alpha", a.v_alpha, "-w_alpha", a.w_alpha,
-               "-v_l2", a.v_l2, "-w_l2", a.w_l2, "-v_l1", a.v_l1, "-w_l1", a.w_l1, "-init_stdev", a.init_stdev,
-               "--pop-suppress", a.pop_suppress, "-core", a.train_cores]
-    if a.hard_neg:
-        fm_args += ["--hard-neg", a.hard_neg]
-    say("fm_recall train %s --seed S" % " ".join(str(x) for x in fm_args))
-    ks = (10, 50, 100)
+    cold = Cold(sp, a.seed)
     rows = []
-    for run in range(a.runs):
-        args = fm_args + ["--seed", a.seed + run]
-        res, t_train, err = run_fm("main", click_lines(tr_u, tr_i, ufeat), all_items, args,
-                                   {"test": (click_lines(te_u, te_i, ufeat), all_items, True)}, OUT)
-        rows.append(res["test"])
-        say("  run %d (seed %d): HR@10 %.4f  HR@50 %.4f  HR@100 %.4f   (train %.1f s)" % (
-            run + 1, a.seed + run, res["test"][10], res["test"][50], res["test"][100], t_train))
-        if run == 0:
+    popular, _ = popularity(sp)
+    cold_pop, _ = popularity(cold.train)
+    rows.append(("popularity", hit_rates(popular, sp, sp.te_u, sp.te_i), cold.hit_rates(cold_pop), 0.0, ""))
+    for name, (fit, grid) in PEERS.items():
+        try:
+            params, vh = tune(name, fit, grid, val, a.runs)
+        except ImportError as e:
+            say("%s: not installed (%s): python bench/bench_recall.py --install" % (name, e))
+            continue
+        say("%-26s validation HR@10 %.4f HR@50 %.4f with %s" % (name, vh[10], vh[50], json.dumps(params)))
+        hs, ts, cs = [], [], []
+        for r in range(a.runs if fit in (als, lightfm) else 1):
+            scores, t = fit(sp, dict(params, seed=a.seed + r))
+            hs.append(hit_rates(scores, sp, sp.te_u, sp.te_i))
+            ts.append(t)
+            if name in USES_FEATURES:
+                cscores, _ = fit(cold.train, dict(params, seed=a.seed + r), cold)
+                cs.append(cold.hit_rates(cscores))
+        h = {k: float(np.mean([x[k] for x in hs])) for k in KS}
+        c = tuple(float(np.mean([x[j] for x in cs])) for j in (0, 1)) if cs else None
+        rows.append((name, h, c, float(np.median(ts)), ""))
+    # fm_recall with its defaults
+    args = ["-dim", "1,1,16"]
+    say("fm_recall train --items I -m M %s -core %d --seed S   (defaults otherwise)" % (" ".join(args), a.threads))
+    hs, ts, tcmd, cs = [], [], [], []
+    for r in range(a.runs):
+        scores, t, tc, err = run_fm("main", sp, args + ["--seed", a.seed + r], a.threads)
+        hs.append(hit_rates(scores, sp, sp.te_u, sp.te_i))
+        ts.append(t)
+        tcmd.append(tc)
+        cscores, _, _, _ = run_fm("cold", cold.train, args + ["--seed", a.seed + r], a.threads,
+                                  catalog_skip=cold.items)
+        cs.append(cold.hit_rates(cscores))
+        if r == 0:
             for line in err.splitlines():
-                if "loss" in line or "clicks/s" in line:
+                if "loss" in line or "candidates" in line or "clicks x passes" in line:
                     say("   " + line.strip())
-    base = baseline_hits(tr_u, tr_i, te_u, te_i, n_users, n_items, ks)
-    fm = {k: float(np.mean([r[k] for r in rows])) for k in ks}
+    fm = {k: float(np.mean([x[k] for x in hs])) for k in KS}
+    fmc = tuple(float(np.mean([x[j] for x in cs])) for j in (0, 1))
+    rows.append(("fm_recall, defaults", fm, fmc, float(np.median(ts)),
+                 "(whole command %.1f s)" % float(np.median(tcmd))))
+    # -core 1 against -core a.threads: the Hogwild speed-up, same seed, medians
+    t1, tn = [], []
+    for r in range(a.runs):
+        _, t, _, _ = run_fm("speed1", sp, args + ["--seed", a.seed], 1)
+        t1.append(t)
+        _, t, _, _ = run_fm("speedn", sp, args + ["--seed", a.seed], a.threads)
+        tn.append(t)
     say("")
-    say("%-28s %8s %8s %8s" % ("method", "HR@10", "HR@50", "HR@100"))
-    say("%-28s %8.4f %8.4f %8.4f" % ("popularity", base["popularity"][10], base["popularity"][50],
-                                     base["popularity"][100]))
-    say("%-28s %8.4f %8.4f %8.4f" % ("item-kNN (cosine)", base["item-kNN"][10], base["item-kNN"][50],
-                                     base["item-kNN"][100]))
-    say("%-28s %8.4f %8.4f %8.4f" % ("streamfm (mean of %d)" % a.runs, fm[10], fm[50], fm[100]))
-    say("target HR@50 >= 0.37: %s   HR@10 >= 0.14: %s" % ("met" if fm[50] >= 0.37 else "NOT met",
-                                                          "met" if fm[10] >= 0.14 else "NOT met"))
+    say("MovieLens 100k, %d test users; HR over all %d items, training clicks excluded; mean of %d runs "
+        "(seeds) for the random methods; cold: HR@50 of %d cold users' and %d cold items' test clicks"
+        % (len(sp.te_u), len(sp.ifeat), a.runs, int(cold.cu.sum()), int(cold.ci.sum())))
+    say("")
+    say("| method | HR@10 | HR@50 | HR@100 | cold-user HR@50 | cold-item HR@50 | train s (%d threads) |"
+        % a.threads)
+    say("|---|---|---|---|---|---|---|")
+    for name, h, c, t, note in rows:
+        cu = "%.3f" % c[0] if c else "n/a"
+        ci = "%.3f" % c[1] if c else "n/a"
+        say("| %s | %.3f | %.3f | %.3f | %s | %s | %s |" % (name, h[10], h[50], h[100], cu, ci,
+                                                            ("%.2f %s" % (t, note)).strip() if t else "-"))
+    say("")
+    peers = [r for r in rows[1:] if r[0] != "fm_recall, defaults"]
+    if peers:
+        b50 = max(r[1][50] for r in peers)
+        b10 = max(r[1][10] for r in peers)
+        lf = [r for r in peers if r[0] == "LightFM WARP + features"]
+        say("targets: HR@50 >= best peer + 0.02 (%.3f): %s;  HR@10 >= best peer (%.3f): %s;  "
+            "cold-user HR@50 >= 0.30: %s;  train s <= LightFM + features%s"
+            % (b50 + 0.02, "met" if fm[50] >= b50 + 0.02 else "NOT met", b10,
+               "met" if fm[10] >= b10 else "NOT met", "met" if fmc[0] >= 0.30 else "NOT met",
+               (" (%.2f): %s" % (lf[0][3], "met" if rows[-1][3] <= lf[0][3] else "NOT met")) if lf else ": n/a"))
+    say("fm_recall training s, median of %d: -core 1 %.2f, -core %d %.2f: speed-up %.2fx"
+        % (a.runs, float(np.median(t1)), a.threads, float(np.median(tn)), float(np.median(t1) / np.median(tn))))
+    return rows
 
-    # cold start
-    rng = np.random.default_rng(a.seed)
-    test_users = np.unique(te_u)
-    cold_users = set(rng.choice(test_users, size=len(test_users) // 10, replace=False).tolist())
-    item_ids = np.array(sorted(ifeat))
-    cold_items = set(rng.choice(item_ids, size=len(item_ids) // 10, replace=False).tolist())
-    keep = np.array([(a_ not in cold_users) and (b_ not in cold_items) for a_, b_ in zip(tr_u, tr_i)])
-    warm_catalog = ["i%d %s" % (k, v) for k, v in sorted(ifeat.items()) if k not in cold_items]
-    cu = np.array([x in cold_users for x in te_u])
-    ci = np.array([(x in cold_items) and not c for x, c in zip(te_i, cu)])
-    sets = {
-        "cold_users": (click_lines(te_u[cu], te_i[cu], ufeat), all_items, False),
-        "cold_items": (click_lines(te_u[ci], te_i[ci], ufeat), all_items, True),
-    }
-    res, _, _ = run_fm("cold", click_lines(tr_u[keep], tr_i[keep], ufeat), warm_catalog,
-                       fm_args + ["--seed", a.seed], sets, OUT)
-    b_users = baseline_hits(tr_u[keep], tr_i[keep], te_u[cu], te_i[cu], n_users, n_items, ks, exclude=False)
-    b_items = baseline_hits(tr_u[keep], tr_i[keep], te_u[ci], te_i[ci], n_users, n_items, ks)
-    say("")
-    say("cold start (ids never trained): %d cold users, %d cold items" % (len(cold_users), len(cold_items)))
-    say("%-40s %8s %10s %8s" % ("held-out clicks", "count", "streamfm", "popular"))
-    say("%-40s %8d %10.4f %8.4f" % ("of cold users (features only)  HR@50", cu.sum(), res["cold_users"][50],
-                                    b_users["popularity"][50]))
-    say("%-40s %8d %10.4f %8.4f" % ("on cold items (features only)  HR@50", ci.sum(), res["cold_items"][50],
-                                    b_items["popularity"][50]))
-    return fm
+
+# ---------------------------------------------------------------------------
+# (c) fm_recall settings on the validation split
+
+
+TUNE_GRID = os.path.join(HERE, "recall_tune_grid.jsonl")   # one settings object a line
+
+
+def fm_fit_inprocess(sp, settings, seed, k=16):
+    """Train with the library (what fm_recall train runs) on sp's training clicks; the score matrix."""
+    from streamfm import ftrl, parse
+    from streamfm.model import Model
+    from streamfm.predict import ServingModel
+    from streamfm.recall.defaults import RECALL_HP
+    from streamfm.recall.records import RecordReader
+    from streamfm.recall.trainer import Catalog, Config, drop_untrained, train
+    from streamfm.train import Options
+
+    def log(msg):
+        pass
+
+    s = dict(settings)
+    hp = dict(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS), **RECALL_HP)
+    for n in ftrl.HP_NAMES:
+        if n in s:
+            hp[n] = s.pop(n)
+    model = Model(k, hp=[hp[n] for n in ftrl.HP_NAMES], seed=seed, row_capacity=1 << 14, arena_capacity=1 << 18)
+    items = "".join("i%d %s\n" % kv for kv in sorted(sp.ifeat.items())).encode()
+    clicks = "".join(x + "\n" for x in click_lines(sp.tr_u, sp.tr_i, sp.ufeat)).encode()
+    cat = Catalog(RecordReader(io.BytesIO(items), parse.KEYED, Options(quiet=True), log, "items",
+                               model=model).read_all())
+    t0 = time.process_time()
+    train(model, cat, io.BytesIO(clicks), Config(seed=seed, **s), Options(quiet=True), log)
+    t = time.process_time() - t0
+    arrays, _ = drop_untrained(model)
+    sm = ServingModel.from_arrays(arrays)
+    from streamfm.recall.embed import embed
+
+    def vectors(feat, prefix):
+        text = "".join("%s%d %s\n" % (prefix, e, f) for e, f in sorted(feat.items())).encode()
+        recs = RecordReader(io.BytesIO(text), parse.KEYED, Options(quiet=True), log, prefix,
+                            table=sm.table).read_all()
+        return embed(recs, sm.weights, sm.k)[0].astype(np.float64)
+
+    uq = vectors(sp.ufeat, "u")
+    uq[:, k] = 1.0
+    scores = np.full((sp.n_users, sp.n_items), -np.inf)
+    scores[np.ix_(sorted(sp.ufeat), sorted(sp.ifeat))] = uq @ vectors(sp.ifeat, "i").T
+    return scores, t
+
+
+def bench_tune(a):
+    say("== (c) fm_recall settings on the validation split (last training positive of each user), "
+        "-dim 1,1,16, one thread, mean of %d seeds" % a.runs)
+    val = ml_split().validation()
+    with open(a.grid or TUNE_GRID) as f:
+        grid = [json.loads(line) for line in f if line.strip()]
+    say("| settings (defaults otherwise) | HR@10 | HR@50 | HR@100 | CPU s |")
+    say("|---|---|---|---|---|")
+    for settings in grid:
+        hs, ts = [], []
+        for r in range(a.runs):
+            scores, t = fm_fit_inprocess(val, settings, a.seed + r)
+            hs.append(hit_rates(scores, val, val.te_u, val.te_i))
+            ts.append(t)
+        h = {k: float(np.mean([x[k] for x in hs])) for k in KS}
+        say("| %s | %.4f | %.4f | %.4f | %.1f |" % (" ".join("%s=%s" % kv for kv in settings.items()) or "defaults",
+                                                 h[10], h[50], h[100], float(np.mean(ts))))
 
 
 # ---------------------------------------------------------------------------
@@ -299,36 +639,26 @@ def bench_speed(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["ml", "speed", "all"], default="all")
-    p.add_argument("--runs", type=int, default=3, help="repetitions (seeds for (a), timings for (b))")
+    p.add_argument("--part", choices=["ml", "speed", "tune", "all"], default="all")
+    p.add_argument("--install", action="store_true", help="install the peers (bench/requirements-recall.txt) first")
+    p.add_argument("--runs", type=int, default=3, help="seeds of the random methods; timings")
+    p.add_argument("--threads", type=int, default=THREADS, help="threads of every method (and of BLAS)")
     p.add_argument("--cores", type=int, default=2, help="search threads in (b)")
-    p.add_argument("--train-cores", type=int, default=1,
-                   help="fm_recall train -core in (a) (1: deterministic for a seed)")
     p.add_argument("--seed", type=int, default=1)
-    g = p.add_argument_group("(a) training flags (passed to fm_recall train)")
-    g.add_argument("--dim", type=int, default=16)
-    g.add_argument("--epochs", type=int, default=15)
-    g.add_argument("--neg", type=int, default=4)
-    g.add_argument("--neg-dist", default="uniform")
-    g.add_argument("--loss", default="bpr")
-    g.add_argument("--margin", type=float, default=1.0)
-    g.add_argument("--hard-neg", type=int, default=16)
-    g.add_argument("--pop-suppress", type=float, default=0.0)
-    g.add_argument("--w-alpha", type=float, default=0.05)
-    g.add_argument("--v-alpha", type=float, default=0.1)
-    g.add_argument("--w-l1", type=float, default=0.1)
-    g.add_argument("--v-l1", type=float, default=0.1)
-    g.add_argument("--w-l2", type=float, default=5.0)
-    g.add_argument("--v-l2", type=float, default=5.0)
-    g.add_argument("--init-stdev", type=float, default=0.1)
+    p.add_argument("--grid", metavar="FILE", help="(c): settings to compare, one JSON object a line "
+                   "(default: bench/recall_tune_grid.jsonl)")
     g = p.add_argument_group("(b)")
     g.add_argument("--items", type=int, default=1_000_000)
     g.add_argument("--queries", type=int, default=4000)
     g.add_argument("--check", type=int, default=200, help="queries checked against brute force")
     a = p.parse_args()
+    if a.install:
+        install_peers()
     if a.part in ("ml", "all"):
         bench_ml(a)
         say("")
+    if a.part == "tune":
+        bench_tune(a)
     if a.part in ("speed", "all"):
         bench_speed(a)
 

@@ -4,117 +4,24 @@ alphaFM's flags keep their single-dash names, meanings and defaults, so
 existing shell scripts keep working; streamfm's own flags are GNU style.
 """
 
-import contextlib
-import errno
-import functools
-import io
-import math
 import signal
 import sys
-import threading
 import time
 
 import click
 import numpy as np
 
-from . import ftrl, jit
+from . import jit
 from .badlines import BadInputStop
+from .command import (CONTEXT, EXIT_BAD_INPUT, EXIT_USAGE, SEED, FiniteFloat, check_distinct_or_fail,
+                      check_writable_or_fail, continue_seed, fail, fmt_seconds, hp_options, interruptible, log,
+                      output_failed, parse_dim, report, spare_rows, to_output)
 from .errors import StreamFMError
 from .metrics import fmt_int, fmt_metric
-from .model import MAX_K, Model, ModelError, detect_format, dtype_of, file_dtype, read_model, write_model
-from .output import (OutputError, check_distinct, check_writable, open_output,
-                     protect_standard_streams, write_text)
+from .model import (Model, ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
+                    model_has_state, read_model, write_model)
+from .output import OutputError, open_output
 from .parse import VALUE_CLIP
-
-EXIT_USAGE = 2
-EXIT_BAD_INPUT = 3
-# Row capacity reserved up front: zero pages cost address space, not memory,
-# and a run that stays within it never copies the model to grow it. Address
-# space is not free either (the kernel refuses a 60 GB np.zeros), so wide
-# rows (-dim 1,1,1000) reserve fewer and grow by doubling past them.
-_SPARE_ROWS = 1 << 22
-_SPARE_BYTES = 1 << 31
-
-
-def spare_rows(k, dtype, rows=_SPARE_ROWS):
-    """Rows to reserve for a model of k factors: ``rows``, or fewer when
-    they would take more than _SPARE_BYTES of address space."""
-    width = ftrl.n_cols(k) * np.dtype(dtype).itemsize
-    return int(max(1 << 10, min(rows, _SPARE_BYTES // width)))
-
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def log(msg):
-    if sys.stderr is None:  # started with 2>&-: the exit code still tells
-        return
-    try:
-        sys.stderr.write(msg + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-
-
-def fail(cmd, msg, code=1):
-    log("%s: error: %s" % (cmd, msg))
-    sys.exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside the trainer's own handling: unwinds like Ctrl-C, so an
-    output being written is discarded (its temporary file removed)."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
-def interruptible(name):
-    """The frame of every command.
-
-    Ctrl-C or SIGTERM outside the trainer's own handling (loading, compiling,
-    writing) unwinds the command, so an output in progress removes its
-    temporary file, and exits 128+signal with a word, not click's 'Aborted!'
-    and status 1; running out of memory exits 1 with one line, not a
-    traceback. Descriptors 0-2 closed at start (``>&-``) are kept taken, so no
-    file opened later becomes standard output.
-    """
-    def deco(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            protect_standard_streams()
-            old = None
-            if threading.current_thread() is threading.main_thread():
-                old = signal.signal(signal.SIGTERM, _on_sigterm)
-            try:
-                return f(*args, **kwargs)
-            except KeyboardInterrupt as e:
-                sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-                log("%s: interrupted (%s); nothing written" % (name, sig.name))
-                sys.exit(128 + sig)
-            except MemoryError:
-                log("%s: error: out of memory; nothing written" % name)
-                sys.exit(1)
-            finally:
-                if old is not None:
-                    signal.signal(signal.SIGTERM, old)
-        return wrapper
-    return deco
-
-
-def parse_dim(text, cmd="fm_train"):
-    """alphaFM's -dim 'k0,k1,k' (bias on, linear on, factors)."""
-    parts = text.split(",")
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        vals = None
-    if not vals or len(vals) != 3 or not 0 <= vals[2] <= MAX_K or any(v not in (0, 1) for v in vals[:2]):
-        raise click.BadParameter("expected k0,k1,k such as 1,1,8 (k0, k1 are 0 or 1; 0 <= k <= %d), got %r"
-                                 % (MAX_K, text), param_hint="-dim")
-    return bool(vals[0]), bool(vals[1]), vals[2]
-
 
 def parse_predict_dim(text):
     """fm_predict's -dim: alphaFM takes the factor count (8); 1,1,8 is accepted too."""
@@ -138,123 +45,8 @@ def _open_input(path):
         raise click.BadParameter("%s: %s" % (path, e.strerror), param_hint="--input")
 
 
-def _check_writable(path, cmd):
-    """Fail before hours of training, not after, when an output cannot be written."""
-    try:
-        check_writable(path)
-    except OutputError as e:
-        fail(cmd, str(e))
-
-
-def _check_distinct(cmd, outputs, inputs, allow=()):
-    """Exit 2 before anything is opened for writing when an output is an input
-    (or two outputs are one file); see output.check_distinct."""
-    try:
-        check_distinct(outputs, inputs, allow)
-    except OutputError as e:
-        fail(cmd, str(e), EXIT_USAGE)
-
-
-def output_failed(cmd, e):
-    """End a command whose output failed: one line naming the output, exit 1
-    (silently when a reader such as ``head`` closed the pipe: nothing to tell)."""
-    if e.errno == errno.EPIPE:
-        sys.exit(1)
-    fail(cmd, str(e))
-
-
-def to_output(cmd, out_path, run, reading="input"):
-    """``run(out)`` on standard output ('-') or an output file (output.open_output:
-    a run that fails leaves no partial file, as with models); its failures end
-    the command with a one-line error and the documented exit code."""
-    try:
-        with open_output(out_path) as out:
-            return run(out)
-    except BadInputStop as e:
-        fail(cmd, str(e), EXIT_BAD_INPUT)
-    except OutputError as e:
-        output_failed(cmd, e)
-    except ModelError as e:
-        fail(cmd, str(e))
-    except OSError as e:
-        fail(cmd, "reading %s: %s" % (reading, e.strerror or e))
-
-
-def report(cmd):
-    """A command whose result is text printed on standard output: what it
-    prints is gathered and written at the end, checked, so a full disk or a
-    closed stdout ends it with a one-line error and exit 1, not a short report."""
-    def deco(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            try:
-                check_writable("-")
-            except OutputError as e:
-                output_failed(cmd, e)
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                result = f(*args, **kwargs)
-            try:
-                write_text("-", buf.getvalue())
-            except OutputError as e:
-                output_failed(cmd, e)
-            return result
-        return wrapper
-    return deco
-
-
-def _fmt_seconds(s):
-    return "%.2f s" % s if s < 10 else "%.1f s" % s
-
-
 # ---------------------------------------------------------------------------
 # fm_train
-
-_HP_HELP = {
-    "w_alpha": "FTRL alpha (learning rate) of w", "w_beta": "FTRL beta of w",
-    "w_l1": "L1 regularisation of w", "w_l2": "L2 regularisation of w",
-    "v_alpha": "FTRL alpha (learning rate) of v", "v_beta": "FTRL beta of v",
-    "v_l1": "L1 regularisation of v", "v_l2": "L2 regularisation of v",
-    "init_stdev": "standard deviation of the initial v",
-}
-
-
-class FiniteFloat(click.FloatRange):
-    """A float flag within bounds that must also be a finite number: click's
-    FloatRange lets 'nan' (every comparison false) and 'inf' through."""
-
-    def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail("%r is not a finite number" % rv, param, ctx)
-        return rv
-
-
-class HyperParam(click.ParamType):
-    """An FTRL hyper-parameter flag, checked by ftrl.hp_error (finite; alpha > 0, the rest >= 0)."""
-
-    name = "float"
-
-    def __init__(self, hp):
-        self.hp = hp
-
-    def convert(self, value, param, ctx):
-        why = ftrl.hp_error(self.hp, value)
-        if why:
-            self.fail(why, param, ctx)
-        return float(value)
-
-
-# --seed: the trainer's kernels take it as a 64-bit integer
-SEED = click.IntRange(-(1 << 63), (1 << 63) - 1)
-
-
-def _hp_options(f):
-    for name, default in reversed(list(zip(ftrl.HP_NAMES, ftrl.HP_DEFAULTS))):
-        f = click.option("-" + name, name, type=HyperParam(name), default=default, show_default=True,
-                         help=_HP_HELP[name] + ".")(f)
-    return f
-
 
 @click.command(context_settings=CONTEXT)
 @click.option("-m", "model_path", metavar="PATH", help="Where to write the trained model (required).")
@@ -262,7 +54,7 @@ def _hp_options(f):
               help="Format of the model written: alphaFM's text, or streamfm's binary (fast to load).")
 @click.option("-dim", "dim", default="1,1,8", show_default=True, metavar="K0,K1,K",
               help="Use the bias (K0), the linear terms (K1), and K factors; 1,1,0 is logistic regression.")
-@_hp_options
+@hp_options
 @click.option("-core", "cores", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker threads (parse and update in parallel; with 1 and a --seed a run is deterministic).")
 @click.option("-im", "init_model", metavar="PATH",
@@ -317,11 +109,11 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
     # -im X -m X replaces a model by its continuation: it is read whole first
-    _check_distinct(cmd, [("-m", model_path), ("--bad-lines", bad_lines)],
-                    [("--input", input_path or "-"), ("-im", init_model)], allow={("-m", "-im")})
-    _check_writable(model_path, cmd)
+    check_distinct_or_fail(cmd, [("-m", model_path), ("--bad-lines", bad_lines)],
+                           [("--input", input_path or "-"), ("-im", init_model)], allow={("-m", "-im")})
+    check_writable_or_fail(model_path, cmd)
     if bad_lines:
-        _check_writable(bad_lines, cmd)
+        check_writable_or_fail(bad_lines, cmd)
     stream = _open_input(input_path)
     try:
         continue_fmt = detect_format(init_model) if init_model else None
@@ -337,13 +129,13 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype,
                                 extra_rows=spare)
-            seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
+            seed = continue_seed(cmd, arrays.info, seed, fvs, quiet)
             model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare)
             del arrays
             if not quiet:
                 log("%s: continuing %s: %s features, %s samples seen before (%s)" % (
                     cmd, init_model, fmt_int(model.n_rows - 1), fmt_int(model.samples_seen),
-                    _fmt_seconds(time.time() - t_load)))
+                    fmt_seconds(time.time() - t_load)))
         else:
             seed = 0 if seed is None else seed
             model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=spare,
@@ -384,28 +176,10 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         _train_report(cmd, summary, model, model_path, model_format, t_write)
 
 
-def _continue_seed(cmd, info, seed, fvs, quiet):
-    """The seed for continuing a model: a binary model remembers its own.
-
-    New features of the continued run must get the draws they would have
-    got in one long run, so the model's seed wins unless --seed says
-    otherwise (then say that the runs will not match).
-    """
-    saved = info.get("seed")
-    if seed is None:
-        seed = 0 if saved is None else int(saved)
-    elif saved is not None and int(saved) != seed and not quiet:
-        log("%s: warning: --seed %d differs from the model's seed %d; new features get other "
-            "initial factors than one continuous run would give them" % (cmd, seed, int(saved)))
-    if "fvs" in info and bool(info["fvs"]) != bool(fvs) and not quiet:
-        log("%s: warning: -fvs %d differs from the model's -fvs %d" % (cmd, int(fvs), int(info["fvs"])))
-    return seed
-
-
 def _train_report(cmd, s, model, path, fmt, t_write):
     rate = s.samples / max(s.seconds, 1e-9)
     log("%s: %s after %s" % (cmd, "interrupted (%s), model saved" % s.interrupted if s.interrupted else "done",
-                              _fmt_seconds(s.seconds)))
+                              fmt_seconds(s.seconds)))
     log("  lines read           %s" % fmt_int(s.lines))
     log("  samples trained      %s" % fmt_int(s.samples))
     log("  bad lines skipped    %s%s" % (fmt_int(s.bad), "  (%s)" % s.bad_description if s.bad else ""))
@@ -420,7 +194,7 @@ def _train_report(cmd, s, model, path, fmt, t_write):
             "share its row)" % fmt_int(model.table.collisions))
     log("  samples/s            %s" % fmt_int(rate))
     log("  progressive logloss  %s   auc %s" % (fmt_metric(s.logloss), fmt_metric(s.auc)))
-    log("  model written        %s (%s, %s)" % (path, fmt, _fmt_seconds(t_write)))
+    log("  model written        %s (%s, %s)" % (path, fmt, fmt_seconds(t_write)))
 
 
 # ---------------------------------------------------------------------------
@@ -443,6 +217,9 @@ def _train_report(cmd, s, model, path, fmt, t_write):
               help="Read samples from FILE instead of standard input.")
 @click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
               help="On a bad line: skip it (no output line, reported on stderr), or stop and exit 3.")
+@click.option("--max-bad-fraction", type=FiniteFloat(0, 1), default=None, metavar="F",
+              help="Stop (exit 3) when more than this fraction of lines is bad, checked from the "
+                   "1000th line on and at the end; with -out FILE nothing is written.")
 @click.option("--bad-lines", metavar="FILE", default=None,
               help="Write every bad line to FILE as 'line-number<TAB>reason<TAB>line'.")
 @click.option("--metrics", is_flag=True,
@@ -454,8 +231,8 @@ def _train_report(cmd, s, model, path, fmt, t_write):
               metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 @interruptible("fm_predict")
-def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, on_error, bad_lines,
-               metrics, explain, progress_every, quiet):
+def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, on_error, max_bad_fraction,
+               bad_lines, metrics, explain, progress_every, quiet):
     """Score libsvm-style lines with an FM model.
 
     Writes one 'label score' line per valid input line, in input order:
@@ -474,21 +251,25 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     if not model_path:
         raise click.UsageError("-m PATH (the model) is required")
     k = parse_predict_dim(dim)
-    _check_distinct(cmd, [("-out", out_path), ("--bad-lines", bad_lines)],
-                    [("--input", input_path or "-"), ("-m", model_path)])
-    _check_writable(out_path, cmd)
+    check_distinct_or_fail(cmd, [("-out", out_path), ("--bad-lines", bad_lines)],
+                           [("--input", input_path or "-"), ("-m", model_path)])
+    check_writable_or_fail(out_path, cmd)
     if bad_lines:
-        _check_writable(bad_lines, cmd)
+        check_writable_or_fail(bad_lines, cmd)
     stream = _open_input(input_path)
     try:
-        warm_up(detect_format(model_path), file_dtype(model_path), log, quiet)
+        fmt = detect_format(model_path)
+        warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path))
+        # the kernels are loaded: LLVM's pages go before the model's come in
+        jit.release_compiler_memory()
         t0 = time.time()
-        model = ServingModel.load(model_path, k=k)
+        # a binary model is mapped, not read: its pages are the page cache's
+        model = ServingModel.load(model_path, k=k, mmap=True)
     except (ModelError, ValueError) as e:
         fail(cmd, str(e))
     t_load = time.time() - t0
-    opts = Options(cores=cores, on_error=on_error, quiet=quiet, bad_lines=bad_lines,
-                   progress_every=progress_every)
+    opts = Options(cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction, quiet=quiet,
+                   bad_lines=bad_lines, progress_every=progress_every)
     make = Explainer(model, topn=explain).on_block_factory if explain else None
     summary = to_output(cmd, out_path, lambda out: predict_stream(
         model, stream, out, opts, log, make_on_block=make, metrics=metrics))
@@ -496,7 +277,7 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
         rate = summary.samples / max(summary.seconds, 1e-9)
         log("%s: %s lines, %s scored, %s bad, %s lines/s (model load %s)" % (
             cmd, fmt_int(summary.lines), fmt_int(summary.samples), fmt_int(summary.bad),
-            fmt_int(rate), _fmt_seconds(t_load)))
+            fmt_int(rate), fmt_seconds(t_load)))
         if summary.bad:
             log("  bad lines: %s" % summary.bad_description)
         if summary.clipped:
@@ -579,7 +360,7 @@ def _print_hash_info(arrays):
 
 
 def _write_or_fail(src, path, fmt, state=True):
-    _check_writable(path, "fm_dump")
+    check_writable_or_fail(path, "fm_dump")
     try:
         write_model(src, path, fmt, state=state)
     except (ModelError, OutputError) as e:
@@ -604,9 +385,10 @@ def dump_convert(src_path, dst_path, to_fmt, nonzero):
              to_fmt=lambda fmt: to_fmt or ("txt" if fmt == "bin" else "bin"))
 
 
-def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
-    """Read a model, drop all-zero features if asked, write it in to_fmt(its format)."""
-    _check_distinct("fm_dump", [("OUT", dst_path)], [("MODEL", src_path)])
+def _rewrite(src_path, dst_path, nonzero, state, to_fmt, dtype=None):
+    """Read a model, drop all-zero features if asked, write it in to_fmt(its format)
+    (``dtype``: w and v converted to it; stripped models only)."""
+    check_distinct_or_fail("fm_dump", [("OUT", dst_path)], [("MODEL", src_path)])
     try:
         fmt = detect_format(src_path)
     except ModelError as e:
@@ -614,6 +396,9 @@ def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
     arrays = _load_for_dump(src_path, state=state)
     if nonzero:
         arrays = arrays.select(_nonzero_rows(arrays))
+    if dtype is not None:
+        arrays = ModelArrays(arrays.arena, arrays.name_off, arrays.weights.astype(dtype), None,
+                             dict(arrays.info, dtype=dtype_name(dtype)))
     _write_or_fail(arrays, dst_path, to_fmt(fmt), state=state is not False)
 
 
@@ -623,10 +408,13 @@ def _rewrite(src_path, dst_path, nonzero, state, to_fmt):
 @click.option("--to", "to_fmt", type=click.Choice(["txt", "bin"]), default=None,
               help="Output format (default: the input's).")
 @click.option("--nonzero", is_flag=True, help="Also drop features whose w and v are all zero.")
+@click.option("--float", "to_float", is_flag=True,
+              help="Store w and v as float32: half the size and memory (fm_predict, fm_serve).")
 @interruptible("fm_dump strip")
-def dump_strip(src_path, dst_path, to_fmt, nonzero):
+def dump_strip(src_path, dst_path, to_fmt, nonzero, to_float):
     """Keep only w and v (what fm_predict needs): a smaller model for serving."""
-    _rewrite(src_path, dst_path, nonzero, state=False, to_fmt=lambda fmt: to_fmt or fmt)
+    _rewrite(src_path, dst_path, nonzero, state=False, to_fmt=lambda fmt: to_fmt or fmt,
+             dtype=np.float32 if to_float else None)
 
 
 @fm_dump.command("embeddings", context_settings=CONTEXT)
@@ -646,9 +434,9 @@ def dump_embeddings(src_path, dst_path, out_fmt, nonzero):
         if dst_path == "-":
             fail("fm_dump", "--format npy writes OUT and OUT.names: give a file name, not -", EXIT_USAGE)
         outs.append(("OUT.names", dst_path + ".names"))
-    _check_distinct("fm_dump", outs, [("MODEL", src_path)])
+    check_distinct_or_fail("fm_dump", outs, [("MODEL", src_path)])
     for _, p in outs:
-        _check_writable(p, "fm_dump")
+        check_writable_or_fail(p, "fm_dump")
     arrays = _load_for_dump(src_path, state=False)
     v = arrays.weights[1:, 1:]
     sub = arrays.select(np.r_[False, np.any(v != 0, axis=1)] if nonzero else np.ones(arrays.n_rows, bool))
@@ -693,8 +481,8 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     cmd = "fm_dump importance"
     if sep is not None and len(sep.encode()) != 1:
         raise click.BadParameter("SEP must be a single byte, such as _", param_hint="--by-field")
-    _check_distinct(cmd, [("", "-")], [("--input", input_path or "-"), ("-m", model_path)])
-    _check_writable("-", cmd)
+    check_distinct_or_fail(cmd, [("", "-")], [("--input", input_path or "-"), ("-m", model_path)])
+    check_writable_or_fail("-", cmd)
     stream = _open_input(input_path)
     try:
         model = ServingModel.load(model_path)
@@ -779,8 +567,8 @@ def dump_merge(model_paths, out_path, base_path, to_fmt, rule, quiet):
 
     cmd = "fm_dump merge"
     inputs = [("MODEL", p) for p in model_paths] + ([("--base", base_path)] if base_path else [])
-    _check_distinct(cmd, [("-o", out_path)], inputs)
-    _check_writable(out_path, cmd)
+    check_distinct_or_fail(cmd, [("-o", out_path)], inputs)
+    check_writable_or_fail(out_path, cmd)
     t0 = time.time()
     try:
         fm = merge_models(model_paths, base=base_path, rule=rule)
@@ -791,5 +579,5 @@ def dump_merge(model_paths, out_path, base_path, to_fmt, rule, quiet):
     if not quiet:
         log("%s: %d models%s -> %s: %s features, %s samples seen (merge %s, total %s)" % (
             cmd, len(model_paths), " onto %s" % base_path if base_path else "", out_path,
-            fmt_int(fm.n_features), fmt_int(fm.samples_seen), _fmt_seconds(t_merge),
-            _fmt_seconds(time.time() - t0)))
+            fmt_int(fm.n_features), fmt_int(fm.samples_seen), fmt_seconds(t_merge),
+            fmt_seconds(time.time() - t0)))

@@ -123,7 +123,7 @@ class Report:
         self.n_features = int(n_features)
         with bad.lock:
             self.bad = int(bad.count)
-            self.by_reason = {parse.REASONS[r]: c for r, c in sorted(bad.by_reason.items())}
+            self.by_reason = dict(sorted(bad.by_reason.items()))
             self._bad = bad.arrays() + (dict(bad.texts),)
         m = summary if isinstance(summary, MetricSummary) else metrics
         if m is not None:

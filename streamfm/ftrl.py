@@ -23,6 +23,7 @@ from numba import njit
 
 from .jit import prefetch
 from .metrics import N_METRICS, add_prediction
+from .mix import splitmix64
 
 W, WN, WZ, VN = 0, 1, 2, 3
 
@@ -91,23 +92,15 @@ def factor_from_state(z, n, w, fvs, alpha, beta, l1, l2):
 
 
 @njit(inline="always")
-def _mix64(x):
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@njit(inline="always")
 def init_key(h, seed):
-    return _mix64(h ^ _mix64(np.uint64(seed)))
+    return splitmix64(h ^ splitmix64(np.uint64(seed)))
 
 
 @njit(inline="always")
 def _gauss_pair(key, j):
     """Normal numbers 2j and 2j+1 of the stream ``key`` (Box-Muller)."""
-    a = _mix64(key + np.uint64(2 * j))
-    b = _mix64(key + np.uint64(2 * j + 1))
+    a = splitmix64(key + np.uint64(2 * j))
+    b = splitmix64(key + np.uint64(2 * j + 1))
     u1 = (np.float64(a >> np.uint64(11)) + 1.0) * (1.0 / 9007199254740992.0)
     u2 = np.float64(b >> np.uint64(11)) * (1.0 / 9007199254740992.0)
     r = math.sqrt(-2.0 * math.log(u1))
@@ -263,7 +256,7 @@ def refresh_w(params, r, on, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2, se
             if fvs and n > 0.0 and params[r, W] == 0.0:
                 # w leaves 0: alphaFM draws v afresh (it only shows where v_n
                 # is still 0); keyed by the state reached, so runs agree.
-                _draw_v(params, r, _mix64(key ^ _f64_bits(n)), k, stdev, True)
+                _draw_v(params, r, splitmix64(key ^ _f64_bits(n)), k, stdev, True)
             params[r, W] = weight_from_sqrt(z, sq, w_alpha, w_beta, w_l1, w_l2)
     return params[r, W]
 

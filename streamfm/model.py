@@ -936,13 +936,21 @@ def check_finite(path, name, arr):
                              % (path, name, row, float(arr.reshape(-1)[i])))
 
 
-def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
+def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
     """Read a binary model into ModelArrays.
 
     ``state``: True requires the FTRL rows, False reads only what prediction
     needs, None reads everything. ``extra_rows``: spare capacity behind the
     FTRL rows, so a continued model needs no second copy of them.
+    ``mmap``: map the arrays read-only instead of reading them (``MappedFile``):
+    the pages come from the page cache, shared by every process that maps
+    the file, and only those touched become resident. For prediction only
+    (the arrays are read-only): not with ``state=True`` or ``extra_rows``.
+    The file must then be replaced by renaming a new one over it (as every
+    streamfm writer does), never rewritten in place.
     """
+    if mmap and (state or extra_rows):
+        raise ValueError("a memory-mapped model is read-only: for prediction (state=False) only")
     header = read_bin_header(path)
     mk = int(header["k"])
     if k is not None and int(k) != mk:
@@ -961,20 +969,26 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
     if "weights" in specs:
         want.append("weights")
     out = {}
+    mapped = MappedFile(path) if mmap else None
     with open(path, "rb") as f:
         for name in want:
             a = specs[name]
             shape = tuple(a["shape"])
             dt = ft if name in ("params", "weights") else (np.dtype("<i8") if name == "name_off" else np.uint8)
-            if name == "params" and extra_rows:
-                full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=dt)
-                arr = full[: shape[0]]
+            if mapped is not None:
+                arr = mapped.array(a["offset"], dt, shape)
+                if arr is None:  # cut after the header was read
+                    raise ModelError("%s: truncated in array %r" % (path, name))
             else:
-                arr = np.empty(shape, dtype=dt)
-            f.seek(a["offset"])
-            got = f.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
-            if got != a["nbytes"]:
-                raise ModelError("%s: truncated in array %r" % (path, name))
+                if name == "params" and extra_rows:
+                    full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=dt)
+                    arr = full[: shape[0]]
+                else:
+                    arr = np.empty(shape, dtype=dt)
+                f.seek(a["offset"])
+                got = f.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
+                if got != a["nbytes"]:
+                    raise ModelError("%s: truncated in array %r" % (path, name))
             if verify and zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
                 raise ModelError("%s: corrupted: checksum mismatch in array %r" % (path, name))
             if name in ("params", "weights"):
@@ -986,7 +1000,56 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0):
         raise ModelError("%s: corrupted: inconsistent name offsets" % path)
     meta = {key: header[key] for key in header if key not in ("arrays", "params_columns")}
     meta["format"] = "bin"
-    return ModelArrays(out["names"], off, out.get("weights"), None, meta, params=out.get("params"))
+    arrays = ModelArrays(out["names"], off, out.get("weights"), None, meta, params=out.get("params"))
+    if mmap:
+        arrays.mapped = mapped
+    return arrays
+
+
+class MappedFile:
+    """A file mapped read-only; ``array`` views a part of it as a numpy array.
+
+    The mapping lives as long as any array made from it. Its pages are the
+    page cache's, shared by every process mapping the file; ``drop`` gives
+    an array's pages back (they are read again from the file if touched).
+    """
+
+    def __init__(self, path):
+        import mmap
+
+        self.path = path
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self.mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
+
+    def array(self, offset, dtype, shape):
+        """A read-only view of ``shape`` ``dtype`` numbers at ``offset``; None past the end."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        if count == 0:
+            a = np.zeros(shape, dtype=dtype)
+            a.flags.writeable = False
+            return a
+        if self.mm is None or offset + count * dtype.itemsize > len(self.mm):
+            return None
+        return np.frombuffer(self.mm, dtype=dtype, count=count, offset=int(offset)).reshape(shape)
+
+    def drop(self, arr):
+        """Release the resident pages under ``arr`` (a view of this file) from this process."""
+        import mmap
+
+        if self.mm is None or arr.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = np.frombuffer(self.mm, dtype=np.uint8).ctypes.data
+        start = arr.ctypes.data - base
+        page = mmap.PAGESIZE
+        lo = (start + page - 1) // page * page  # whole pages only: neighbours stay
+        hi = (start + arr.nbytes) // page * page
+        if hi > lo:
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
 
 
 # ----------------------------------------------------------------------------
@@ -1009,7 +1072,7 @@ def detect_format(path):
     return "bin" if MAGIC.startswith(head) else "txt"
 
 
-def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, table=False):
+def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, table=False, mmap=False):
     """ModelArrays from a txt or bin model file (format detected from its bytes).
 
     ``fmt`` (the -mf/-imf flag) is accepted for alphaFM compatibility; the
@@ -1018,12 +1081,15 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
     ``table``: also build the feature table (``arrays.table``), which is how
     a name that appears twice is found; callers that build their own table
     pass False and get the same error from ``table_for``.
+    ``mmap``: memory-map a binary model's arrays (``read_bin``; prediction
+    only); text models are read as usual.
     """
     real = detect_format(path)
     if real == "txt":
         arrays = read_txt(path, k=k, state=state, dtype=dtype)
     else:
-        arrays = read_bin(path, k=k, state=state, extra_rows=extra_rows)
+        arrays = read_bin(path, k=k, state=state, extra_rows=extra_rows,
+                          mmap=mmap and (dtype is None or np.dtype(dtype) == file_dtype(path)))
         if dtype is not None and np.dtype(dtype) != arrays.dtype:
             def conv(a):
                 return None if a is None else a.astype(dtype)
@@ -1035,17 +1101,19 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
     return arrays
 
 
-def table_for(arrays, row_capacity=0, arena_capacity=0):
+def table_for(arrays, row_capacity=0, arena_capacity=0, share=False):
     """The FeatureTable of a model file's names (ModelError on a duplicate).
 
     A binary model's hash key is reused, so a continued run keeps it; a
     text model has none and gets a fresh one (table.py).
+    ``share``: a lookup-only table over the file's own name arrays (no copy;
+    e.g. read-only views of a memory-mapped model).
     """
     path = getattr(arrays, "path", "model")
     try:
         return FeatureTable.from_names(arrays.arena, arrays.name_off, arrays.n_rows,
                                        row_capacity=row_capacity, arena_capacity=arena_capacity,
-                                       key=stored_key(arrays.info, path))
+                                       key=stored_key(arrays.info, path), share=share)
     except DuplicateName:
         raise duplicate_error(arrays, path) from None
     except ValueError as e:
@@ -1068,6 +1136,11 @@ def file_dtype(path):
     if detect_format(path) == "bin":
         return _FLOAT_DTYPES[read_bin_header(path)["dtype"]]
     return np.dtype(np.float64)
+
+
+def model_has_state(path):
+    """Whether a binary model holds the FTRL state (False: stripped, w and v only)."""
+    return bool(read_bin_header(path).get("has_state", True))
 
 
 def write_model(src, path, fmt="txt", state=True):

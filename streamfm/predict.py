@@ -11,9 +11,10 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt, ftrl, parse
-from .badlines import BadInputStop, BadLineLog
+from .badlines import BadLineLog
 from .metrics import MetricSummary, Progress, add_prediction, new_accumulators
 from .model import read_model, table_for
+from .pipeline import run_workers
 from .reader import BlockReader
 
 
@@ -28,11 +29,32 @@ class ServingModel:
 
     @classmethod
     def from_arrays(cls, arrays):
-        return cls(table_for(arrays), arrays.weights, arrays.k, arrays.info)
+        mapped = getattr(arrays, "mapped", None)
+        if mapped is not None and arrays.explicit_weights is None:
+            # (w, v) from mapped FTRL rows a chunk at a time, each chunk's pages
+            # given back once used: the rows are never all resident at once
+            weights = np.empty((arrays.n_rows, 1 + arrays.k), dtype=arrays.dtype)
+            for r0, r1, w, _s in arrays.chunks(weights=True, state=False):
+                weights[r0:r1] = w
+                mapped.drop(arrays.params[r0:r1])
+        else:
+            weights = arrays.weights
+        table = table_for(arrays, share=mapped is not None)
+        if mapped is not None:
+            # a mapped model: the names were needed to build the table (lookups
+            # use its hashes) and full FTRL rows to derive (w, v); give their
+            # pages back, only (w, v) stay in use
+            mapped.drop(arrays.arena)
+            mapped.drop(arrays.name_off)
+            if arrays.params is not None:
+                mapped.drop(arrays.params)
+        return cls(table, weights, arrays.k, arrays.info)
 
     @classmethod
-    def load(cls, path, k=None):
-        return cls.from_arrays(read_model(path, k=k, state=False))
+    def load(cls, path, k=None, mmap=False):
+        """The serving model of a model file; ``mmap``: map a binary model's
+        arrays read-only (``model.read_bin``) instead of reading them."""
+        return cls.from_arrays(read_model(path, k=k, state=False, mmap=mmap))
 
     @property
     def n_rows(self):
@@ -124,14 +146,12 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     writer = OrderedWriter(out)
     if bad is None:
         bad = BadLineLog(opts, log)
-    stop = threading.Event()
-    errors = []
     summary = PredictSummary() if summary is None else summary
     counts = []
     accs = []
     t0 = time.time()
 
-    def work():
+    def handler():
         bufs = parse.ParseBuffers(0)
         raw = np.empty(0, dtype=np.float64)
         outbuf = np.empty(0, dtype=np.uint8)
@@ -140,78 +160,64 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
         counts.append(c)
         accs.append(acc)
         on_block = make_on_block() if make_on_block else None
-        try:
-            while not stop.is_set():
-                blk = reader.get()
-                if blk is None:
-                    return
-                p = parse.parse(blk.data, blk.n_lines, bufs, model.table)
-                c[0] += p.n_lines
-                c[1] += p.n_samples
-                c[2] += p.n_clipped
-                if len(p.bad_line):
-                    bad.add(blk, p)
-                    if opts.on_error == "stop":
-                        raise BadInputStop(bad.stop_message(""))
-                if raw.shape[0] < p.n_samples:
-                    raw = np.empty(max(p.n_samples, 2 * raw.shape[0]), dtype=np.float64)
-                model.scores(p, raw)
-                if on_scores is not None:
-                    on_scores(blk, p, raw[: p.n_samples])
-                if metrics:
-                    accumulate_metrics(p.ys, raw, p.n_samples, acc[0], acc[1])
-                data = on_block(p, raw[: p.n_samples]) if on_block else None
-                if data is None:
-                    need = p.n_samples * 32
-                    if outbuf.shape[0] < need:
-                        outbuf = np.empty(max(need, 2 * outbuf.shape[0]), dtype=np.uint8)
-                    nb = format_predictions(p.ys, raw, p.n_samples, outbuf)
-                    data = outbuf[:nb].tobytes()
-                writer.put(blk.seq, data)
-        except BaseException as e:
-            errors.append(e)
-            stop.set()
 
-    threads = [threading.Thread(target=work, name="streamfm-predict-%d" % i, daemon=True)
-               for i in range(opts.cores)]
+        def handle(blk):
+            nonlocal raw, outbuf
+            p = parse.parse(blk.data, blk.n_lines, bufs, model.table)
+            c[0] += p.n_lines
+            c[1] += p.n_samples
+            c[2] += p.n_clipped
+            bad.check(blk, p, sum(x[0] for x in counts))
+            if raw.shape[0] < p.n_samples:
+                raw = np.empty(max(p.n_samples, 2 * raw.shape[0]), dtype=np.float64)
+            model.scores(p, raw)
+            if on_scores is not None:
+                on_scores(blk, p, raw[: p.n_samples])
+            if metrics:
+                accumulate_metrics(p.ys, raw, p.n_samples, acc[0], acc[1])
+            data = on_block(p, raw[: p.n_samples]) if on_block else None
+            if data is None:
+                need = p.n_samples * 32
+                if outbuf.shape[0] < need:
+                    outbuf = np.empty(max(need, 2 * outbuf.shape[0]), dtype=np.uint8)
+                nb = format_predictions(p.ys, raw, p.n_samples, outbuf)
+                data = outbuf[:nb].tobytes()
+            writer.put(blk.seq, data)
+        return handle
+
     progress = Progress(log, "fm_predict", opts.progress_every, quiet=opts.quiet)
+
+    def tick():
+        summary.lines = sum(c[0] for c in counts)
+        summary.samples = sum(c[1] for c in counts)
+        summary.bad = bad.count
+        progress.maybe(summary)
+
     try:
-        for th in threads:
-            th.start()
-        while any(th.is_alive() for th in threads):
-            for th in threads:
-                th.join(0.2)
-            summary.lines = sum(c[0] for c in counts)
-            summary.samples = sum(c[1] for c in counts)
-            summary.bad = bad.count
-            progress.maybe(summary)
+        # also on an exception (SIGTERM, Ctrl-C): no worker writes to ``out``
+        # once the caller closes it
+        run_workers(reader, [handler() for _ in range(opts.cores)], tick, name="streamfm-predict")
     finally:
-        # also on an exception here (SIGTERM, Ctrl-C): no worker may write to
-        # ``out`` once the caller closes it
-        stop.set()
-        reader.stop()
-        for th in threads:
-            if th.is_alive():
-                th.join()
         bad.close()
-    summary.lines = sum(c[0] for c in counts)
-    summary.samples = sum(c[1] for c in counts)
-    summary.clipped = sum(c[2] for c in counts)
-    summary.bad = bad.count
-    summary.bad_description = bad.describe()
-    summary.seconds = time.time() - t0
+        summary.lines = sum(c[0] for c in counts)
+        summary.samples = sum(c[1] for c in counts)
+        summary.clipped = sum(c[2] for c in counts)
+        summary.bad = bad.count
+        summary.bad_description = bad.describe()
+        summary.seconds = time.time() - t0
     if metrics:
         summary.metrics = MetricSummary(sum(a[0] for a in accs), sum(a[1] for a in accs))
-    if errors:
-        raise errors[0]
-    if reader.error is not None:
-        raise reader.error
+    bad.check_fraction(summary.lines, final=True)
     return summary
 
 
-def warm_up(fmt, dtype, log, quiet):
+def warm_up(fmt, dtype, log, quiet, stripped=False):
     """Compile or load the kernels that loading a ``fmt`` model and predicting
-    need, on a tiny model, so that the real model is then loaded at disk speed."""
+    need, on a tiny model, so that the real model is then loaded at disk speed.
+
+    ``stripped``: the model holds (w, v) only; a mapped binary one is then
+    scored from read-only arrays (kernels of their own).
+    """
     import io
     import os
     import tempfile
@@ -221,6 +227,8 @@ def warm_up(fmt, dtype, log, quiet):
     from .output import open_output
     from .train import Options
 
+    # importing numba mapped all of LLVM; loading cached kernels needs only part of it
+    jit.release_compiler_memory()
     jit.compile_notice([parse.parse_block, ftrl.score_block, format_predictions,
                         accumulate_metrics], log, quiet)
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
@@ -228,11 +236,15 @@ def warm_up(fmt, dtype, log, quiet):
         if fmt == "txt":
             with open_output(path) as f:
                 f.write(b"bias 0.1 0 0\na 0.2 0.3 0 0 0 0\n")
+        elif stripped:
+            arrays = ModelArrays(np.frombuffer(b"biasa", np.uint8), np.array([0, 4, 5]),
+                                 np.zeros((2, 2), dtype=dtype), None, {"k": 1})
+            write_model(arrays, path, "bin", state=False)
         else:
             params = np.zeros((2, ftrl.n_cols(1)), dtype=dtype)
             arrays = ModelArrays(np.frombuffer(b"biasa", np.uint8), np.array([0, 4, 5]), None, None,
                                  {"k": 1}, params=params)
             write_model(arrays, path, "bin")
-        model = ServingModel.load(path)
+        model = ServingModel.load(path, mmap=True)
     predict_stream(model, io.BytesIO(b"1 a:1 b\n"), io.BytesIO(), Options(quiet=True), log,
                    metrics=True)

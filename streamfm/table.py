@@ -321,6 +321,13 @@ def hash_arena(name_off, arena, row_hash, row_init, first, last, key):
 
 
 @njit(cache=True, nogil=True)
+def hash_table_names(name_off, arena, row_hash, first, last, key):
+    """Table hashes of the names of rows first..last-1 (no init hashes: lookup-only tables)."""
+    for r in range(first, last):
+        row_hash[r] = hash_bytes(arena, name_off[r], name_off[r + 1], key)
+
+
+@njit(cache=True, nogil=True)
 def index_names(slots, row_hash, name_off, arena, first, last):
     """Index rows first..last-1 of a model file's names (the rows before are indexed).
 
@@ -414,24 +421,36 @@ class FeatureTable:
         self.meta = np.zeros(3, dtype=np.int64)
 
     @classmethod
-    def from_names(cls, arena, name_off, n_rows, row_capacity=0, arena_capacity=0, key=None):
+    def from_names(cls, arena, name_off, n_rows, row_capacity=0, arena_capacity=0, key=None, share=False):
         """Table over given names (row 0 must be the bias); raises on a duplicate.
 
         ``key``: the key the names were trained under (a binary model's); None
         draws a fresh one. Distinct names that share a hash under it (only a
         file not trained with this key can hold such a pair) get a fresh key,
         so every name keeps its own row.
+        ``share``: keep ``arena`` and ``name_off`` themselves (e.g. read-only
+        views of a memory-mapped model) instead of copies with spare capacity,
+        and no init hashes: a table for lookups only, which can never grow.
         """
         t = cls.__new__(cls)
         used = int(name_off[n_rows])
-        t._allocate(max(row_capacity, n_rows), max(arena_capacity, used))
-        t.arena[:used] = arena[:used]
-        t.name_off[: n_rows + 1] = name_off[: n_rows + 1]
+        if share:
+            t.arena, t.name_off = arena[:used], name_off[: n_rows + 1]
+            t.row_hash = np.empty(max(n_rows, 2), dtype=np.uint64)
+            t.row_init = None  # no row is ever created in a lookup-only table
+            t.meta = np.zeros(3, dtype=np.int64)
+        else:
+            t._allocate(max(row_capacity, n_rows), max(arena_capacity, used))
+            t.arena[:used] = arena[:used]
+            t.name_off[: n_rows + 1] = name_off[: n_rows + 1]
         t.meta[:2] = (n_rows, used)
         for _ in range(_KEY_TRIES):
             t.key = new_key() if key is None else np.array(key, dtype=np.uint64)
             key = None
-            hash_arena(t.name_off, t.arena, t.row_hash, t.row_init, 1, n_rows, t.key)
+            if share:
+                hash_table_names(t.name_off, t.arena, t.row_hash, 1, n_rows, t.key)
+            else:
+                hash_arena(t.name_off, t.arena, t.row_hash, t.row_init, 1, n_rows, t.key)
             t.slots = np.full(index_size(n_rows), EMPTY, dtype=np.int32)
             dup, collisions = index_names(t.slots, t.row_hash, t.name_off, t.arena, 1, n_rows)
             if dup >= 0:
@@ -493,7 +512,15 @@ class FeatureTable:
 
     def lookup(self, name):
         """Row of a feature name (str or bytes), or -1."""
-        return int(lookup_one(self.slots, self.row_hash, self.hash(name)))
+        return self.lookup_hash(self.hash(name))
+
+    def lookup_hash(self, h):
+        """Row of a table hash ``h`` (under this table's key), or -1.
+
+        Hashes are uint64 throughout: one at or above 2**63 given as a
+        Python int would reach numba as an int64 and overflow.
+        """
+        return int(lookup_one(self.slots, self.row_hash, np.uint64(h)))
 
     def lookup_names(self, arena, name_off, first, last, out):
         """out[r] = the row of name r of (arena, name_off) in this table (or -1), r in first..last-1."""

@@ -15,9 +15,12 @@ import threading
 import time
 
 from . import ftrl, parse
-from .badlines import BadInputStop, BadLineLog
+from .badlines import BadLineLog
 from .metrics import N_METRICS, MetricSummary, Progress, new_accumulators
+from .pipeline import run_workers
 from .reader import BlockReader
+
+NO_MODEL = ", no model written"  # ends a stop message: the model in hand is not written
 
 
 class RWLock:
@@ -129,7 +132,6 @@ def train_stream(model, stream, opts, log, signals=True, bad=None, progress=None
     rw = RWLock()
     insert_lock = threading.Lock()
     stop = threading.Event()
-    errors = []
     if bad is None:
         bad = BadLineLog(opts, log)
     workers = [_Worker() for _ in range(opts.cores)]
@@ -137,69 +139,42 @@ def train_stream(model, stream, opts, log, signals=True, bad=None, progress=None
     flags = (opts.k0, opts.k1, model.fvs)
     t0 = time.time()
 
-    def check_bad(total_lines, final=False):
-        # while running, wait for 1000 lines: a bad line early on is no trend
-        frac = opts.max_bad_fraction
-        if frac is not None and (final or total_lines >= 1000) and bad.count > frac * total_lines:
-            raise BadInputStop("%d of %d lines were bad (more than --max-bad-fraction %g); "
-                               "no model written" % (bad.count, total_lines, frac))
+    def handler(w):
+        def handle(blk):
+            rw.acquire_read()
+            try:
+                p = parse.parse(blk.data, blk.n_lines, w.bufs, model.table)
+            finally:
+                rw.release_read()
+            w.lines += p.n_lines
+            w.clipped += p.n_clipped
+            bad.check(blk, p, sum(x.lines for x in workers), NO_MODEL)
+            if p.n_unknown:
+                with insert_lock:
+                    model.add_unknown(p, blk.data, pause=rw.writing)
+            rw.acquire_read()
+            try:
+                ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params,
+                                 model.table.row_init, model.hp, k, flags[0], flags[1], flags[2],
+                                 model.seed, w.stats, w.hist)
+            finally:
+                rw.release_read()
+        return handle
 
-    def work(w):
-        try:
-            while not stop.is_set():
-                blk = reader.get()
-                if blk is None or stop.is_set():
-                    return
-                rw.acquire_read()
-                try:
-                    p = parse.parse(blk.data, blk.n_lines, w.bufs, model.table)
-                finally:
-                    rw.release_read()
-                w.lines += p.n_lines
-                w.clipped += p.n_clipped
-                if len(p.bad_line):
-                    bad.add(blk, p)
-                    if opts.on_error == "stop":
-                        raise BadInputStop(bad.stop_message(", no model written"))
-                check_bad(sum(x.lines for x in workers))
-                rows = p.rows
-                if p.n_unknown:
-                    with insert_lock:
-                        model.add_unknown(p, blk.data, pause=rw.writing)
-                rw.acquire_read()
-                try:
-                    ftrl.train_block(p.indptr, rows, p.vals, p.ys, p.n_samples, model.params,
-                                     model.table.row_init, model.hp, k, flags[0], flags[1], flags[2],
-                                     model.seed, w.stats, w.hist)
-                finally:
-                    rw.release_read()
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-            stop.set()
-
-    threads = [threading.Thread(target=work, args=(w,), name="streamfm-train-%d" % i, daemon=True)
-               for i, w in enumerate(workers)]
     if progress is None:
         progress = Progress(log, "fm_train", opts.progress_every, quiet=opts.quiet)
+
+    def tick():
+        _collect(summary, workers, model)
+        summary.bad = bad.count
+        progress.maybe(summary, model.n_rows - 1)
+
     old_handlers = _install_signal_handlers(stop, summary, reader) if signals else None
     try:
-        for th in threads:
-            th.start()
-        while any(th.is_alive() for th in threads):
-            for th in threads:
-                th.join(0.2)
-            _collect(summary, workers, model)
-            summary.bad = bad.count
-            progress.maybe(summary, model.n_rows - 1)
+        run_workers(reader, [handler(w) for w in workers], tick, stop, "streamfm-train")
     finally:
-        reader.stop()
-        # an exception here (KeyboardInterrupt in a library call) must not
-        # leave a worker updating the model behind the caller's back: each
-        # finishes the block in hand
-        stop.set()
-        for th in threads:
-            if th.is_alive():
-                th.join()
+        # however the run ends (a KeyboardInterrupt in a library call too),
+        # no worker is left updating the model behind the caller's back
         _restore_signal_handlers(old_handlers)
         bad.close()
         summary.seconds = time.time() - t0
@@ -207,11 +182,7 @@ def train_stream(model, stream, opts, log, signals=True, bad=None, progress=None
         summary.bad = bad.count
         summary.bad_description = bad.describe()
         model.samples_seen += summary.samples
-    if errors:
-        raise errors[0]
-    if reader.error is not None:
-        raise reader.error
-    check_bad(summary.lines, final=True)
+    bad.check_fraction(summary.lines, final=True, what=NO_MODEL)
     return summary
 
 

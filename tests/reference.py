@@ -21,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from streamfm import ftrl
+from streamfm.mix import splitmix64
 from streamfm.table import init_hash
 
 SGN_EPS = 1e-10
@@ -80,7 +81,7 @@ def initial_v(name, k, seed, stdev):
 
 def redraw_v(name, w_n, k, seed, stdev):
     base = np.uint64(ftrl.init_key(np.uint64(init_hash(name)), seed))
-    key = np.uint64(ftrl._mix64(np.uint64(base ^ f64_bits(w_n))))
+    key = np.uint64(splitmix64(np.uint64(base ^ f64_bits(w_n))))
     return [stdev * float(ftrl.gauss(key, f)) for f in range(k)]
 
 

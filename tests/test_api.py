@@ -239,7 +239,7 @@ def test_errors_are_typed(tmp_path, lines):
     bad = list(lines[:50]) + [b"1 a:zz"] + list(lines[50:100])
     with pytest.raises(BadInputError) as e:
         fm.partial_fit(bad, on_error="stop")
-    assert str(e.value) == "line 51: feature value is not a number (column 3); stopped (on_error='stop')"
+    assert str(e.value) == "input line 51: feature value is not a number (column 3); stopped (on_error='stop')"
     assert e.value.report.bad_lines[0].line == 51 and isinstance(e.value, StreamFMError)
     assert fm.samples_seen == e.value.report.samples  # what was trained (whole blocks) stays
     with pytest.raises(BadInputError, match="max_bad_fraction"):

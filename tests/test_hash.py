@@ -461,3 +461,25 @@ def test_key_bytes_round_trip():
     with pytest.raises(ValueError):
         table.key_from_bytes(b"x" * 15)
     assert msgpack.unpackb(msgpack.packb({"k": key_to_bytes(k)}, use_bin_type=True), raw=False)["k"] == key_to_bytes(k)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_lookup_of_hashes_at_or_above_2_63(share):
+    """Hashes are uint64: a name whose table hash is >= 2**63 (half of them) is
+    found, by name and by its hash given as a Python int (no OverflowError)."""
+    names = [b"bias"] + [b"f%d" % i for i in range(64)]
+    arena = np.frombuffer(b"".join(names), np.uint8)
+    off = np.zeros(len(names) + 1, np.int64)
+    np.cumsum([len(n) for n in names], out=off[1:])
+    t = FeatureTable.from_names(arena, off, len(names), key=new_key(), share=share)
+    high = [r for r in range(1, len(names)) if int(t.hash(names[r])) >= 1 << 63]
+    assert 10 < len(high) < 54
+    for r in high:
+        h = int(t.hash(names[r]))
+        assert h == int(t.row_hash[r]) and h >= 1 << 63
+        assert t.lookup(names[r]) == r
+        assert t.lookup(names[r].decode()) == r
+        assert t.lookup_hash(h) == r
+    absent = next(b"x%d" % i for i in range(1000) if int(t.hash(b"x%d" % i)) >= 1 << 63)
+    assert t.lookup(absent) == -1 and t.lookup_hash(int(t.hash(absent))) == -1
+    assert t.lookup_hash(M64) == -1

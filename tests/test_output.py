@@ -661,7 +661,8 @@ def _signal_while_writing(argv, d, target, sig):
 def test_signal_during_the_model_write_removes_the_temporary(tmp_path, big_model, sig):
     target = tmp_path / "model.txt"
     target.write_bytes(b"bias 0.5 0 0\n")
-    _signal_while_writing([FM_TRAIN, "-im", big_model, "-m", target, "-dim", "1,1,%d" % K, "-q"],
+    # no input (--allow-empty: the model is still written), so the write is all the run does
+    _signal_while_writing([FM_TRAIN, "-im", big_model, "-m", target, "-dim", "1,1,%d" % K, "-q", "--allow-empty"],
                           tmp_path, target, sig)
 
 

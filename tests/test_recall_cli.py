@@ -186,7 +186,7 @@ def test_bad_lines_and_unknown_items(tmp_path):
               b"u3 user=u3 age:x | i2\n"            # a value that is not a number
               b"u4 user=u4 | nosuchitem\n"
               b"u5 user=u5 | i2\n")
-    _, err = run(["train", "-m", tmp_path / "m.txt", "--items", sample("items.txt")], stdin=clicks)
+    _, err = run(["train", "-m", tmp_path / "m.txt", "--items", sample("items.txt"), "--epochs", "1"], stdin=clicks)
     assert "stdin line 2:" in err and "stdin line 3:" in err
     assert "line 4: clicked item 'nosuchitem' is not in --items" in err
     assert "clicks trained        2" in err

@@ -88,6 +88,9 @@ def test_audit_matches_the_phi_formula_and_finds_the_moved_field(tmp_path):
                                "change"]
     first = text[1].split()
     assert first[0] == top and float(first[4]) == round(got[top][3], 4) and float(first[6]) == 0.0
+    # B (its own hash key) is looked up by name: its shares are B's real ones, summing to 1
+    rows = text[1:1 + len(ref)]
+    assert abs(sum(float(r.split()[6]) for r in rows) - 1) < 1e-3
     moved = text.index("moved most (share a.txt -> b.txt):")
     assert text[moved + 1].split()[0] == top and len(text[moved + 1:]) >= 3
     assert text[-1] == "spec fields never present in the samples: never"

@@ -35,9 +35,9 @@ def test_output_may_not_be_an_input(tmp_path):
     log.write_text("req\tpos\tuid\tiid\tclick\n")
     before = log.read_bytes()
     r = fm_sample("rank", "--spec", path, "--input", log, "-o", log)
-    assert r.returncode == 1 and b"is also an input" in r.stderr
+    assert r.returncode == 2 and b"-o %s is the same file as --input %s" % (bytes(log), bytes(log)) in r.stderr
     r = fm_sample("rank", "--spec", path, "--input", log, "-o", tmp_path / "users.tsv")
-    assert r.returncode == 1 and b"is also an input" in r.stderr
+    assert r.returncode == 2 and b"is the same file as --users" in r.stderr
     assert log.read_bytes() == before
     r = fm_sample("rank", "--spec", path, "--input", log, "-o", tmp_path / "no" / "such" / "dir.txt")
     assert r.returncode == 1 and b"does not exist" in r.stderr

@@ -21,6 +21,7 @@ from .index import FaissMissing, Index, PairTable, Searcher, model_fingerprint, 
 from .keys import KeyIndex
 from .query import MODES, QueryRunner, QuerySummary
 from .records import RecordReader
+from .defaults import RECALL_HP
 from .trainer import Catalog, Config, drop_untrained, train
 
 logger = logging.getLogger("streamfm")
@@ -75,9 +76,9 @@ class Recall:
         self.report = None
 
     @classmethod
-    def train(cls, clicks, items, *, fm=None, epochs=1, neg=4, neg_dist="uniform", pop_suppress=0.0,
-              hard_neg=0, loss="hinge", margin=1.0, cores=1, on_error="skip", max_bad_fraction=None,
-              keep_untrained=False, **fm_params):
+    def train(cls, clicks, items, *, fm=None, epochs=None, neg=None, neg_dist=None, pop_suppress=None,
+              hard_neg=None, loss=None, margin=None, max_sampled=None, cores=1, on_error="skip",
+              max_bad_fraction=None, keep_untrained=False, **fm_params):
         """Train an FM for recall on click lines; returns a Recall (``.report``: the trainer's summary).
 
         ``items``: the catalog negatives are drawn from. ``fm``: an FM to
@@ -87,19 +88,26 @@ class Recall:
         negatives per click drawn ``neg_dist`` ("uniform", "pop", "pop0.75");
         ``pop_suppress``: word2vec's subsampling threshold of popular items;
         ``hard_neg``: candidates drawn per click, of which the ``neg`` the model
-        scores highest are kept (0: off); ``loss``: "hinge" (with ``margin``),
-        "bpr" or "logistic". As fm_recall train, features no click or negative
-        ever reached are left out of the model unless ``keep_untrained``.
+        scores highest are kept (0: off); ``loss``: "warp" (with
+        ``max_sampled``), "hinge" (with ``margin``), "bpr" or "logistic".
+        Every option left None takes fm_recall train's default
+        (streamfm/recall/defaults.py), and a new FM takes fm_recall's
+        hyper-parameters (``RECALL_HP``: -v_alpha 0.1) unless given. As
+        fm_recall train, features no click or negative ever reached are left
+        out of the model unless ``keep_untrained``.
         """
         if fm is None:
-            fm = FM(**fm_params)
+            fm = FM(**dict(RECALL_HP, **fm_params))
         elif fm_params:
             raise TypeError("give either fm or FM parameters, not both")
         if fm.k < 1:
             raise ParameterError("recall needs factors: k >= 1")
-        if hard_neg and hard_neg <= neg:
+        if hard_neg and neg is not None and hard_neg <= neg:
             raise ParameterError("hard_neg draws that many candidates and keeps the neg (%d) best: it "
                                  "must be larger than neg" % neg)
+        if hard_neg and loss == "warp":
+            raise ParameterError("hard_neg is for hinge, bpr and logistic; warp draws its own hard negatives "
+                                 "(max_sampled)")
         opts = run_options(fm.k0, fm.k1, cores, on_error, max_bad_fraction)
         model = fm.training_model()
         try:
@@ -107,7 +115,8 @@ class Recall:
             if catalog.n < 2:
                 raise ParameterError("the catalog holds %d item(s); negatives need at least 2" % catalog.n)
             cfg = Config(loss=loss, margin=margin, neg=neg, neg_dist=neg_dist, pop_suppress=pop_suppress,
-                         hard_neg=hard_neg, epochs=epochs, seed=fm.seed, k0=fm.k0, k1=fm.k1, cores=opts.cores)
+                         hard_neg=hard_neg, max_sampled=max_sampled, epochs=epochs, seed=fm.seed, k0=fm.k0,
+                         k1=fm.k1, cores=opts.cores)
             src = as_stream(clicks, need_labels=False)
             with src:
                 summary = train(model, catalog, src.stream, cfg, opts, logger.warning, source="clicks")

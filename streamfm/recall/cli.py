@@ -17,12 +17,14 @@ import time
 import click
 import numpy as np
 
+from .. import command
 from ..badlines import BadInputStop
-from ..cli import (CONTEXT, EXIT_BAD_INPUT, SEED, FiniteFloat, _check_distinct, _check_writable, _continue_seed,
-                   _fmt_seconds, _hp_options, interruptible, log, output_failed, parse_dim, report, spare_rows,
-                   to_output)
+from ..command import (CONTEXT, EXIT_BAD_INPUT, SEED, FiniteFloat, check_distinct_or_fail, check_writable_or_fail,
+                       continue_seed, fmt_seconds, hp_options, interruptible, log, output_failed, parse_dim, report,
+                       spare_rows, to_output)
 from ..metrics import fmt_int
 from ..model import ModelError, dtype_of
+from .defaults import RECALL_HP, TRAIN
 from ..output import OutputError
 
 _ON_ERROR = click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
@@ -36,8 +38,7 @@ _QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress or summar
 
 
 def fail(cmd, msg, code=1):
-    log("fm_recall %s: error: %s" % (cmd, msg))
-    sys.exit(code)
+    command.fail("fm_recall " + cmd, msg, code)
 
 
 def _opts(cores=1, on_error="skip", max_bad_fraction=None, quiet=False, bad_lines=None):
@@ -144,9 +145,10 @@ def fm_recall():
               help="Format of the model written: alphaFM's text, or streamfm's binary.")
 @click.option("-dim", "dim", default="1,1,8", show_default=True, metavar="K0,K1,K",
               help="Use the bias (K0), the linear terms (K1), and K factors (the embedding size).")
-@_hp_options
+@hp_options(defaults=RECALL_HP)
 @click.option("-core", "cores", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Trainer threads (Hogwild; with 1 and a --seed a run is deterministic).")
+              help="Trainer threads: Hogwild, on disjoint slices of the clicks (with 1 and a --seed a run "
+                   "is deterministic).")
 @click.option("-im", "init_model", metavar="PATH", help="Continue training from this model (txt or bin).")
 @click.option("-imf", "init_model_format", type=click.Choice(["txt", "bin"]), default=None,
               help="Format of -im (accepted for alphaFM scripts; the file's bytes decide).")
@@ -158,27 +160,48 @@ def fm_recall():
               help="The item catalog: 'ITEM_KEY NAME:VALUE ...' lines; negatives are drawn from it.")
 @click.option("--input", "input_path", metavar="FILE", default=None,
               help="Read click lines from FILE instead of standard input.")
-@click.option("--epochs", type=click.IntRange(1, 100000), default=1, show_default=True,
+@click.option("--epochs", type=click.IntRange(1, 100000), default=TRAIN["epochs"], show_default=True,
               help="Passes over the clicks. With more than 1 the clicks are held in memory and "
                    "reshuffled every pass; 1 streams them in input order.")
-@click.option("--neg", type=click.IntRange(1, 1000), default=4, show_default=True,
-              help="Negatives per click.")
-@click.option("--neg-dist", type=click.Choice(["uniform", "pop", "pop0.75"]), default="uniform",
+@click.option("--neg", type=click.IntRange(1, 1000), default=TRAIN["neg"], show_default=True,
+              help="Negatives per click (hinge, bpr, logistic; warp draws until its first violator).")
+@click.option("--neg-dist", type=click.Choice(["uniform", "pop", "pop0.75"]), default=TRAIN["neg_dist"],
               show_default=True,
               help="Draw negatives uniformly from the catalog, or by click count (to the power 1 or "
                    "0.75; counts as seen so far, the whole log with --epochs > 1).")
-@click.option("--pop-suppress", type=FiniteFloat(0, 1), default=0.0, show_default=True, metavar="T",
+@click.option("--pop-suppress", type=FiniteFloat(0, 1), default=TRAIN["pop_suppress"], show_default=True,
+              metavar="T",
               help="Keep a click on an item with click share f with probability "
                    "min(1, sqrt(T/f) + T/f), as word2vec does; 0 keeps every click. Try 1e-3.")
-@click.option("--hard-neg", type=click.IntRange(0, 100000), default=0, show_default=True, metavar="M",
-              help="Draw M candidates per click and keep the --neg the model scores highest (0: off).")
+@click.option("--hard-neg", type=click.IntRange(0, 100000), default=TRAIN["hard_neg"], show_default=True,
+              metavar="M",
+              help="Draw M candidates per click and keep the --neg the model scores highest (0: off; "
+                   "not with warp, which finds its own hard negatives). Default: 4 x --neg, at least 16; "
+                   "0 with warp.")
 @click.option("--hard-neg-model", metavar="FILE", default=None,
               help="Score --hard-neg candidates with this fixed model instead of the one being trained.")
-@click.option("--loss", type=click.Choice(["hinge", "bpr", "logistic"]), default="hinge", show_default=True,
-              help="Pairwise hinge max(0, margin - s(u,i+) + s(u,i-)), pairwise BPR "
-                   "-log sigmoid(s(u,i+) - s(u,i-)), or pointwise logistic (clicks 1, negatives 0).")
-@click.option("--margin", type=FiniteFloat(0), default=1.0, show_default=True,
-              help="Margin of the hinge loss (>= 0).")
+@click.option("--loss", type=click.Choice(["warp", "hinge", "bpr", "logistic"]), default=TRAIN["loss"],
+              show_default=True,
+              help="warp: draw items until the first whose score is within the margin of the clicked "
+                   "one's (at most --max-sampled draws), then a hinge step weighted by the log of the "
+                   "rank that estimates, log((items - 1) / draws) (LightFM's WARP); pairwise hinge "
+                   "max(0, margin - s(u,i+) + s(u,i-)); pairwise BPR -log sigmoid(s(u,i+) - s(u,i-)); "
+                   "or pointwise logistic (clicks 1, negatives 0).")
+@click.option("--max-sampled", type=click.IntRange(1, 1000000), default=TRAIN["max_sampled"], show_default=True,
+              metavar="N", help="warp: draws per click at most (a click with no violator in N draws "
+                                "is ranked well enough and trains nothing).")
+@click.option("--margin", type=FiniteFloat(0), default=TRAIN["margin"], show_default=True,
+              help="Margin of the hinge and warp losses.")
+@click.option("--refresh", type=click.IntRange(1, 1 << 40), default=TRAIN["refresh"], show_default=True,
+              metavar="N",
+              help="warp and --hard-neg score candidates with the catalog's embeddings, recomputed from "
+                   "the model every N clicks.")
+@click.option("--seen-pairs", type=click.IntRange(1, 1 << 40), default=TRAIN["seen_capacity"],
+              show_default=True, metavar="N",
+              help="A user's own clicked items are never drawn as their negatives. With --epochs 1 the "
+                   "last N distinct (user, item) clicks of the stream are remembered (at most 2 tables "
+                   "of the power of two >= 2N 8-byte slots: 32 MB for the default); with more passes, "
+                   "all of the log's (8 to 16 bytes a pair).")
 @click.option("--seed", type=SEED, default=None,
               help="Seed of the initial v and of sampling and shuffling (default: the -im binary "
                    "model's seed, else 0).")
@@ -197,19 +220,27 @@ def fm_recall():
 @interruptible("fm_recall train")
 def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
               init_stdev, cores, init_model, init_model_format, fvs, mnt, items_path, input_path, epochs, neg,
-              neg_dist, pop_suppress, hard_neg, hard_neg_model, loss, margin, seed, keep_untrained, on_error,
+              neg_dist, pop_suppress, hard_neg, hard_neg_model, loss, max_sampled, margin, refresh, seen_pairs,
+              seed, keep_untrained, on_error,
               max_bad_fraction, bad_lines, save_on_interrupt, allow_empty, quiet):
     """Train an FM for recall on click lines from standard input.
 
     Each click 'USER_KEY NAME:VALUE ... | ITEM_KEY' is a positive; negatives
-    come from the --items catalog. The model is an ordinary streamfm model
-    (fm_dump, fm_predict and -im work on it). Progress, the training loss
-    and the share of violated pairs (s(u,i+) - s(u,i-) below the hinge
-    margin; below 0 for bpr and logistic) go to stderr.
+    come from the --items catalog, never among the user's own clicked items.
+    The model is an ordinary streamfm model (fm_dump, fm_predict and -im work
+    on it). Progress, the training loss and the share of violated pairs
+    (s(u,i+) - s(u,i-) below the margin; below 0 for bpr and logistic) go to
+    stderr.
+
+    The defaults differ from fm_train's (alphaFM's): they are the best
+    settings found on a validation split carved from MovieLens-100k's
+    training clicks (README, "Recall defaults"; bench/bench_recall.py --part
+    tune): BPR on the 4 best-scored of 16 draws, 15 passes, -v_alpha 0.1.
+    WARP (--loss warp) trains 3x faster at a lower HR@50 there.
 
     \b
     Example:
-      fm_recall train -m model.txt --items items.txt -dim 1,1,16 --epochs 10 < clicks.txt
+      fm_recall train -m model.txt --items items.txt -dim 1,1,16 < clicks.txt
     """
     from .. import jit, parse
     from ..model import Model, read_model, write_model
@@ -223,19 +254,26 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
     k0, k1, k = parse_dim(dim)
     if k < 1:
         raise click.BadParameter("recall needs factors: K >= 1 (e.g. 1,1,16)", param_hint="-dim")
+    if click.get_current_context().get_parameter_source("hard_neg") == click.core.ParameterSource.DEFAULT:
+        hard_neg = None   # Config: the default ratio to --neg, none with warp
     if hard_neg and hard_neg <= neg:
         raise click.BadParameter("--hard-neg M draws M candidates and keeps the --neg (%d) best: M must be "
                                  "larger than --neg" % neg, param_hint="--hard-neg")
+    if hard_neg_model and hard_neg is None and loss != "warp":
+        hard_neg = max(TRAIN["hard_neg"], TRAIN["hard_neg"] // TRAIN["neg"] * neg)
     if hard_neg_model and not hard_neg:
         raise click.UsageError("--hard-neg-model needs --hard-neg M")
+    if hard_neg and loss == "warp":
+        raise click.UsageError("--hard-neg is for hinge, bpr and logistic; warp draws its own hard negatives "
+                               "(--max-sampled)")
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
-    _check_distinct("fm_recall train", [("-m", model_path), ("--bad-lines", bad_lines)],
-                    [("--items", items_path), ("--input", input_path or "-"), ("-im", init_model),
-                     ("--hard-neg-model", hard_neg_model)], allow={("-m", "-im")})
-    _check_writable(model_path, "fm_recall train")
+    check_distinct_or_fail("fm_recall train", [("-m", model_path), ("--bad-lines", bad_lines)],
+                           [("--items", items_path), ("--input", input_path or "-"), ("-im", init_model),
+                            ("--hard-neg-model", hard_neg_model)], allow={("-m", "-im")})
+    check_writable_or_fail(model_path, "fm_recall train")
     if bad_lines:
-        _check_writable(bad_lines, "fm_recall train")
+        check_writable_or_fail(bad_lines, "fm_recall train")
     items_file = _open(items_path, cmd, "--items")
     stream = _input(input_path, cmd)
     opts = _opts(cores, on_error, max_bad_fraction, quiet, bad_lines)
@@ -246,7 +284,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
     try:
         if init_model:
             arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
-            seed = _continue_seed(cmd, arrays.info, seed, fvs, quiet)
+            seed = continue_seed(cmd, arrays.info, seed, fvs, quiet)
             model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare_rows(k, dtype, 1 << 16))
             del arrays
             if not quiet:
@@ -275,9 +313,10 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
             % (catalog.duplicates, items_path))
     if not quiet:
         log("fm_recall train: %s items in the catalog (%s), %s features" % (
-            fmt_int(catalog.n), _fmt_seconds(time.time() - t0), fmt_int(model.n_rows - 1)))
+            fmt_int(catalog.n), fmt_seconds(time.time() - t0), fmt_int(model.n_rows - 1)))
     cfg = Config(loss=loss, margin=margin, neg=neg, neg_dist=neg_dist, pop_suppress=pop_suppress,
-                 hard_neg=hard_neg, epochs=epochs, seed=seed, k0=k0, k1=k1, cores=cores)
+                 hard_neg=hard_neg, epochs=epochs, seed=seed, k0=k0, k1=k1, cores=cores,
+                 max_sampled=max_sampled, refresh=refresh, seen_capacity=seen_pairs)
     progress = _TrainProgress(epochs, quiet)
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("fm_recall train: reading clicks from the terminal (pipe a file in, or use --input FILE)")
@@ -312,7 +351,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
     if not quiet:
         s = summary
         log("fm_recall train: %s after %s" % ("interrupted (%s), model saved" % stop.signal if stop.signal
-                                              else "done", _fmt_seconds(s.seconds)))
+                                              else "done", fmt_seconds(s.seconds)))
         log("  lines read            %s" % fmt_int(s.lines))
         log("  bad lines skipped     %s%s" % (fmt_int(s.bad), "  (%s)" % s.bad_description if s.bad else ""))
         if s.not_in_catalog:
@@ -326,14 +365,23 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                 fmt_int(s.stats[6]), fmt_int(s.stats[5])))
         if s.stats[7]:
             log("  clicks without a negative %s (every item drawn was the user's own click)" % fmt_int(s.stats[7]))
-        log("  pairs                 %s" % fmt_int(s.pairs))
-        log("  clicks/s              %s" % fmt_int(s.trained / max(s.seconds, 1e-9)))
-        log("  %s loss%s %.6f   violated pairs %.2f%%" % (
-            loss, " " * (14 - len(loss)), s.loss, 100 * s.violated))
+        if loss == "warp":
+            log("  candidates scored     %s  (%.1f a click)" % (fmt_int(s.pairs), s.pairs / max(s.trained, 1)))
+            log("  clicks/s              %s" % fmt_int(s.trained / max(s.seconds, 1e-9)))
+            log("  warp loss           %.6f   violated pairs %.2f%%  (clicks with a violator %.2f%%)" % (
+                s.loss, 100 * s.violated, 100 * s.stats[3] / max(s.trained, 1)))
+        else:
+            log("  pairs                 %s" % fmt_int(s.pairs))
+            log("  clicks/s              %s" % fmt_int(s.trained / max(s.seconds, 1e-9)))
+            log("  %s loss%s %.6f   violated pairs %.2f%%" % (
+                loss, " " * (14 - len(loss)), s.loss, 100 * s.violated))
+        if s.seen_rotations:
+            log("  own clicks remembered %s pairs (--seen-pairs %s reached %d times: older ones forgotten)"
+                % (fmt_int(s.seen_pairs), fmt_int(seen_pairs), s.seen_rotations))
         log("  features in model     %s%s" % (fmt_int(src.n_rows - 1),
                                               "  (%s never reached, left out)" % fmt_int(dropped) if dropped else ""))
         log("  model written         %s (%s, %s)" % (model_path, model_format,
-                                                    _fmt_seconds(time.time() - t_write)))
+                                                    fmt_seconds(time.time() - t_write)))
 
 
 class _TrainProgress:
@@ -399,11 +447,11 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
         raise click.UsageError("give exactly one of --items FILE or --users FILE")
     path = items_path or users_path
     kind = "items" if items_path else "users"
-    _check_distinct("fm_recall index", [("-o", out_path), ("--bad-lines", bad_lines)],
-                    [("-m", model_path), ("--" + kind, path)])
-    _check_writable(out_path, "fm_recall index")
+    check_distinct_or_fail("fm_recall index", [("-o", out_path), ("--bad-lines", bad_lines)],
+                           [("-m", model_path), ("--" + kind, path)])
+    check_writable_or_fail(out_path, "fm_recall index")
     if bad_lines:
-        _check_writable(bad_lines, "fm_recall index")
+        check_writable_or_fail(bad_lines, "fm_recall index")
     jit.compile_notice([parse.parse_block, embed_records], log, quiet)
     t0 = time.time()
     model = _load_serving(model_path, cmd)
@@ -432,7 +480,7 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
         fail(cmd, str(e))
     if not quiet:
         log("fm_recall index: %s %s, %d factors, written to %s (%s)" % (
-            fmt_int(recs.n), kind, model.k, out_path, _fmt_seconds(time.time() - t0)))
+            fmt_int(recs.n), kind, model.k, out_path, fmt_seconds(time.time() - t0)))
         if keys.duplicates:
             log("  repeated keys dropped   %s (the first line of each is kept)" % fmt_int(keys.duplicates))
         unknown = int((recs.rows < 0).sum())
@@ -497,12 +545,12 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
         raise click.BadParameter("%s ranks by the FM score; --metric is for i2i and u2u" % mode,
                                  param_hint="--metric")
     metric = metric or ("ip" if pair else "cos")
-    _check_distinct("fm_recall query", [("-out", out_path), ("--bad-lines", bad_lines)],
-                    [("--input", input_path or "-"), ("-m", model_path), ("--index", index_path),
-                     ("--exclude", exclude_path), ("--query-index", query_index_path)])
-    _check_writable(out_path, "fm_recall query")
+    check_distinct_or_fail("fm_recall query", [("-out", out_path), ("--bad-lines", bad_lines)],
+                           [("--input", input_path or "-"), ("-m", model_path), ("--index", index_path),
+                            ("--exclude", exclude_path), ("--query-index", query_index_path)])
+    check_writable_or_fail(out_path, "fm_recall query")
     if bad_lines:
-        _check_writable(bad_lines, "fm_recall query")
+        check_writable_or_fail(bad_lines, "fm_recall query")
     jit.compile_notice([parse.parse_block, topn_range, format_results], log, quiet)
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
@@ -602,8 +650,8 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
         klist = []
     if not klist or klist[0] < 1:
         raise click.BadParameter("expected positive integers such as 10,50,100, got %r" % ks, param_hint="-k")
-    _check_distinct("fm_recall eval", [("", "-")], [("--input", input_path or "-"), ("-m", model_path),
-                                                   ("--index", index_path), ("--train", train_path)])
+    check_distinct_or_fail("fm_recall eval", [("", "-")], [("--input", input_path or "-"), ("-m", model_path),
+                                                          ("--index", index_path), ("--train", train_path)])
     model = _load_serving(model_path, cmd)
     index = _load_index(index_path, cmd)
     if index.kind != "items":

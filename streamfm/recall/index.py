@@ -48,11 +48,44 @@ class IndexError_(ModelError):
     """An index file that cannot be used (str() is a one-line explanation)."""
 
 
+def _crc32(w, dtype=None, rows=1 << 16):
+    """crc32 of the bytes of ``w`` (as ``dtype``), converted a chunk of rows at a time."""
+    crc = 0
+    for r0 in range(0, w.shape[0], rows):
+        part = w[r0:r0 + rows]
+        part = np.ascontiguousarray(part if dtype is None else part.astype(dtype))
+        crc = zlib.crc32(memoryview(part).cast("B"), crc)
+    return crc
+
+
 def model_fingerprint(weights):
-    """crc32 of a model's (w, v) array: tells whether an index matches a model."""
-    w = np.ascontiguousarray(weights)
-    return {"crc32": zlib.crc32(memoryview(w).cast("B")), "n_rows": int(w.shape[0]),
-            "k": int(w.shape[1]) - 1, "dtype": str(w.dtype)}
+    """crc32 of a model's (w, v) array: tells whether an index matches a model.
+
+    ``crc32_f32`` is the crc32 of the same numbers as float32, which a
+    float32 serving copy of a float64 model (``fm_dump strip --float``) has.
+    """
+    w = np.asarray(weights)
+    out = {"crc32": _crc32(w), "n_rows": int(w.shape[0]), "k": int(w.shape[1]) - 1, "dtype": str(w.dtype)}
+    out["crc32_f32"] = out["crc32"] if w.dtype == np.float32 else _crc32(w, np.float32)
+    return out
+
+
+def fingerprint_matches(info, weights, fingerprint=None):
+    """Whether an index whose header says ``info`` (its ``model`` entry) was
+    built from the model with these (w, v) weights, or a float32 copy of it.
+
+    ``fingerprint``: ``model_fingerprint(weights)`` if the caller has it.
+    An index without a fingerprint matches nothing.
+    """
+    if not info or info.get("crc32") is None:
+        return False
+    fp = fingerprint or model_fingerprint(weights)
+    if info.get("n_rows") != fp["n_rows"] or info.get("k") != fp["k"]:
+        return False
+    if info.get("dtype") == fp["dtype"]:
+        return info["crc32"] == fp["crc32"]
+    theirs = info["crc32"] if info.get("dtype") == "float32" else info.get("crc32_f32")
+    return theirs is not None and theirs == fp["crc32_f32"]
 
 
 # ----------------------------------------------------------------------------

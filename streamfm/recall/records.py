@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .. import parse
-from ..badlines import BadInputStop, BadLineLog
+from ..badlines import BadLineLog
 from ..reader import BlockReader
 from .keys import gather_spans, hash_spans
 
@@ -180,11 +180,7 @@ class RecordReader:
                 p = parse.parse(blk.data, blk.n_lines, self.bufs, self.table, self.mode)
                 self.lines += p.n_lines
                 self.clipped += p.n_clipped
-                if len(p.bad_line):
-                    self.bad.add(blk, p)
-                    if self.opts.on_error == "stop":
-                        raise BadInputStop("%s %s" % (self.source, self.bad.stop_message("")))
-                    self.check_fraction(self.lines)
+                self.bad.check(blk, p, self.lines)
                 if p.n_unknown and self.model is not None:
                     self.model.add_unknown(p, blk.data)
                 if self.progress is not None:
@@ -192,16 +188,10 @@ class RecordReader:
                 yield block_records(blk, p, self.mode)
             if self.reader.error is not None:
                 raise self.reader.error
-            self.check_fraction(self.lines, final=True)
+            self.bad.check_fraction(self.lines, final=True)
         finally:
             self.reader.stop()
             self.bad.close()
-
-    def check_fraction(self, lines, final=False):
-        frac = self.opts.max_bad_fraction
-        if frac is not None and (final or lines >= 1000) and self.bad.count > frac * max(lines, 1):
-            raise BadInputStop("%s: %d of %d lines were bad (more than --max-bad-fraction %g)"
-                               % (self.source, self.bad.count, lines, frac))
 
     def read_all(self):
         return Records.concat(list(self), click=self.mode == parse.CLICK)

@@ -19,13 +19,8 @@ import math
 import numpy as np
 from numba import njit
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
-_S11 = np.uint64(11)
+from ..mix import GOLDEN, mix64, mix64_py, splitmix64, unit
+
 
 DIST_UNIFORM = 0
 DIST_POP = 1
@@ -34,22 +29,26 @@ SUPPRESS_WARMUP = 10.0  # suppression starts after SUPPRESS_WARMUP / t clicks
 
 
 @njit(inline="always")
-def _mix(z):
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-@njit(inline="always")
 def next_u64(state):
-    state[0] += _GOLDEN
-    return _mix(state[0])
+    state[0] += GOLDEN
+    return mix64(state[0])
 
 
 @njit(inline="always")
 def uniform(state):
     """A double in [0, 1)."""
-    return np.float64(next_u64(state) >> _S11) * (1.0 / 9007199254740992.0)
+    return unit(next_u64(state))
+
+
+@njit(inline="always")
+def next_uniform(x):
+    """(the next state, a double in [0, 1)) of a generator state x: ``uniform`` on a scalar.
+
+    Kernels keep their generator in a local variable with this: an array
+    passed to an inlined function costs reference counting on every call.
+    """
+    x = x + GOLDEN
+    return x, unit(mix64(x))
 
 
 @njit(inline="always")
@@ -64,15 +63,8 @@ def seed_state(*parts):
     h = 0x243F6A8885A308D3
     for p in parts:
         h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 & 0xFFFFFFFFFFFFFFFF
-        h = _mix_py(h)
+        h = mix64_py(h)
     return np.array([h], dtype=np.uint64)
-
-
-def _mix_py(z):
-    m = 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return z ^ (z >> 31)
 
 
 # ----------------------------------------------------------------------------
@@ -175,3 +167,131 @@ def count_many(counts, tree, items, power):
 
 def weights_of(counts, power):
     return np.where(counts > 0, counts.astype(np.float64) ** power, 0.0)
+
+
+# ----------------------------------------------------------------------------
+# A user's own clicks: a set of (user, item) pairs that negatives must avoid
+#
+# Open addressing over 64-bit fingerprints of (user key hash, catalog item),
+# linear probing, load at most 1/2, 0 = empty slot. A fingerprint collision
+# (about 2^-64 per pair) can only make the trainer skip an item as a negative.
+
+
+@njit(inline="always")
+def pair_key(user_hash, item):
+    """The nonzero fingerprint of (user key hash, catalog position)."""
+    h = mix64(user_hash ^ splitmix64(np.uint64(item)))
+    return h if h != np.uint64(0) else np.uint64(1)
+
+
+@njit(inline="always")
+def pair_in(tab, h):
+    """h is in the table ``tab`` (a power-of-two number of slots)."""
+    mask = tab.shape[0] - 1
+    i = np.int64(h & np.uint64(mask))
+    while True:
+        s = tab[i]
+        if s == h:
+            return True
+        if s == np.uint64(0):
+            return False
+        i = (i + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def pairs_add(tab, user_hash, item, n):
+    """Insert pairs j < n (item[j] >= 0); returns how many were new."""
+    mask = tab.shape[0] - 1
+    new = 0
+    for j in range(n):
+        if item[j] < 0:
+            continue
+        h = pair_key(user_hash[j], item[j])
+        i = np.int64(h & np.uint64(mask))
+        while True:
+            s = tab[i]
+            if s == h:
+                break
+            if s == np.uint64(0):
+                tab[i] = h
+                new += 1
+                break
+            i = (i + 1) & mask
+    return new
+
+
+@njit(cache=True, nogil=True)
+def pairs_rehash(src, dst):
+    """Move every fingerprint of src into the (larger, empty) dst."""
+    mask = dst.shape[0] - 1
+    for j in range(src.shape[0]):
+        h = src[j]
+        if h == np.uint64(0):
+            continue
+        i = np.int64(h & np.uint64(mask))
+        while dst[i] != np.uint64(0):
+            i = (i + 1) & mask
+        dst[i] = h
+
+
+@njit(cache=True, nogil=True)
+def pairs_contain(tab, old, user_hash, item, out):
+    """out[j] = (user_hash[j], item[j]) is in tab or old (tests)."""
+    for j in range(item.shape[0]):
+        h = pair_key(user_hash[j], item[j])
+        out[j] = pair_in(tab, h) or pair_in(old, h)
+
+
+class SeenPairs:
+    """The (user, item) clicks whose items are never drawn as that user's negatives.
+
+    ``capacity`` (None: unbounded) bounds the memory: the set keeps at least
+    the last ``capacity`` distinct pairs added. It holds two generations;
+    when the current one has ``capacity`` pairs it becomes the old one (the
+    older is dropped) and a new one starts, so memory stays below two tables
+    of at most 2 * capacity 8-byte slots (32 bytes per pair of capacity).
+    Tables start small and double as pairs arrive. ``tab`` and ``old`` are
+    what the trainer's kernel reads (only between ``add`` calls).
+    """
+
+    def __init__(self, capacity=None):
+        self.capacity = capacity
+        self.tab = np.zeros(1024, np.uint64)
+        self.old = np.zeros(1, np.uint64)   # one empty slot: nothing
+        self.count = 0
+        self.rotations = 0
+
+    def _ensure(self, n):
+        """Room for n more pairs in the current table (rotating at the capacity)."""
+        if self.capacity is not None and self.count + n > self.capacity and self.count:
+            self.old = self.tab
+            self.tab = np.zeros(1024, np.uint64)
+            self.count = 0
+            self.rotations += 1
+        need = self.count + n
+        size = self.tab.shape[0]
+        while 2 * need > size:
+            size *= 2
+        if size > self.tab.shape[0]:
+            t = np.zeros(size, np.uint64)
+            pairs_rehash(self.tab, t)
+            self.tab = t
+
+    def add(self, user_hash, item):
+        """Add the pairs (user_hash[j], item[j]) whose item is >= 0."""
+        step = len(item) if self.capacity is None else max(1, min(len(item), self.capacity))
+        for a in range(0, len(item), step):
+            u = np.ascontiguousarray(user_hash[a:a + step], np.uint64)
+            i = np.ascontiguousarray(item[a:a + step], np.int64)
+            self._ensure(len(i))
+            self.count += int(pairs_add(self.tab, u, i, len(i)))
+
+    def contains(self, user_hash, item):
+        out = np.zeros(len(item), np.bool_)
+        pairs_contain(self.tab, self.old, np.ascontiguousarray(user_hash, np.uint64),
+                      np.ascontiguousarray(item, np.int64), out)
+        return out
+
+    @property
+    def nbytes(self):
+        return self.tab.nbytes + self.old.nbytes

@@ -24,7 +24,7 @@ from .. import parse
 from ..badlines import BadLineLog
 from ..explain import phi_block
 from ..reader import BlockReader
-from ..table import init_hash_bytes as hash_bytes, lookup_one  # field groups: the unkeyed hash
+from ..table import init_hash_bytes as hash_bytes  # field groups: the unkeyed hash
 
 
 @njit(cache=True, nogil=True)
@@ -39,12 +39,6 @@ def field_hashes(buf, name_start, name_len, nnz, sep, out):
                 b = p
                 break
         out[j] = hash_bytes(buf, a, b)
-
-
-@njit(cache=True, nogil=True)
-def lookup_rows(slots, row_hash, hashes, nnz, out):
-    for j in range(nnz):
-        out[j] = lookup_one(slots, row_hash, hashes[j])
 
 
 class FieldStats:
@@ -132,7 +126,7 @@ def audit_stream(models, stream, sep, opts, log):
     stats = FieldStats(len(models))
     reader = BlockReader(stream)
     bad = BadLineLog(opts, log)
-    bufs = parse.ParseBuffers(0)
+    bufs = [parse.ParseBuffers(0) for _ in models]
     lines = 0
     phis = [np.empty(0) for _ in models]
     try:
@@ -140,23 +134,16 @@ def audit_stream(models, stream, sep, opts, log):
             blk = reader.get()
             if blk is None:
                 break
-            p = parse.parse(blk.data, blk.n_lines, bufs, models[0].table)
+            p = parse.parse(blk.data, blk.n_lines, bufs[0], models[0].table)
             lines += p.n_lines
-            if len(p.bad_line):
-                bad.add(blk, p)
-                if opts.on_error == "stop":
-                    from ..badlines import BadInputStop
-
-                    raise BadInputStop("input %s" % bad.stop_message(""))
+            bad.check(blk, p, lines)
             out = []
             for m, model in enumerate(models):
                 if phis[m].shape[0] < p.nnz:
                     phis[m] = np.empty(max(p.nnz, 2 * phis[m].shape[0]))
-                if m == 0:
-                    rows = p.rows
-                else:
-                    rows = np.empty(p.nnz, np.int64)
-                    lookup_rows(model.table.slots, model.table.row_hash, p.hashes, p.nnz, rows)
+                # each model hashes names with its own key: B's rows come from
+                # parsing the same block against B's table (same samples, same order)
+                rows = p.rows if m == 0 else parse.parse(blk.data, blk.n_lines, bufs[m], model.table).rows
                 phi_block(p.indptr, rows, p.vals, p.n_samples, model.weights, model.k, phis[m])
                 out.append(phis[m])
             stats.add_block(p, sep, out)

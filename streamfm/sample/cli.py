@@ -11,8 +11,10 @@ import sys
 
 import click
 
+from .. import command
 from ..badlines import BadInputStop
-from ..cli import CONTEXT, EXIT_BAD_INPUT, interruptible, log
+from ..command import (CONTEXT, EXIT_BAD_INPUT, check_distinct_or_fail, check_writable_or_fail, interruptible,
+                       log)
 from ..metrics import fmt_int
 from ..model import ModelError
 from ..output import OutputError, open_output
@@ -56,8 +58,7 @@ def _options(opts):
 
 
 def fail(cmd, msg, code=1):
-    log("fm_sample %s: error: %s" % (cmd, msg))
-    sys.exit(code)
+    command.fail("fm_sample " + cmd, msg, code)
 
 
 def _load(cmd, path, ready=True):
@@ -111,27 +112,14 @@ def _input(cmd, path):
         fail(cmd, "--input %s: %s" % (path, e.strerror or e))
 
 
-def _same_file(a, b):
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_output(cmd, path, inputs, what):
-    """Fail before the run when ``path`` cannot be written or is one of the inputs."""
-    if path in (None, "-"):
-        return
-    for src in inputs:
-        if src and src != "-" and _same_file(path, src):
-            fail(cmd, "%s %s is also an input (%s); write somewhere else" % (what, path, src))
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(d):
-        fail(cmd, "cannot write %s: directory %s does not exist" % (path, d))
-    if os.path.isdir(path):
-        fail(cmd, "cannot write %s: it is a directory" % path)
-    if not os.path.exists(path) and not os.access(d, os.W_OK):
-        fail(cmd, "cannot write %s: directory %s is not writable" % (path, d))
+def _check_outputs(cmd, outputs, inputs):
+    """Before the run (streamfm.command): exit 2 when an output is an input or
+    another output (the same file, by device and inode), 1 when one cannot be
+    written. ``outputs``, ``inputs``: (flag, path) pairs, path None if not given."""
+    check_distinct_or_fail("fm_sample " + cmd, outputs, inputs)
+    for _, p in outputs:
+        if p not in (None, "-"):
+            check_writable_or_fail(p, "fm_sample " + cmd)
 
 
 def _output(path):
@@ -141,7 +129,8 @@ def _output(path):
 
 
 def _inputs_of(spec, input_path, users_path, items_path):
-    return [input_path, spec.path, users_path or spec.table_path("user"), items_path or spec.table_path("item")]
+    return [("--input", input_path or "-"), ("--spec", spec.path),
+            ("--users", users_path or spec.table_path("user")), ("--items", items_path or spec.table_path("item"))]
 
 
 def _tables(users_path, items_path):
@@ -239,10 +228,8 @@ def fit_cmd(spec_path, out_path, input_path, fmt, users_path, items_path, sketch
     spec = _load(cmd, spec_path, ready=False)
     if sketch_k % 2:
         raise click.BadParameter("K must be even", param_hint="--sketch-k")
-    _check_output(cmd, out_path, _inputs_of(spec, input_path, users_path, items_path), "-o")
-    if bad_lines:
-        _check_output(cmd, bad_lines, _inputs_of(spec, input_path, users_path, items_path) + [out_path],
-                      "--bad-lines")
+    _check_outputs(cmd, [("-o", out_path or "-"), ("--bad-lines", bad_lines)],
+                   _inputs_of(spec, input_path, users_path, items_path))
     stream = _input(cmd, input_path)
     fmt = _fmt(spec, fmt, input_path)
     opts = _policy(on_error, max_bad_fraction, bad_lines, progress_every, quiet)
@@ -317,8 +304,7 @@ def rank_cmd(spec_path, input_path, out_path, fmt, negatives, neg_rate, seed, we
         raise click.BadParameter(str(e), param_hint="--negatives")
     spec = _load(cmd, spec_path)
     inputs = _inputs_of(spec, input_path, users_path, items_path)
-    for p, what in ((out_path, "-o"), (weights_path, "--weights"), (bad_lines, "--bad-lines")):
-        _check_output(cmd, p, inputs, what)
+    _check_outputs(cmd, [("-o", out_path or "-"), ("--weights", weights_path), ("--bad-lines", bad_lines)], inputs)
     stream = _input(cmd, input_path)
     fmt = _fmt(spec, fmt, input_path)
     opts = _policy(on_error, max_bad_fraction, bad_lines, progress_every, quiet)
@@ -385,12 +371,8 @@ def recall_cmd(spec_path, input_path, catalog_path, clicks_path, users_out, fmt,
     cmd = "recall"
     spec = _load(cmd, spec_path)
     inputs = _inputs_of(spec, input_path, users_path, items_path)
-    outs = [catalog_path, clicks_path, users_out]
-    for p, what in zip(outs + [bad_lines], ("--catalog", "--clicks", "--users-out", "--bad-lines")):
-        _check_output(cmd, p, inputs, what)
-    named = [p for p in outs if p]
-    if len({os.path.abspath(p) for p in named}) != len(named):
-        fail(cmd, "--catalog, --clicks and --users-out must be different files")
+    _check_outputs(cmd, [("--catalog", catalog_path), ("--clicks", clicks_path), ("--users-out", users_out),
+                         ("--bad-lines", bad_lines)], inputs)
     stream = _input(cmd, input_path)
     fmt = _fmt(spec, fmt, input_path)
     opts = _policy(on_error, max_bad_fraction, bad_lines, progress_every, quiet)
@@ -506,7 +488,7 @@ def correct_cmd(neg_rate, input_path, out_path, quiet):
     from .rank import correct_stream
 
     cmd = "correct"
-    _check_output(cmd, out_path, [input_path], "-o")
+    _check_outputs(cmd, [("-o", out_path or "-")], [("--input", input_path or "-")])
     stream = _input(cmd, input_path)
 
     def body():

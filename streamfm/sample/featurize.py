@@ -28,17 +28,18 @@ import numpy as np
 from numba import njit
 
 from .. import floatfmt
+from ..badlines import BadLineLog
 from ..recall.keys import KeyIndex
 # value dictionaries, not the model's table: the unkeyed name hash serves
 from ..table import init_hash_bytes as hash_bytes
 from . import logs
+from .sketch import pair_home
 from .spec import (BASE_KINDS, K_BUCKET, K_CATEGORICAL, K_HISTORY, K_NUMERIC, K_TAGS, M_COUNT, M_JACCARD,
                    O_BASE, O_CROSS, O_OVERLAP, SIDES, T_LOG1P, T_NONE, SpecError, value_hashes)
 from .text import escape_into, value_texts
 
 _KIND_CODE = {"categorical": K_CATEGORICAL, "tags": K_TAGS, "history": K_HISTORY, "bucket": K_BUCKET,
               "numeric": K_NUMERIC}
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 # line layouts of assemble
 LABELED = 0   # LABEL FEATS          (fm_train)
@@ -263,7 +264,7 @@ class Plan:
 def _vocab_build(slots, vh, vb):
     mask = slots.shape[0] - 1
     for e in range(vh.shape[0]):
-        i = np.int64((vh[e] ^ (np.uint64(vb[e] + 1) * _MIX)) & np.uint64(mask))
+        i = pair_home(vh[e], vb[e], mask)
         while slots[i] >= 0:
             i = (i + 1) & mask
         slots[i] = e
@@ -272,7 +273,7 @@ def _vocab_build(slots, vh, vb):
 @njit(inline="always")
 def _vocab_has(slots, vh, vb, b, h):
     mask = slots.shape[0] - 1
-    i = np.int64((h ^ (np.uint64(b + 1) * _MIX)) & np.uint64(mask))
+    i = pair_home(h, b, mask)
     while True:
         e = slots[i]
         if e < 0:
@@ -950,7 +951,7 @@ class ProfileTable:
         for j, a in enumerate(columns[1:], 1):
             cell_of_attr[a] = j
         feat_cell = np.array([cell_of_attr[attrs[plan.bases[b]["attr"]]] for b in plan.local_b[side]], np.int64)
-        self.bad = logs.BadRecords(opts, log, source=path, secondary=True, shared_file=bad_file)
+        self.bad = BadLineLog(opts, log, source=path, file=bad_file)
         self.store = Tokens()
         nl = plan.n_local[side]
         pa, pb = [], []
@@ -982,10 +983,10 @@ class ProfileTable:
                     line_no = cols.first_line + int(cols.line[r])
                     raw = logs.line_bytes(cols.data, cols.line_start[r])
                     if kc[r] != 1:
-                        self.bad.add(line_no, logs.reason_text(logs.R_MISSING if kc[r] == 0 else logs.R_LIST,
+                        self.bad.add_record(line_no, logs.reason_text(logs.R_MISSING if kc[r] == 0 else logs.R_LIST,
                                                                "key %r" % key_column), 0, raw)
                     else:
-                        self.bad.add(line_no, bad_value_text(plan, br[r], bb[r]), int(bc[r]), raw)
+                        self.bad.add_record(line_no, bad_value_text(plan, br[r], bb[r]), int(bc[r]), raw)
                 self.bad.check_fraction(self.lines)
                 rows = np.flatnonzero(ok)
                 if nl:
@@ -1337,7 +1338,7 @@ class LogFeaturizer:
         starts = dict(zip(need, logs.line_starts(bt.cols.data, need))) if need else {}
         for li, r, text, col in rows:
             s = bt.cols.line_start[r] if r >= 0 else starts[li]
-            bad_log.add(bt.cols.first_line + li, text, col, logs.line_bytes(bt.cols.data, s))
+            bad_log.add_record(bt.cols.first_line + li, text, col, logs.line_bytes(bt.cols.data, s))
         return len(rows)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit
 
 from .. import __version__
+from ..badlines import BadLineLog
 from ..metrics import fmt_int
 from . import logs
 from .featurize import LogFeaturizer, load_profiles, overlap_value, resolve_tokens
@@ -106,7 +107,7 @@ def fit_stream(spec, stream, opts, log, fmt, tables=None, bad_file=None, k=DEFAU
         if not opts.quiet:
             for msg in lf.attribute_warnings(missing):
                 log("%s: warning: %s" % (name, msg))
-    bad_log = logs.BadRecords(opts, log, source="input", shared_file=bad_file)
+    bad_log = BadLineLog(opts, log, file=bad_file)
     sketches = QuantileSketches(len(plan.sketch_names), k=k)
     caps = np.zeros(plan.n_base, np.int64)
     for b, x in enumerate(plan.bases):

@@ -29,9 +29,9 @@ import numpy as np
 from numba import njit
 
 from .. import floatfmt
-from ..badlines import BadInputStop, printable
 from ..reader import BlockReader
 from ..table import init_hash_bytes as hash_bytes  # value dictionaries: the unkeyed hash
+from ..table import lookup_one, place
 
 # bad-record reasons; the kernels return the code, Python the words
 R_JSON = 1
@@ -423,7 +423,6 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
     sp = scratch0
     cap_e = el_start.shape[0]
     cap_t = text.shape[0]
-    mask = col_slots.shape[0] - 1
     line = 0
     p = 0
     while p < n:
@@ -475,13 +474,7 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
                     h = hash_bytes(text, sp, k2)
                 else:
                     h = hash_bytes(text, p + 1, ke)
-                c = -1
-                i = np.int64(h & np.uint64(mask))
-                while col_slots[i] >= 0:
-                    if col_hash[col_slots[i]] == h:
-                        c = col_slots[i]
-                        break
-                    i = (i + 1) & mask
+                c = lookup_one(col_slots, col_hash, h)
                 p = _ws(text, ke + 1, n)
                 if p >= n or text[p] != 58:
                     reason = 1
@@ -662,15 +655,10 @@ class Tokenizer:
                 size *= 2
             self.col_slots = np.full(size, -1, np.int64)
             self.col_hash = np.zeros(max(self.n_cols, 1), np.uint64)
-            mask = size - 1
             for c, name in enumerate(self.columns):
                 b = np.frombuffer(name.encode("utf-8", "surrogatepass"), np.uint8)
-                h = hash_bytes(b, 0, b.shape[0])
-                self.col_hash[c] = h
-                i = int(h & np.uint64(mask))
-                while self.col_slots[i] >= 0:
-                    i = (i + 1) & mask
-                self.col_slots[i] = c
+                self.col_hash[c] = hash_bytes(b, 0, b.shape[0])
+                place(self.col_slots, self.col_hash, c)
 
     def _alloc_elements(self):
         self.start = np.empty(self.el_cap, np.int64)
@@ -852,54 +840,6 @@ class BlockSource:
         self.reader.stop()
 
 
-class BadRecords:
-    """Counts bad records, prints the first few, optionally saves them all.
-
-    Messages follow ``streamfm.badlines``: 'SOURCE line N: REASON (column C): LINE'
-    on stderr, 'N<TAB>REASON<TAB>line' (N prefixed 'SOURCE:' for a secondary
-    input) in the --bad-lines file.
-    """
-
-    def __init__(self, opts, log, source="input", secondary=False, shared_file=None):
-        self.opts = opts
-        self.log = log
-        self.source = source
-        self.secondary = secondary
-        self.count = 0
-        self.by_reason = {}
-        self.first = None
-        self.file = shared_file
-
-    def add(self, line_no, reason, col, raw):
-        self.count += 1
-        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
-        if self.first is None:
-            self.first = (line_no, reason, col)
-        shown = self.opts.max_errors_shown
-        if not self.opts.quiet and self.count <= shown:
-            text = printable(raw.rstrip(b"\r")[:120])
-            self.log("%s line %d: %s (column %d): %s" % (self.source, line_no, reason, col + 1, text))
-        elif not self.opts.quiet and self.count == shown + 1:
-            self.log("%s: more bad lines; the counts follow at the end%s" % (
-                self.source, "" if self.file else " (--bad-lines FILE keeps them all)"))
-        if self.file is not None:
-            where = (self.source.encode("utf-8", "surrogateescape") + b":%d" % line_no
-                     if self.secondary else b"%d" % line_no)
-            self.file.write(where + b"\t" + reason.encode("utf-8", "backslashreplace") + b"\t" + raw + b"\n")
-        if self.opts.on_error == "stop":
-            raise BadInputStop("%s line %d: %s (column %d); stopped (--on-error stop)" % (
-                self.source, line_no, reason, col + 1))
-
-    def check_fraction(self, lines, final=False):
-        frac = self.opts.max_bad_fraction
-        if frac is not None and (final or lines >= 1000) and self.count > frac * max(lines, 1):
-            raise BadInputStop("%s: %d of %d lines were bad (more than --max-bad-fraction %g)"
-                               % (self.source, self.count, lines, frac))
-
-    def describe(self):
-        return ", ".join("%s: %d" % (r, c) for r, c in sorted(self.by_reason.items()))
-
-
 def line_bytes(data, line_start):
     """The line of data starting at byte line_start, without its newline."""
     e = int(line_start)
@@ -930,7 +870,7 @@ def report_tokenizer_bad(bad_log, cols, upto_line=None):
     starts = line_starts(cols.data, [b[0] for b in rows])
     for (li, reason, col, arg), s in zip(rows, starts):
         what = repr(cols.names[arg]) if arg >= 0 else None
-        bad_log.add(cols.first_line + li, reason_text(reason, what or "a field"), col, line_bytes(cols.data, s))
+        bad_log.add_record(cols.first_line + li, reason_text(reason, what or "a field"), col, line_bytes(cols.data, s))
     return len(rows)
 
 

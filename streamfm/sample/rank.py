@@ -35,7 +35,9 @@ import time
 import numpy as np
 from numba import njit
 
+from ..badlines import BadLineLog
 from ..metrics import fmt_int
+from ..mix import GOLDEN, splitmix64, unit
 from . import logs
 from .featurize import LABELED, LineWriter, LogFeaturizer, load_profiles
 
@@ -43,9 +45,7 @@ ALL = 0
 SKIP_ABOVE = 1
 SKIP_ABOVE_K = 2
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_G = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0x94D049BB133111EB)  # the line's multiplier (an odd constant of splitmix64's)
 
 
 def parse_negatives(text):
@@ -80,11 +80,7 @@ def correct_probability(p, neg_rate):
 @njit(inline="always")
 def _unit(seed, line):
     """A uniform number in [0, 1) from (seed, line): splitmix64."""
-    z = np.uint64(seed) * _G + np.uint64(line) * _M2 + _G
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    z = z ^ (z >> np.uint64(31))
-    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return unit(splitmix64(np.uint64(seed) * GOLDEN + np.uint64(line) * _M2))
 
 
 @njit(cache=True, nogil=True)
@@ -203,7 +199,7 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
         if not opts.quiet:
             for msg in lf.attribute_warnings(missing):
                 log("%s: warning: %s" % (name, msg))
-    bad_log = logs.BadRecords(opts, log, source="input", shared_file=bad_file)
+    bad_log = BadLineLog(opts, log, file=bad_file)
     writer = LineWriter(plan, profiles)
     s = RankSummary()
     weight_neg = b"%s\n" % repr(1.0 / neg_rate).encode() if neg_rate < 1 else b"1\n"

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..badlines import BadLineLog
 from ..metrics import fmt_int
 from . import logs
 from .featurize import CLICK, KEYED, LineWriter, LogFeaturizer, SideTokens, Tokens, load_profiles
@@ -101,7 +102,7 @@ def recall_stream(spec, stream, catalog_write, clicks_write, opts, log, fmt, use
         if not opts.quiet:
             for msg in lf.attribute_warnings(missing):
                 log("%s: warning: %s" % (name, msg))
-    bad_log = logs.BadRecords(opts, log, source="input", shared_file=bad_file)
+    bad_log = BadLineLog(opts, log, file=bad_file)
     last = time.time()
     for data, first_line, _ in src:
         bt = lf.batch(data, first_line)

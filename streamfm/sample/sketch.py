@@ -148,7 +148,9 @@ class QuantileSketches:
 
 
 @njit(inline="always")
-def _home(h, b, mask):
+def pair_home(h, b, mask):
+    """The first slot of (value hash h, feature b) in a table of mask + 1
+    slots: fm_sample's dictionaries of (feature, value) pairs all probe from here."""
     return np.int64((h ^ (np.uint64(b + 1) * _MIX)) & np.uint64(mask))
 
 
@@ -161,7 +163,7 @@ def count_add(slots, ehash, efeat, ecount, eoff, elen, arena, used, distinct, ca
     entry and ln more bytes.
     """
     mask = slots.shape[0] - 1
-    i = _home(h, b, mask)
+    i = pair_home(h, b, mask)
     while True:
         e = slots[i]
         if e == _EMPTY:
@@ -192,7 +194,7 @@ def count_add(slots, ehash, efeat, ecount, eoff, elen, arena, used, distinct, ca
 def _reindex(slots, ehash, efeat, n):
     mask = slots.shape[0] - 1
     for e in range(n):
-        i = _home(ehash[e], efeat[e], mask)
+        i = pair_home(ehash[e], efeat[e], mask)
         while slots[i] != _EMPTY:
             i = (i + 1) & mask
         slots[i] = e

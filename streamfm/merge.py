@@ -25,7 +25,7 @@ base's. The sums run as weighted running means over the states in any
 order: ``merge`` is commutative and associative up to float rounding, and a
 merged State is a State again (a tree of merges equals one merge).
 
-Features are joined by their names' bytes (a hash of its own, checked by
+Features are joined by their names' bytes (the unkeyed init hash, checked by
 byte comparison), never by the feature-table hashes of the models, so
 models under different table hash keys merge as well; the result is indexed
 under the base's key (docs/design.md, "Merging models", Hash keys).
@@ -39,14 +39,11 @@ from numba import njit
 
 from . import ftrl
 from .errors import ModelFormatError, ParameterError
+# the names' index: the table's unkeyed name hash and its probe, names compared byte by byte
+from .table import EMPTY, home_slot, init_hash_bytes, rebuild_index, same_bytes
 
 W, WN, WZ, VN = ftrl.W, ftrl.WN, ftrl.WZ, ftrl.VN
 
-_EMPTY = -1
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-_MIX = np.uint64(0x94D049BB133111EB)
-_S31 = np.uint64(31)
 
 # merge kernels' error codes
 _OK, _ERR_BASE_N, _ERR_BELOW_BASE = 0, 1, 2
@@ -54,35 +51,6 @@ _OK, _ERR_BASE_N, _ERR_BELOW_BASE = 0, 1, 2
 
 # ---------------------------------------------------------------------------
 # The name index: names (bytes in one arena) -> rows, joined by content
-
-
-@njit(inline="always")
-def _name_hash(arena, a, b):
-    h = _FNV_OFFSET
-    for i in range(a, b):
-        h = (h ^ np.uint64(arena[i])) * _FNV_PRIME
-    h = (h ^ (h >> _S31)) * _MIX
-    return h ^ (h >> _S31)
-
-
-@njit(inline="always")
-def _same_name(arena1, a1, b1, arena2, a2, b2):
-    if b1 - a1 != b2 - a2:
-        return False
-    for t in range(b1 - a1):
-        if arena1[a1 + t] != arena2[a2 + t]:
-            return False
-    return True
-
-
-@njit(cache=True, nogil=True)
-def _index_place(slots, hashes, n_rows):
-    mask = slots.shape[0] - 1
-    for r in range(1, n_rows):
-        i = np.int64(hashes[r] & np.uint64(mask))
-        while slots[i] != _EMPTY:
-            i = (i + 1) & mask
-        slots[i] = r
 
 
 @njit(cache=True, nogil=True)
@@ -99,14 +67,14 @@ def _join(slots, hashes, arena, name_off, meta, src_arena, src_off, src_n, inser
     for r in range(1, src_n):
         a = src_off[r]
         b = src_off[r + 1]
-        h = _name_hash(src_arena, a, b)
-        i = np.int64(h & np.uint64(mask))
+        h = init_hash_bytes(src_arena, a, b)
+        i = home_slot(h, mask)
         found = -1
         while True:
             o = slots[i]
-            if o == _EMPTY:
+            if o == EMPTY:
                 break
-            if hashes[o] == h and _same_name(arena, name_off[o], name_off[o + 1], src_arena, a, b):
+            if hashes[o] == h and same_bytes(arena, name_off[o], name_off[o + 1], src_arena, a, b):
                 found = o
                 break
             i = (i + 1) & mask
@@ -138,7 +106,7 @@ class _Names:
         self.hashes = np.zeros(n_rows + extra_rows, np.uint64)
         _hash_names(self.arena, self.name_off, self.hashes, n_rows)
         self.meta = np.array([n_rows, used], np.int64)
-        self.slots = np.full(_slots_for(n_rows + extra_rows), _EMPTY, np.int64)
+        self.slots = np.full(_slots_for(n_rows + extra_rows), EMPTY, np.int64)
         dup = _find_dup(self.slots, self.hashes, self.arena, self.name_off, n_rows)
         if dup >= 0:
             raise ModelFormatError("feature %r appears twice" % self.name(dup))
@@ -159,8 +127,8 @@ class _Names:
         if used + nbytes > self.arena.shape[0]:
             self.arena = _grown(self.arena, max(used + nbytes, 2 * self.arena.shape[0]), used)
         if 2 * (n + rows) > self.slots.shape[0]:
-            self.slots = np.full(_slots_for(max(n + rows, 2 * n)), _EMPTY, np.int64)
-            _index_place(self.slots, self.hashes, n)
+            self.slots = np.full(_slots_for(max(n + rows, 2 * n)), EMPTY, np.int64)
+            rebuild_index(self.slots, self.hashes, n)
 
     def join(self, arena, name_off, n_rows, insert):
         """Rows (in this set) of the names ``arena[name_off[r]:name_off[r+1]]``, r < n_rows."""
@@ -195,7 +163,7 @@ def _grown(a, cap, keep):
 @njit(cache=True, nogil=True)
 def _hash_names(arena, name_off, hashes, n_rows):
     for r in range(1, n_rows):
-        hashes[r] = _name_hash(arena, name_off[r], name_off[r + 1])
+        hashes[r] = init_hash_bytes(arena, name_off[r], name_off[r + 1])
 
 
 @njit(cache=True, nogil=True)
@@ -203,13 +171,13 @@ def _find_dup(slots, hashes, arena, name_off, n_rows):
     mask = slots.shape[0] - 1
     for r in range(1, n_rows):
         h = hashes[r]
-        i = np.int64(h & np.uint64(mask))
+        i = home_slot(h, mask)
         while True:
             o = slots[i]
-            if o == _EMPTY:
+            if o == EMPTY:
                 slots[i] = r
                 break
-            if hashes[o] == h and _same_name(arena, name_off[o], name_off[o + 1], arena, name_off[r],
+            if hashes[o] == h and same_bytes(arena, name_off[o], name_off[o + 1], arena, name_off[r],
                                              name_off[r + 1]):
                 return r
             i = (i + 1) & mask

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from .embed import normalized
-from .index import FaissMissing, filter_results
+from .index import FaissMissing, filter_results, search_args
 
 KINDS = ("hnsw", "ivf")
 
@@ -97,14 +97,8 @@ class AnnSearcher:
 
     def search(self, qs, topn, excl=None, self_hash=None):
         """(rows (nq, topn) int64, -1 past the end; float64 scores), best first."""
-        from .index import Exclusions
-
-        qs = np.ascontiguousarray(qs, dtype=np.float32)
+        qs, excl, self_hash = search_args(qs, excl, self_hash)
         nq = qs.shape[0]
-        if excl is None:
-            excl = Exclusions.none(nq)
-        if self_hash is None:
-            self_hash = np.zeros(nq, np.uint64)
         out_idx = np.empty((nq, topn), np.int64)
         out_sc = np.empty((nq, topn), np.float64)
         if nq == 0 or topn == 0 or self.index.n == 0:

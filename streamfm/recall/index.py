@@ -499,6 +499,19 @@ class Exclusions:
         return int(np.diff(self.ptr).max()) if self.ptr.shape[0] > 1 else 0
 
 
+def search_args(qs, excl=None, self_hash=None):
+    """What every searcher (exact, row-split, faiss) takes from a search call:
+    the queries as contiguous float32, the exclusions (none by default) and
+    each query's own key hash (0: none) as contiguous uint64."""
+    qs = np.ascontiguousarray(qs, dtype=np.float32)
+    nq = qs.shape[0]
+    if excl is None:
+        excl = Exclusions.none(nq)
+    self_hash = (np.zeros(nq, np.uint64) if self_hash is None
+                 else np.ascontiguousarray(self_hash, dtype=np.uint64))
+    return qs, excl, self_hash
+
+
 class PairTable:
     """(query key hash, index row) pairs, sorted, for per-query exclusions."""
 
@@ -546,12 +559,8 @@ class Searcher:
 
     def search(self, qs, topn, excl=None, self_hash=None):
         """(rows (nq, topn) int64 with -1 past the end, scores (nq, topn) float64)."""
-        qs = np.ascontiguousarray(qs, dtype=np.float32)
+        qs, excl, self_hash = search_args(qs, excl, self_hash)
         nq = qs.shape[0]
-        if excl is None:
-            excl = Exclusions.none(nq)
-        if self_hash is None:
-            self_hash = np.zeros(nq, np.uint64)
         out_idx = np.empty((nq, topn), np.int64)
         out_sc = np.empty((nq, topn), np.float64)
         if nq == 0 or topn == 0:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .embed import normalized
-from .index import QBLOCK, TILE, Exclusions, topn_range
+from .index import QBLOCK, TILE, search_args, topn_range
 
 
 class SplitSearcher:
@@ -49,13 +49,8 @@ class SplitSearcher:
 
     def search(self, qs, topn, excl=None, self_hash=None):
         """(rows (nq, topn) int64 with -1 past the end, scores (nq, topn) float64), best first."""
-        qs = np.ascontiguousarray(qs, dtype=np.float32)
+        qs, excl, self_hash = search_args(qs, excl, self_hash)
         nq = qs.shape[0]
-        if excl is None:
-            excl = Exclusions.none(nq)
-        if self_hash is None:
-            self_hash = np.zeros(nq, np.uint64)
-        self_hash = np.ascontiguousarray(self_hash, dtype=np.uint64)
         if nq == 0 or topn == 0:
             return np.empty((nq, topn), np.int64), np.empty((nq, topn), np.float64)
         pad = max(8, topn // 8)

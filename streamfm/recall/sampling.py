@@ -279,6 +279,8 @@ class SeenPairs:
 
     def add(self, user_hash, item):
         """Add the pairs (user_hash[j], item[j]) whose item is >= 0."""
+        if not len(item):
+            return
         step = len(item) if self.capacity is None else max(1, min(len(item), self.capacity))
         for a in range(0, len(item), step):
             u = np.ascontiguousarray(user_hash[a:a + step], np.uint64)

@@ -12,11 +12,17 @@ Importing streamfm changes no global state of numba or of any other library;
 the classes above are imported on first use, so the commands start fast.
 """
 
+import logging as _logging
+
 from . import numba_cache as _numba_cache
 from .errors import (BadInputError, ModelFormatError, NotFittedError, OutputError, ParameterError,
                      SameFileError, StreamFMError)
 
 __version__ = "0.1.0"
+
+# the library's warnings (bad input lines) reach stderr only through the
+# application's logging configuration, never logging's last-resort handler
+_logging.getLogger("streamfm").addHandler(_logging.NullHandler())
 
 # before any kernel is defined: streamfm's kernels cache per source hash
 _numba_cache.install()

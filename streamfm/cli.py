@@ -13,12 +13,14 @@ import numpy as np
 
 from . import jit
 from .badlines import BadInputStop
-from .command import (CONTEXT, EXIT_BAD_INPUT, EXIT_USAGE, SEED, FiniteFloat, check_distinct_or_fail,
-                      check_writable_or_fail, continue_seed, fail, fmt_seconds, hp_options, interruptible, log,
-                      output_failed, parse_dim, report, spare_rows, to_output)
+from .command import (CONTEXT, EXIT_BAD_INPUT, EXIT_USAGE, SEED, FiniteFloat, Terminated, check_distinct_or_fail,
+                      check_writable_or_fail, continue_seed, fail, flag_message, fmt_seconds, hp_options,
+                      interruptible, library_messages, log, output_failed, parse_dim, progress_printer, report,
+                      sigint_raises, spare_rows, to_output)
 from .errors import StreamFMError
+from .ftrl import HP_NAMES
 from .metrics import fmt_int, fmt_metric
-from .model import (Model, ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
+from .model import (ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
                     model_has_state, read_model, write_model)
 from .output import OutputError, open_output
 from .parse import VALUE_CLIP
@@ -100,7 +102,8 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
       cat train.txt | fm_train -m model.txt -dim 1,1,8 -core 2
       cat hour.txt  | fm_train -im model.txt -m model.new.txt
     """
-    from .train import Options, train_stream, warm_up
+    from .fm import FM
+    from .train import warm_up
 
     cmd = "fm_train"
     if not model_path:
@@ -125,42 +128,46 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     jit.release_compiler_memory()
     t_load = time.time()
     spare = spare_rows(k, dtype)
+    hyper = dict(zip(HP_NAMES, hp), fvs=bool(fvs))
     try:
         if init_model:
-            arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype,
-                                extra_rows=spare)
-            seed = continue_seed(cmd, arrays.info, seed, fvs, quiet)
-            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare)
-            del arrays
+            fm = FM.load(init_model, k=k, state=True, dtype=dtype, reserve_rows=spare, k0=k0, k1=k1, **hyper)
+            fm.seed = continue_seed(cmd, fm.info, seed, fvs, quiet)
+            fm.training_model()  # the file's arrays become the model's now: load errors before training
             if not quiet:
                 log("%s: continuing %s: %s features, %s samples seen before (%s)" % (
-                    cmd, init_model, fmt_int(model.n_rows - 1), fmt_int(model.samples_seen),
+                    cmd, init_model, fmt_int(fm.n_features), fmt_int(fm.samples_seen),
                     fmt_seconds(time.time() - t_load)))
         else:
-            seed = 0 if seed is None else seed
-            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=spare,
-                          arena_capacity=1 << 25)
-    except (ModelError, ValueError) as e:
+            fm = FM(k0=k0, k1=k1, k=k, dtype=dtype_name(dtype), seed=0 if seed is None else seed, **hyper)
+            fm.reserve(spare, 1 << 25)
+    except StreamFMError as e:
         fail(cmd, str(e))
-    opts = Options(k0=k0, k1=k1, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
-                   quiet=quiet, bad_lines=bad_lines, progress_every=progress_every)
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("%s: reading samples from the terminal (pipe a file in, or use --input FILE)" % cmd)
+    interrupted = None
     try:
-        summary = train_stream(model, stream, opts, log)
+        with library_messages(quiet), sigint_raises():
+            fm.partial_fit(stream, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                           bad_lines=bad_lines, progress=progress_printer(cmd, quiet),
+                           progress_every=progress_every)
+    except KeyboardInterrupt as e:
+        # the workers finished their blocks: the model holds every sample counted
+        interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     except BadInputStop as e:
-        fail(cmd, str(e), EXIT_BAD_INPUT)
+        fail(cmd, flag_message(e), EXIT_BAD_INPUT)
     except OutputError as e:
         output_failed(cmd, e)
     except OSError as e:
         fail(cmd, "reading input: %s" % (e.strerror or e))
-    if summary.interrupted and not save_on_interrupt:
+    rep = fm.last_report
+    if interrupted and not save_on_interrupt:
         log("%s: interrupted (%s) after %s lines; no model written (--save-on-interrupt writes it)"
-            % (cmd, summary.interrupted, fmt_int(summary.lines)))
-        sys.exit(128 + getattr(signal, summary.interrupted))
-    if summary.samples == 0:
-        what = "the input was empty" if summary.lines == 0 else "no valid sample in %s lines of input (%s bad)" % (
-            fmt_int(summary.lines), fmt_int(summary.bad))
+            % (cmd, interrupted, fmt_int(rep.lines)))
+        sys.exit(128 + getattr(signal, interrupted))
+    if rep.samples == 0:
+        what = "the input was empty" if rep.lines == 0 else "no valid sample in %s lines of input (%s bad)" % (
+            fmt_int(rep.lines), fmt_int(rep.bad))
         if not allow_empty:
             fail(cmd, "%s; no model written (--allow-empty writes it anyway)" % what, EXIT_BAD_INPUT)
         if not quiet:
@@ -168,17 +175,17 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
                                           else "the model holds only the bias"))
     t_write = time.time()
     try:
-        write_model(model, model_path, model_format)
-    except (ModelError, OutputError) as e:
+        fm.save(model_path, model_format)
+    except StreamFMError as e:
         fail(cmd, str(e))
     t_write = time.time() - t_write
     if not quiet:
-        _train_report(cmd, summary, model, model_path, model_format, t_write)
+        _train_report(cmd, rep, interrupted, model_path, model_format, t_write)
 
 
-def _train_report(cmd, s, model, path, fmt, t_write):
+def _train_report(cmd, s, interrupted, path, fmt, t_write):
     rate = s.samples / max(s.seconds, 1e-9)
-    log("%s: %s after %s" % (cmd, "interrupted (%s), model saved" % s.interrupted if s.interrupted else "done",
+    log("%s: %s after %s" % (cmd, "interrupted (%s), model saved" % interrupted if interrupted else "done",
                               fmt_seconds(s.seconds)))
     log("  lines read           %s" % fmt_int(s.lines))
     log("  samples trained      %s" % fmt_int(s.samples))
@@ -188,10 +195,10 @@ def _train_report(cmd, s, model, path, fmt, t_write):
     if s.overflow_samples or s.overflow_updates:
         log("  overflow guarded     %s samples skipped, %s updates skipped (numbers too large)"
             % (fmt_int(s.overflow_samples), fmt_int(s.overflow_updates)))
-    log("  features in model    %s" % fmt_int(model.n_rows - 1))
-    if model.table.collisions:
+    log("  features in model    %s" % fmt_int(s.n_features))
+    if s.hash_collisions:
         log("  hash collisions      %s  (new names whose 64-bit hash equals another name's: they "
-            "share its row)" % fmt_int(model.table.collisions))
+            "share its row)" % fmt_int(s.hash_collisions))
     log("  samples/s            %s" % fmt_int(rate))
     log("  progressive logloss  %s   auc %s" % (fmt_metric(s.logloss), fmt_metric(s.auc)))
     log("  model written        %s (%s, %s)" % (path, fmt, fmt_seconds(t_write)))
@@ -243,9 +250,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     Example:
       cat test.txt | fm_predict -m model.txt -out pred.txt -core 2
     """
-    from .explain import Explainer
-    from .predict import ServingModel, predict_stream, warm_up
-    from .train import Options
+    from .fm import FM
+    from .predict import warm_up
 
     cmd = "fm_predict"
     if not model_path:
@@ -264,29 +270,33 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
         jit.release_compiler_memory()
         t0 = time.time()
         # a binary model is mapped, not read: its pages are the page cache's
-        model = ServingModel.load(model_path, k=k, mmap=True)
-    except (ModelError, ValueError) as e:
+        fm = FM.load(model_path, k=k, state=False, mmap=True)
+        fm.serving_model()
+    except StreamFMError as e:
         fail(cmd, str(e))
     t_load = time.time() - t0
-    opts = Options(cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction, quiet=quiet,
-                   bad_lines=bad_lines, progress_every=progress_every)
-    make = Explainer(model, topn=explain).on_block_factory if explain else None
-    summary = to_output(cmd, out_path, lambda out: predict_stream(
-        model, stream, out, opts, log, make_on_block=make, metrics=metrics))
+
+    def run(out):
+        with library_messages(quiet):
+            return fm.write_predictions(stream, out, cores=cores, on_error=on_error,
+                                        max_bad_fraction=max_bad_fraction, bad_lines=bad_lines, explain=explain,
+                                        metrics=metrics, progress_every=progress_every,
+                                        progress=progress_printer(cmd, quiet, features=False, metrics=False))
+
+    rep = to_output(cmd, out_path, run)
     if not quiet:
-        rate = summary.samples / max(summary.seconds, 1e-9)
+        rate = rep.samples / max(rep.seconds, 1e-9)
         log("%s: %s lines, %s scored, %s bad, %s lines/s (model load %s)" % (
-            cmd, fmt_int(summary.lines), fmt_int(summary.samples), fmt_int(summary.bad),
+            cmd, fmt_int(rep.lines), fmt_int(rep.samples), fmt_int(rep.bad),
             fmt_int(rate), fmt_seconds(t_load)))
-        if summary.bad:
-            log("  bad lines: %s" % summary.bad_description)
-        if summary.clipped:
-            log("  values clipped: %s (|value| > %g)" % (fmt_int(summary.clipped), VALUE_CLIP))
+        if rep.bad:
+            log("  bad lines: %s" % rep.bad_description)
+        if rep.clipped:
+            log("  values clipped: %s (|value| > %g)" % (fmt_int(rep.clipped), VALUE_CLIP))
     if metrics:
-        m = summary.metrics
         log("%s: samples %s  logloss %s  auc %s  mean prediction %s  observed rate %s" % (
-            cmd, fmt_int(m.samples), fmt_metric(m.logloss), fmt_metric(m.auc),
-            fmt_metric(m.mean_prediction), fmt_metric(m.positive_rate)))
+            cmd, fmt_int(rep.samples), fmt_metric(rep.logloss), fmt_metric(rep.auc),
+            fmt_metric(rep.mean_prediction), fmt_metric(rep.positive_rate)))
 
 
 # ---------------------------------------------------------------------------
@@ -474,9 +484,7 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     Prints 'name count mean_phi mean_abs_phi' lines, most important first
     (phi: the feature's exact share of each score it takes part in).
     """
-    from .explain import Explainer, field_prefix_hash
-    from .predict import ServingModel, predict_stream
-    from .train import Options
+    from .fm import FM
 
     cmd = "fm_dump importance"
     if sep is not None and len(sep.encode()) != 1:
@@ -485,52 +493,26 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
     check_writable_or_fail("-", cmd)
     stream = _open_input(input_path)
     try:
-        model = ServingModel.load(model_path)
-    except (ModelError, ValueError) as e:
+        fm = FM.load(model_path, state=False)
+    except StreamFMError as e:
         fail(cmd, str(e))
-    ex = Explainer(model, importance=True)
-    opts = Options(cores=cores, on_error=on_error, quiet=quiet)
     try:
-        summary = predict_stream(model, stream, None, opts, log, make_on_block=ex.on_block_factory)
+        with library_messages(quiet):
+            rows = fm.importance(stream, by_field=sep, top=top, cores=cores, on_error=on_error)
     except BadInputStop as e:
-        fail(cmd, str(e), EXIT_BAD_INPUT)
+        fail(cmd, flag_message(e), EXIT_BAD_INPUT)
     except OSError as e:
         fail(cmd, "reading input: %s" % (e.strerror or e))
-    count, sum_phi, sum_abs = ex.totals()
-    arena, name_off = model.table.names_view()
-    if sep is not None:
-        keys = field_prefix_hash(arena, name_off, model.n_rows, sep.encode()[0], model.table.key)
-        seen = count > 0
-        seen[0] = False
-        uniq, first, inv = np.unique(keys[seen], return_index=True, return_inverse=True)
-        rows = np.flatnonzero(seen)
-        g_count = np.bincount(inv, weights=count[seen]).astype(np.int64)
-        g_phi = np.bincount(inv, weights=sum_phi[seen])
-        g_abs = np.bincount(inv, weights=sum_abs[seen])
-        names = []
-        for r in rows[first]:
-            name = bytes(arena[name_off[r]:name_off[r + 1]])
-            names.append(name.split(sep.encode(), 1)[0])
-    else:
-        rows = np.flatnonzero(count[1:] > 0) + 1
-        g_count, g_phi, g_abs = count[rows], sum_phi[rows], sum_abs[rows]
-        names = None
-    mean_phi = g_phi / np.maximum(g_count, 1)
-    mean_abs = g_abs / np.maximum(g_count, 1)
-    order = np.lexsort((np.arange(len(mean_abs)), -mean_abs))
-    if top:
-        order = order[:top]
     try:
         with open_output("-") as out:
-            for i in order:
-                name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
-                out.write(b"%s %d %s %s\n" % (name, g_count[i], repr(float(mean_phi[i])).encode(),
-                                               repr(float(mean_abs[i])).encode()))
+            for name, count, mean_phi, mean_abs in rows:
+                out.write(b"%s %d %s %s\n" % (name, count, repr(mean_phi).encode(), repr(mean_abs).encode()))
     except OutputError as e:
         output_failed(cmd, e)
     if not quiet:
+        rep = fm.last_report
         log("%s: %s samples, %s features seen, %s bad lines" % (
-            cmd, fmt_int(summary.samples), fmt_int(int((count[1:] > 0).sum())), fmt_int(summary.bad)))
+            cmd, fmt_int(rep.samples), fmt_int(rep.n_features), fmt_int(rep.bad)))
 
 
 @fm_dump.command("merge", context_settings=CONTEXT)

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import functools
 import io
+import logging
 import math
 import signal
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import ftrl
 from .badlines import BadInputStop
+from .metrics import Progress, fmt_int, fmt_metric
 from .model import MAX_K, ModelError
 from .output import OutputError, check_distinct, check_writable, open_output, protect_standard_streams, write_text
 
@@ -65,6 +67,21 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum, frame):
     raise Terminated()
+
+
+@contextlib.contextmanager
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt here even when the parent started the
+    command with SIGINT ignored (a background job): a long run can always be
+    stopped, and saved with --save-on-interrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def interruptible(name):
@@ -146,7 +163,7 @@ def to_output(cmd, out_path, run, reading="input"):
         with open_output(out_path) as out:
             return run(out)
     except BadInputStop as e:
-        fail(cmd, str(e), EXIT_BAD_INPUT)
+        fail(cmd, flag_message(e), EXIT_BAD_INPUT)
     except OutputError as e:
         output_failed(cmd, e)
     except ModelError as e:
@@ -176,6 +193,54 @@ def report(cmd):
             return result
         return wrapper
     return deco
+
+
+class progress_printer(Progress):
+    """The progress line of fm_train and fm_predict, printed from the Report
+    snapshots the API's ``progress`` callback receives (the API spaces them):
+    lines, samples, bad lines, features, samples/s, and the progressive
+    logloss and AUC (``metrics``)."""
+
+    def __init__(self, cmd, quiet=False, features=True, metrics=True):
+        Progress.__init__(self, log, cmd, every=0, quiet=quiet)
+        self.features = features
+        self.metrics = metrics
+
+    def __call__(self, report):
+        if self.quiet:
+            return
+        self.say("%s lines" % fmt_int(report.lines), "%s samples" % fmt_int(report.samples),
+                 "%s bad" % fmt_int(report.bad) if report.bad else "",
+                 "%s features" % fmt_int(report.n_features) if self.features else "",
+                 "%s samples/s" % fmt_int(report.samples / max(report.seconds, 1e-9)),
+                 "logloss %s" % fmt_metric(report.logloss) if self.metrics else "",
+                 "auc %s" % fmt_metric(report.auc) if self.metrics else "")
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record):
+        log(record.getMessage())
+
+
+@contextlib.contextmanager
+def library_messages(quiet=False):
+    """The library's warnings (the first bad lines of an input) on stderr, as
+    the command's own lines; nothing with ``quiet``."""
+    if quiet:
+        yield
+        return
+    lg = logging.getLogger("streamfm")
+    h = _StderrHandler(logging.WARNING)
+    lg.addHandler(h)
+    try:
+        yield
+    finally:
+        lg.removeHandler(h)
+
+
+def flag_message(e):
+    """A BadInputError's message in the words of the command-line flags."""
+    return getattr(e, "flag_message", None) or str(e)
 
 
 def fmt_seconds(s):

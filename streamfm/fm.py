@@ -23,7 +23,7 @@ from numba import njit
 from . import ftrl, parse
 from .badlines import BadLineLog
 from .errors import BadInputError, ModelFormatError, ParameterError
-from .explain import phi_block
+from .explain import Explainer, phi_block
 from .inputs import as_stream
 from .metrics import MetricSummary
 from .model import Model, dtype_name, read_model, write_model
@@ -91,7 +91,10 @@ class Report:
     scored before its own update; for prediction, against the input's
     labels when it has them, else NaN), ``overflow_samples`` and
     ``overflow_updates`` (skipped because a number would overflow),
-    ``n_features`` (in the model afterwards) and ``seconds``.
+    ``n_features`` (in the model afterwards), ``hash_collisions`` (new names
+    whose 64-bit hash equals another name's: they share its row),
+    ``mean_prediction`` and ``positive_rate`` (calibration: the mean predicted
+    probability against the observed rate of positives) and ``seconds``.
     """
 
     def __init__(self, kind):
@@ -106,6 +109,9 @@ class Report:
         self.overflow_samples = 0
         self.overflow_updates = 0
         self.n_features = 0
+        self.hash_collisions = 0
+        self.mean_prediction = float("nan")
+        self.positive_rate = float("nan")
         self.seconds = 0.0
         self._bad = (np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64), {})
 
@@ -115,11 +121,16 @@ class Report:
         return [BadLine(int(li), parse.REASONS[int(r)], int(c), texts.get(int(li)))
                 for li, r, c in zip(lines, reasons, cols)]
 
-    def _fill(self, summary, bad, n_features, metrics=None):
+    @property
+    def bad_description(self):
+        """The bad lines by reason, as one line: 'reason: count, ...'."""
+        return ", ".join("%s: %d" % rc for rc in self.by_reason.items())
+
+    def _fill(self, summary, bad, n_features, metrics=None, seconds=None):
         self.lines = int(summary.lines)
         self.samples = int(summary.samples)
         self.clipped = int(summary.clipped)
-        self.seconds = float(summary.seconds)
+        self.seconds = float(summary.seconds if seconds is None else seconds)
         self.n_features = int(n_features)
         with bad.lock:
             self.bad = int(bad.count)
@@ -128,6 +139,7 @@ class Report:
         m = summary if isinstance(summary, MetricSummary) else metrics
         if m is not None:
             self.logloss, self.auc = m.logloss, m.auc
+            self.mean_prediction, self.positive_rate = m.mean_prediction, m.positive_rate
         if isinstance(summary, Summary):
             self.overflow_samples = summary.overflow_samples
             self.overflow_updates = summary.overflow_updates
@@ -139,24 +151,25 @@ class Report:
 
 
 class _Progress:
-    """train_stream's progress hook: a Report snapshot to the callback, a line to the logger."""
+    """The pipeline's progress hook: a Report snapshot to the callback, a line to the logger."""
 
-    def __init__(self, callback, every, bad):
+    def __init__(self, kind, callback, every, bad):
+        self.kind = kind
         self.callback = callback
         self.every = every
         self.bad = bad
-        self.last = time.time()
+        self.start = self.last = time.time()
 
     def maybe(self, summary, features=None):
         now = time.time()
         if now - self.last < self.every:
             return
         self.last = now
-        report = Report("partial_fit")._fill(summary, self.bad, features or 0)
+        report = Report(self.kind)._fill(summary, self.bad, features or 0, seconds=now - self.start)
         if self.callback is not None:
             self.callback(report)
         if logger.isEnabledFor(logging.INFO):
-            logger.info("partial_fit: %d lines, %d samples, %d bad, %d features", report.lines,
+            logger.info("%s: %d lines, %d samples, %d bad, %d features", self.kind, report.lines,
                         report.samples, report.bad, report.n_features)
 
 
@@ -194,8 +207,11 @@ def _check_int(name, value, lo, hi=None):
     return int(value)
 
 
-def run_options(k0, k1, cores, on_error, max_bad_fraction):
-    """train.Options for an API call, its arguments checked (ParameterError)."""
+def run_options(k0, k1, cores, on_error, max_bad_fraction, bad_lines=None):
+    """train.Options for an API call, its arguments checked (ParameterError).
+
+    The first bad lines go to the ``streamfm`` logger (WARNING), silent
+    unless the application configures logging."""
     cores = _check_int("cores", cores, 1, 256)
     if on_error not in ("skip", "stop"):
         raise ParameterError("on_error must be 'skip' or 'stop', not %r" % (on_error,))
@@ -204,11 +220,13 @@ def run_options(k0, k1, cores, on_error, max_bad_fraction):
         if not (0.0 <= f <= 1.0):
             raise ParameterError("max_bad_fraction must be in [0, 1], not %r" % (max_bad_fraction,))
     return Options(k0=k0, k1=k1, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
-                   quiet=True)
+                   bad_lines=None if bad_lines is None else str(bad_lines))
 
 
 def _for_the_api(e, report):
-    """A BadInputError of the pipeline in the API's words, with the call's report."""
+    """A BadInputError of the pipeline in the API's words, with the call's report;
+    ``e.flag_message`` keeps the words of the command-line flags for the commands."""
+    e.flag_message = str(e)
     msg = str(e).replace(", no model written", "").replace("--on-error stop", "on_error='stop'")
     e.args = (msg.replace("--max-bad-fraction", "max_bad_fraction"),)
     e.report = report
@@ -315,6 +333,8 @@ class FM:
         self.seed = seed
         self._model = Model(self._k, self._dtype, hp=self._hp, fvs=self._fvs, seed=self._seed)
         self._arrays = None      # a loaded model file, until it is trained on
+        self._reserve_rows = 0   # FM.load's reserve_rows, for the Model made of the file
+        self._loaded_info = {}
         self._serving = None     # (w, v) per row for prediction, rebuilt after training
         self._bufs = parse.ParseBuffers(0)
         self._acc = None
@@ -398,7 +418,8 @@ class FM:
             if not a.has_state:
                 raise ModelFormatError("%s: stripped model (w and v only) has no training state; it "
                                        "can be used for prediction, not trained" % getattr(a, "path", "model"))
-            self._model = Model.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype)
+            self._model = Model.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype,
+                                            extra_rows=self._reserve_rows or 1 << 16)
             self._arrays = None
         self._serving = None
         return self._synced()
@@ -424,8 +445,8 @@ class FM:
         return self._serving
 
     # -- training --------------------------------------------------------------
-    def partial_fit(self, data, y=None, *, cores=1, on_error="skip", max_bad_fraction=None, progress=None,
-                    progress_every=1.0, feature_names=None):
+    def partial_fit(self, data, y=None, *, cores=1, on_error="skip", max_bad_fraction=None, bad_lines=None,
+                    progress=None, progress_every=1.0, feature_names=None):
         """Train on ``data`` (one pass, in order); returns a Report.
 
         Parameters
@@ -444,6 +465,9 @@ class FM:
         max_bad_fraction : float, optional
             BadInputError once more than this fraction of the lines is bad
             (checked from the 1000th line on, and at the end).
+        bad_lines : str or path, optional
+            Write every bad line to this file as 'LINE<TAB>REASON<TAB>text'
+            (replaced atomically; complete even when the call raises).
         progress : callable, optional
             Called with a Report snapshot every ``progress_every`` seconds.
         feature_names : sequence of str, optional
@@ -452,7 +476,7 @@ class FM:
         The model keeps what it learnt before an exception (BadInputError,
         KeyboardInterrupt); ``last_report`` then holds the counts so far.
         """
-        opts = run_options(self.k0, self.k1, cores, on_error, max_bad_fraction)
+        opts = run_options(self.k0, self.k1, cores, on_error, max_bad_fraction, bad_lines)
         model = self.training_model()
         bad = _BadLines(opts)
         summary = Summary()
@@ -462,13 +486,15 @@ class FM:
         self._serving = None
         try:
             with src:
-                train_stream(model, src.stream, opts, logger.warning, signals=False, bad=bad,
-                             progress=_Progress(progress, progress_every, bad), summary=summary)
+                train_stream(model, src.stream, opts, logger.warning, bad=bad,
+                             progress=_Progress("partial_fit", progress, progress_every, bad),
+                             summary=summary)
         except BadInputError as e:
             _for_the_api(e, report)
             raise
         finally:
             report._fill(summary, bad, model.n_rows - 1)
+            report.hash_collisions = int(model.table.collisions)
         return report
 
     def learn_one(self, x, y):
@@ -536,9 +562,13 @@ class FM:
         probabilities(raw, 1, out)
         return float(out[0])
 
-    def _score(self, data, cores, on_error, feature_names, kind, on_block=None):
-        """Run the predict pipeline over data; (per-line results, Report)."""
-        opts = run_options(True, True, cores, on_error, None)
+    def _score(self, data, cores, on_error, feature_names, kind, on_block=None, out=None, explain=0,
+               metrics=None, max_bad_fraction=None, bad_lines=None, progress=None, progress_every=1.0):
+        """Run the predict pipeline over data; (per-line results, Report).
+
+        ``on_block(parsed, raw)``: a result per block, collected by block;
+        else the 'label prob' lines (``explain``: with the top features) go to ``out``."""
+        opts = run_options(True, True, cores, on_error, max_bad_fraction, bad_lines)
         sm = self.serving_model()
         bad = _BadLines(opts)
         summary = PredictSummary()
@@ -549,17 +579,61 @@ class FM:
         def on_scores(blk, p, raw):
             blocks[blk.seq] = (blk.first_line, p.sample_line.copy(), on_block(p, raw))
 
+        make = Explainer(sm, topn=explain).on_block_factory if explain else None
         src = as_stream(data, feature_names=feature_names, need_labels=False)
         try:
             with src:
-                predict_stream(sm, src.stream, None, opts, logger.warning, metrics=src.has_labels,
-                               bad=bad, on_scores=on_scores, summary=summary)
+                predict_stream(sm, src.stream, out, opts, logger.warning,
+                               metrics=src.has_labels if metrics is None else metrics, bad=bad,
+                               on_scores=on_scores if on_block else None, make_on_block=make,
+                               progress=_Progress(kind, progress, progress_every, bad), summary=summary)
         except BadInputError as e:
             _for_the_api(e, report)
             raise
         finally:
             report._fill(summary, bad, sm.n_rows - 1, summary.metrics)
         return blocks, report
+
+    def write_predictions(self, data, out, *, cores=1, on_error="skip", max_bad_fraction=None,
+                          bad_lines=None, explain=0, metrics=False, progress=None, progress_every=1.0,
+                          feature_names=None):
+        r"""Write alphaFM's prediction lines for ``data`` to the binary file ``out``; returns a Report.
+
+        One line per valid input line, in input order: its label as 1 or -1, a
+        space and :math:`\sigma(\hat{y})` (the shortest decimal that reads back
+        as the same double); a bad line gets no output line and is counted in
+        the report. This is fm_predict's output, byte for byte.
+
+        Parameters
+        ----------
+        data
+            Anything ``predict_proba`` takes.
+        out
+            A binary file object (``write(bytes)``), e.g. ``sys.stdout.buffer``.
+        cores, on_error, max_bad_fraction, bad_lines, progress, progress_every
+            As for ``partial_fit``.
+        explain : int
+            After the score, a tab and the ``explain`` features with the
+            largest \|phi\| as name:phi (see ``explain``).
+        metrics : bool
+            Fill the report's logloss, AUC, mean prediction and positive rate
+            against the input's labels.
+
+        >>> import io
+        >>> fm = FM(k=0, w_l1=0, w_l2=0, w_alpha=1)
+        >>> _ = fm.partial_fit([b"1 a", b"1 a"])
+        >>> out = io.BytesIO()
+        >>> fm.write_predictions([b"1 a", b"0 b:2", b"? x"], out).bad
+        1
+        >>> print(out.getvalue().decode(), end="")   # "b" is unknown: sigmoid(w0)
+        1 0.6607563687658172
+        -1 0.5825702064623147
+        """
+        _, report = self._score(data, cores, on_error, feature_names, "write_predictions", out=out,
+                                explain=_check_int("explain", explain, 0), metrics=bool(metrics),
+                                max_bad_fraction=max_bad_fraction, bad_lines=bad_lines, progress=progress,
+                                progress_every=progress_every)
+        return report
 
     def predict_proba(self, data, *, cores=1, on_error="skip", feature_names=None):
         """Probability of a positive for every line (or matrix row) of ``data``.
@@ -625,6 +699,80 @@ class FM:
                 out[first - 1 + li] = r
         return out
 
+    def importance(self, data, *, by_field=None, top=None, cores=1, on_error="skip", feature_names=None):
+        r"""Global importance: each feature's mean phi and mean \|phi\| over the samples of ``data``.
+
+        phi is the feature's exact share of a score (see ``explain``). Returns
+        (name, count, mean_phi, mean_abs_phi) tuples, name as bytes, most
+        important (largest mean \|phi\|) first, ties by first appearance in the
+        model; only features that occur in ``data`` and the model. The report
+        (``last_report``) counts the features seen as ``n_features``.
+
+        Parameters
+        ----------
+        by_field : str, optional
+            One byte: aggregate features by the field prefix of their name, up to
+            its first ``by_field`` (f7_1234 -> f7 with "_"); a name without it is its own field.
+        top : int, optional
+            Only the first ``top`` rows.
+        cores, on_error, feature_names
+            As for ``predict_proba``.
+
+        >>> fm = FM(k=0, w_l1=0, w_l2=0, w_alpha=1)
+        >>> _ = fm.partial_fit([b"1 a_1 b_1", b"0 a_2"])
+        >>> sorted((n, c) for n, c, _, _ in fm.importance([b"1 a_1", b"0 a_2 b_1"], by_field="_"))
+        [(b'a', 2), (b'b', 1)]
+        """
+        from .explain import field_prefix_hash
+
+        if by_field is not None and (not isinstance(by_field, str) or len(by_field.encode()) != 1):
+            raise ParameterError("by_field must be a single byte such as '_', not %r" % (by_field,))
+        sm = self.serving_model()
+        ex = Explainer(sm, importance=True)
+        opts = run_options(True, True, cores, on_error, None)
+        bad = _BadLines(opts)
+        summary = PredictSummary()
+        report = Report("importance")
+        self.last_report = report
+        src = as_stream(data, feature_names=feature_names, need_labels=False)
+        try:
+            with src:
+                predict_stream(sm, src.stream, None, opts, logger.warning, make_on_block=ex.on_block_factory,
+                               bad=bad, summary=summary)
+        except BadInputError as e:
+            _for_the_api(e, report)
+            raise
+        finally:
+            report._fill(summary, bad, 0)
+        count, sum_phi, sum_abs = ex.totals()
+        arena, name_off = sm.table.names_view()
+        report.n_features = int((count[1:] > 0).sum())
+        if by_field is not None:
+            sep = by_field.encode()
+            keys = field_prefix_hash(arena, name_off, sm.n_rows, sep[0], sm.table.key)
+            seen = count > 0
+            seen[0] = False
+            _, first, inv = np.unique(keys[seen], return_index=True, return_inverse=True)
+            rows = np.flatnonzero(seen)
+            g_count = np.bincount(inv, weights=count[seen]).astype(np.int64)
+            g_phi = np.bincount(inv, weights=sum_phi[seen])
+            g_abs = np.bincount(inv, weights=sum_abs[seen])
+            names = [bytes(arena[name_off[r]:name_off[r + 1]]).split(sep, 1)[0] for r in rows[first]]
+        else:
+            rows = np.flatnonzero(count[1:] > 0) + 1
+            g_count, g_phi, g_abs = count[rows], sum_phi[rows], sum_abs[rows]
+            names = None
+        mean_phi = g_phi / np.maximum(g_count, 1)
+        mean_abs = g_abs / np.maximum(g_count, 1)
+        order = np.lexsort((np.arange(len(mean_abs)), -mean_abs))
+        if top is not None:
+            order = order[:_check_int("top", top, 0)]
+        out = []
+        for i in order.tolist():
+            name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
+            out.append((name, int(g_count[i]), float(mean_phi[i]), float(mean_abs[i])))
+        return out
+
     def embeddings(self):
         """(names, V): every feature's name and its factor vector, row i of the (n, k) array V.
 
@@ -658,19 +806,47 @@ class FM:
         write_model(src, str(path), format, state=bool(state))
 
     @classmethod
-    def load(cls, path, *, k0=True, k1=True, dtype=None, **hyper):
+    def load(cls, path, *, k0=True, k1=True, dtype=None, k=None, state=None, mmap=False, reserve_rows=0,
+             **hyper):
         """An FM from a model file (txt or bin, streamfm's or alphaFM's).
 
         A binary model brings its hyper-parameters, ``fvs``, ``seed`` and
         ``samples_seen``; a text model does not hold them (give them as
         keyword arguments, as fm_train's flags with ``-im``). ``k0``/``k1`` are
-        not in model files. ``dtype``: convert the numbers (default: the file's).
-        A stripped model predicts but cannot be trained. Raises ModelFormatError.
+        not in model files. Raises ModelFormatError.
+
+        Parameters
+        ----------
+        dtype : str, optional
+            Convert the numbers (default: the file's).
+        k : int, optional
+            The factor count the model must have (ModelFormatError otherwise).
+        state : bool, optional
+            True: the file must hold the FTRL state (to continue training);
+            False: read w and v only (prediction; a model then cannot be
+            trained); None: whatever the file holds.
+        mmap : bool
+            Map a binary model read-only instead of reading it (prediction
+            only: its pages are the page cache's, shared by every process).
+        reserve_rows : int
+            Room for this many new features when training continues, made
+            once instead of by growing the arrays.
+
+        >>> import os, tempfile
+        >>> fm = FM(k=2, seed=3)
+        >>> fm.learn_one({"a": 1}, 1)
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.bin")
+        >>> fm.save(path)
+        >>> again = FM.load(path)
+        >>> again.seed, again.n_features, again.info["samples_seen"]
+        (3, 1, 1)
         """
         unknown = set(hyper) - set(HYPER_PARAMETERS) - {"fvs", "seed"}
         if unknown:
             raise TypeError("unknown hyper-parameter(s): %s" % ", ".join(sorted(unknown)))
-        arrays = read_model(str(path), state=None, dtype=None if dtype is None else _check_dtype(dtype))
+        arrays = read_model(str(path), k=k, state=state, mmap=bool(mmap),
+                            dtype=None if dtype is None else _check_dtype(dtype),
+                            extra_rows=_check_int("reserve_rows", reserve_rows, 0))
         info = arrays.info
         args = dict(HYPER_PARAMETERS)
         args.update(info.get("hyper") or {})
@@ -680,7 +856,27 @@ class FM:
         fm = cls(k0=k0, k1=k1, k=arrays.k, dtype=arrays.dtype, **args)
         fm._model = None
         fm._arrays = arrays
+        fm._reserve_rows = int(reserve_rows)
+        fm._loaded_info = dict(info)
         return fm
+
+    @property
+    def info(self):
+        """What the model file said of itself (``FM.load``): k, dtype, and for a
+        binary model hyper, fvs, seed, samples_seen; {} for a new model."""
+        return dict(self._loaded_info)
+
+    def reserve(self, rows, name_bytes=0):
+        """Make room for ``rows`` more features (and ``name_bytes`` more bytes of
+        their names) now, so training does not stop to grow the arrays later.
+
+        >>> fm = FM(k=2)
+        >>> fm.reserve(100000, 1 << 20)
+        >>> fm.n_features
+        0
+        """
+        model = self.training_model()
+        model.reserve(_check_int("rows", rows, 0), _check_int("name_bytes", name_bytes, 0))
 
     def replace_model(self, arrays):
         """Hold the model file content ``arrays`` (``model.ModelArrays``) instead of the model

@@ -124,7 +124,17 @@ def fmt_metric(x):
 
 
 class Progress:
-    """Prints a progress line every ``every`` seconds unless quiet."""
+    """The progress lines of a long run on stderr, the same for every command:
+    '<name>: part  part  ...', at most one every ``every`` seconds, none when
+    ``quiet``. Each run says what its parts are; this holds when and how.
+
+    >>> lines = []
+    >>> p = Progress(lines.append, "fm_x", every=0)
+    >>> if p.due():
+    ...     p.say("%s lines" % fmt_int(1234), "", "%s/s" % p.rate(0))
+    >>> lines
+    ['fm_x: 1,234 lines  0/s']
+    """
 
     def __init__(self, log, name, every=5.0, quiet=False):
         self.log = log
@@ -134,19 +144,22 @@ class Progress:
         self.t0 = time.time()
         self.last = self.t0
 
-    def maybe(self, summary, features=None):
+    def due(self):
+        """True (and the clock restarted) when a line is to be printed now."""
         now = time.time()
         if self.quiet or now - self.last < self.every:
-            return
+            return False
         self.last = now
-        rate = summary.samples / max(now - self.t0, 1e-9)
-        parts = ["%s lines" % fmt_int(summary.lines), "%s samples" % fmt_int(summary.samples)]
-        if summary.bad:
-            parts.append("%s bad" % fmt_int(summary.bad))
-        if features is not None:
-            parts.append("%s features" % fmt_int(features))
-        parts.append("%s samples/s" % fmt_int(rate))
-        if getattr(summary, "logloss", None) is not None:
-            parts.append("logloss %s" % fmt_metric(summary.logloss))
-            parts.append("auc %s" % fmt_metric(summary.auc))
-        self.log("%s: %s" % (self.name, "  ".join(parts)))
+        return True
+
+    @property
+    def elapsed(self):
+        return time.time() - self.t0
+
+    def rate(self, n):
+        """n per second since the run started, formatted."""
+        return fmt_int(n / max(self.elapsed, 1e-9))
+
+    def say(self, *parts):
+        """One line of the non-empty ``parts``, two spaces apart."""
+        self.log("%s: %s" % (self.name, "  ".join(p for p in parts if p)))

@@ -12,7 +12,7 @@ from numba import njit
 
 from . import floatfmt, ftrl, parse
 from .badlines import BadLineLog
-from .metrics import MetricSummary, Progress, add_prediction, new_accumulators
+from .metrics import MetricSummary, add_prediction, new_accumulators
 from .model import read_model, table_for
 from .pipeline import run_workers
 from .reader import BlockReader
@@ -128,7 +128,7 @@ class PredictSummary:
 
 
 def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False, bad=None,
-                   on_scores=None, summary=None):
+                   on_scores=None, summary=None, progress=None):
     """Score every valid line of ``stream``, writing 'label prob' lines to ``out``.
 
     With ``metrics`` the summary's ``metrics`` holds logloss, AUC and
@@ -140,7 +140,9 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     ``on_scores(block, parsed, raw_scores)``, if given, is called in the
     worker for each block (the Python API collects scores by line number).
     ``bad``: the BadLineLog to use (default: a new one from ``opts``);
-    ``summary``: the PredictSummary to fill (default: a new one).
+    ``summary``: the PredictSummary to fill (default: a new one);
+    ``progress``: an object whose ``maybe(summary)`` is called a few times a
+    second (default: none).
     """
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
     writer = OrderedWriter(out)
@@ -185,13 +187,12 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
             writer.put(blk.seq, data)
         return handle
 
-    progress = Progress(log, "fm_predict", opts.progress_every, quiet=opts.quiet)
-
     def tick():
-        summary.lines = sum(c[0] for c in counts)
-        summary.samples = sum(c[1] for c in counts)
-        summary.bad = bad.count
-        progress.maybe(summary)
+        if progress is not None:
+            summary.lines = sum(c[0] for c in counts)
+            summary.samples = sum(c[1] for c in counts)
+            summary.bad = bad.count
+            progress.maybe(summary)
 
     try:
         # also on an exception (SIGTERM, Ctrl-C): no worker writes to ``out``

@@ -10,13 +10,12 @@ With one worker the run is sequential and deterministic.
 """
 
 import contextlib
-import signal
 import threading
 import time
 
 from . import ftrl, parse
 from .badlines import BadLineLog
-from .metrics import N_METRICS, MetricSummary, Progress, new_accumulators
+from .metrics import N_METRICS, MetricSummary, new_accumulators
 from .pipeline import run_workers
 from .reader import BlockReader
 
@@ -94,7 +93,6 @@ class Summary(MetricSummary):
         self.bad_description = ""
         self.clipped = 0
         self.seconds = 0.0
-        self.interrupted = False
 
     @property
     def overflow_samples(self):
@@ -113,19 +111,19 @@ class _Worker:
         self.clipped = 0
 
 
-def train_stream(model, stream, opts, log, signals=True, bad=None, progress=None, summary=None):
+def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None):
     """Train ``model`` on the lines of ``stream``; returns a Summary.
 
     Raises BadInputStop (no model must be written) when --on-error stop
     meets a bad line or the bad fraction exceeds --max-bad-fraction.
-    ``signals``: SIGINT/SIGTERM stop the run and set ``summary.interrupted``
-    (False leaves them to the caller, e.g. as KeyboardInterrupt).
     ``bad``: the BadLineLog to use (default: a new one from ``opts``);
     ``progress``: an object whose ``maybe(summary, features)`` is called a
-    few times a second (default: progress lines through ``log``);
+    few times a second (default: none);
     ``summary``: the Summary to fill (the caller keeps the counts of a run
-    that raises). However the run ends, the workers have left the model when this returns
-    or raises, and ``model.samples_seen`` counts the samples trained.
+    that raises). Installs no signal handler: Ctrl-C (KeyboardInterrupt in
+    the calling thread) stops the run, each worker finishing its block in
+    hand. However the run ends, the workers have left the model when this
+    returns or raises, and ``model.samples_seen`` counts the samples trained.
     """
     summary = Summary() if summary is None else summary
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
@@ -161,21 +159,17 @@ def train_stream(model, stream, opts, log, signals=True, bad=None, progress=None
                 rw.release_read()
         return handle
 
-    if progress is None:
-        progress = Progress(log, "fm_train", opts.progress_every, quiet=opts.quiet)
-
     def tick():
-        _collect(summary, workers, model)
-        summary.bad = bad.count
-        progress.maybe(summary, model.n_rows - 1)
+        if progress is not None:
+            _collect(summary, workers, model)
+            summary.bad = bad.count
+            progress.maybe(summary, model.n_rows - 1)
 
-    old_handlers = _install_signal_handlers(stop, summary, reader) if signals else None
     try:
         run_workers(reader, [handler(w) for w in workers], tick, stop, "streamfm-train")
     finally:
-        # however the run ends (a KeyboardInterrupt in a library call too),
-        # no worker is left updating the model behind the caller's back
-        _restore_signal_handlers(old_handlers)
+        # however the run ends (a KeyboardInterrupt too), no worker is left
+        # updating the model behind the caller's back
         bad.close()
         summary.seconds = time.time() - t0
         _collect(summary, workers, model)
@@ -191,28 +185,6 @@ def _collect(summary, workers, model):
     summary.hist = sum(w.hist for w in workers)
     summary.lines = sum(w.lines for w in workers)
     summary.clipped = sum(w.clipped for w in workers)
-
-
-def _install_signal_handlers(stop, summary, reader):
-    """SIGINT/SIGTERM: stop reading, let the workers finish the block in hand."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        summary.interrupted = signal.Signals(signum).name
-        stop.set()
-        reader.stop()
-
-    old = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        old[sig] = signal.signal(sig, handler)
-    return old
-
-
-def _restore_signal_handlers(old):
-    if old:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
@@ -235,7 +207,7 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     jit.compile_notice([parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights,
                         ftrl.file_state, hash_arena, index_names], log, quiet)
     tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
-    train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log, signals=False)
+    train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
     tiny.reserve(2000, 0)  # table growth has kernels of its own
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
         for f in {fmt, continue_fmt} - {None}:

@@ -22,7 +22,7 @@ from ..badlines import BadInputStop
 from ..command import (CONTEXT, EXIT_BAD_INPUT, SEED, FiniteFloat, check_distinct_or_fail, check_writable_or_fail,
                        continue_seed, fmt_seconds, hp_options, interruptible, log, output_failed, parse_dim, report,
                        spare_rows, to_output)
-from ..metrics import fmt_int
+from ..metrics import Progress, fmt_int
 from ..model import ModelError, dtype_of
 from .defaults import RECALL_HP, TRAIN
 from ..output import OutputError
@@ -384,32 +384,22 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
                                                     fmt_seconds(time.time() - t_write)))
 
 
-class _TrainProgress:
+class _TrainProgress(Progress):
     def __init__(self, epochs, quiet, every=5.0):
+        Progress.__init__(self, log, "fm_recall train", every, quiet)
         self.epochs = epochs
-        self.quiet = quiet
-        self.every = every
-        self.t0 = time.time()
-        self.last = self.t0
 
     def __call__(self, s, pass_no, features):
-        now = time.time()
-        if self.quiet or now - self.last < self.every:
+        if not self.due():
             return
-        self.last = now
         if pass_no == 0:
-            log("fm_recall train: loading clicks  %s lines%s  %s features" % (
-                fmt_int(s.lines), "  %s bad" % fmt_int(s.bad) if s.bad else "", fmt_int(features)))
+            self.say("loading clicks", "%s lines" % fmt_int(s.lines), "%s bad" % fmt_int(s.bad) if s.bad else "",
+                     "%s features" % fmt_int(features))
             return
-        parts = ["pass %d/%d" % (pass_no, self.epochs), "%s lines" % fmt_int(s.lines),
-                 "%s clicks trained" % fmt_int(s.trained)]
-        if s.bad:
-            parts.append("%s bad" % fmt_int(s.bad))
-        parts.append("%s features" % fmt_int(features))
-        parts.append("%s clicks/s" % fmt_int(s.trained / max(now - self.t0, 1e-9)))
-        parts.append("loss %.6f" % s.loss)
-        parts.append("violated %.2f%%" % (100 * s.violated))
-        log("fm_recall train: " + "  ".join(parts))
+        self.say("pass %d/%d" % (pass_no, self.epochs), "%s lines" % fmt_int(s.lines),
+                 "%s clicks trained" % fmt_int(s.trained), "%s bad" % fmt_int(s.bad) if s.bad else "",
+                 "%s features" % fmt_int(features), "%s clicks/s" % self.rate(s.trained), "loss %.6f" % s.loss,
+                 "violated %.2f%%" % (100 * s.violated))
 
 
 # ---------------------------------------------------------------------------
@@ -596,20 +586,14 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
                 fmt_int(s.no_known), "items' own scores" if pair else "index order"))
 
 
-class _QueryProgress:
+class _QueryProgress(Progress):
     def __init__(self, quiet, every=5.0):
-        self.quiet = quiet
-        self.every = every
-        self.t0 = self.last = time.time()
+        Progress.__init__(self, log, "fm_recall query", every, quiet)
 
     def __call__(self, s):
-        now = time.time()
-        if self.quiet or now - self.last < self.every:
-            return
-        self.last = now
-        log("fm_recall query: %s lines  %s queries%s  %s queries/s" % (
-            fmt_int(s.lines), fmt_int(s.queries), "  %s bad" % fmt_int(s.bad) if s.bad else "",
-            fmt_int(s.queries / max(now - self.t0, 1e-9))))
+        if self.due():
+            self.say("%s lines" % fmt_int(s.lines), "%s queries" % fmt_int(s.queries),
+                     "%s bad" % fmt_int(s.bad) if s.bad else "", "%s queries/s" % self.rate(s.queries))
 
 
 # ---------------------------------------------------------------------------

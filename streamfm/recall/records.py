@@ -14,6 +14,7 @@ from numba import njit
 
 from .. import parse
 from ..badlines import BadLineLog
+from ..metrics import Progress, fmt_int
 from ..reader import BlockReader
 from .keys import gather_spans, hash_spans
 
@@ -197,23 +198,13 @@ class RecordReader:
         return Records.concat(list(self), click=self.mode == parse.CLICK)
 
 
-class ReadProgress:
+class ReadProgress(Progress):
     """'<name>: reading <source>: N lines' on stderr every few seconds (not when quiet)."""
 
     def __init__(self, log, name, quiet, every=5.0):
-        import time
-
-        self.time = time.time
-        self.log = log
-        self.name = name
-        self.quiet = quiet
-        self.every = every
-        self.last = self.time()
+        Progress.__init__(self, log, name, every, quiet)
 
     def __call__(self, reader):
-        now = self.time()
-        if self.quiet or now - self.last < self.every:
-            return
-        self.last = now
-        self.log("%s: reading %s: %s lines%s" % (self.name, reader.source, "{:,}".format(reader.lines),
+        if self.due():
+            self.say("reading %s: %s lines%s" % (reader.source, fmt_int(reader.lines),
                                                   ", %d bad" % reader.bad.count if reader.bad.count else ""))

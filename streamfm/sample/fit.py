@@ -23,7 +23,7 @@ from numba import njit
 
 from .. import __version__
 from ..badlines import BadLineLog
-from ..metrics import fmt_int
+from ..metrics import Progress, fmt_int
 from . import logs
 from .featurize import LogFeaturizer, load_profiles, overlap_value, resolve_tokens
 from .sketch import DEFAULT_K, CountTable, QuantileSketches, count_add, sketch_add
@@ -117,7 +117,7 @@ def fit_stream(spec, stream, opts, log, fmt, tables=None, bad_file=None, k=DEFAU
     base_count = plan.base_mc.copy()
     nb = max(plan.n_base, 1)
     r_src, r_a, r_b = (np.zeros(nb, np.int64) for _ in range(3))
-    last = time.time()
+    progress = Progress(log, name, progress_every, opts.quiet)
     pr = profiles
     for data, first_line, _ in src:
         bt = lf.batch(data, first_line)
@@ -141,11 +141,9 @@ def fit_stream(spec, stream, opts, log, fmt, tables=None, bad_file=None, k=DEFAU
             if j2 < len(sel):
                 counts.reserve(max(1024, counts.ehash.shape[0]), max(1 << 16, counts.arena.shape[0]))
             j = j2
-        now = time.time()
-        if not opts.quiet and now - last >= progress_every:
-            last = now
-            log("%s: %s lines, %s impressions, %s bad" % (name, fmt_int(s.lines), fmt_int(s.records),
-                                                         fmt_int(s.bad)))
+        if progress.due():
+            progress.say("%s lines" % fmt_int(s.lines), "%s impressions" % fmt_int(s.records),
+                         "%s bad" % fmt_int(s.bad))
     bad_log.check_fraction(s.lines, final=True)
     s.bad_description = bad_log.describe()
     learned = {}

@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 
 from ..badlines import BadLineLog
-from ..metrics import fmt_int
+from ..metrics import Progress, fmt_int
 from ..mix import GOLDEN, splitmix64, unit
 from . import logs
 from .featurize import LABELED, LineWriter, LogFeaturizer, load_profiles
@@ -203,7 +203,7 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
     writer = LineWriter(plan, profiles)
     s = RankSummary()
     weight_neg = b"%s\n" % repr(1.0 / neg_rate).encode() if neg_rate < 1 else b"1\n"
-    last_progress = time.time()
+    progress = Progress(log, name, progress_every, opts.quiet)
     for data, first_line, final in src:
         bt = lf.batch(data, first_line)
         n = bt.n
@@ -231,12 +231,9 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
             if weights_write is not None:
                 neg = bt.label[sel] <= 0
                 weights_write(b"".join(weight_neg if x else b"1\n" for x in neg.tolist()))
-        now = time.time()
-        if not opts.quiet and now - last_progress >= progress_every:
-            last_progress = now
-            log("%s: %s lines, %s samples written, %s bad, %s impressions/s" % (
-                name, fmt_int(s.lines), fmt_int(s.samples), fmt_int(s.bad),
-                fmt_int(s.lines / max(now - t0, 1e-9))))
+        if progress.due():
+            progress.say("%s lines" % fmt_int(s.lines), "%s samples written" % fmt_int(s.samples),
+                         "%s bad" % fmt_int(s.bad), "%s impressions/s" % progress.rate(s.lines))
     bad_log.check_fraction(s.lines, final=True)
     s.seconds = time.time() - t0
     s.bad_description = bad_log.describe()

@@ -15,15 +15,15 @@ import threading
 import time
 
 import click
-import numpy as np
-
 from .. import command
 from ..badlines import BadInputStop
 from ..command import (CONTEXT, EXIT_BAD_INPUT, SEED, FiniteFloat, check_distinct_or_fail, check_writable_or_fail,
-                       continue_seed, fmt_seconds, hp_options, interruptible, log, output_failed, parse_dim, report,
-                       spare_rows, to_output)
+                       continue_seed, flag_message, fmt_seconds, hp_options, interruptible, library_messages, log,
+                       output_failed, parse_dim, report, spare_rows, to_output)
+from ..errors import ParameterError, StreamFMError
+from ..ftrl import HP_NAMES
 from ..metrics import Progress, fmt_int
-from ..model import ModelError, dtype_of
+from ..model import ModelError, dtype_name, dtype_of
 from .defaults import RECALL_HP, TRAIN
 from ..output import OutputError
 
@@ -63,12 +63,13 @@ def _input(path, cmd):
     return _open(path, cmd, "--input")
 
 
-def _load_serving(path, cmd, k=None):
-    from ..predict import ServingModel
+def _load(path, cmd):
+    """The model of -m as a streamfm.FM that predicts (w and v only)."""
+    from ..fm import FM
 
     try:
-        return ServingModel.load(path, k=k)
-    except (ModelError, ValueError) as e:
+        return FM.load(path, state=False)
+    except StreamFMError as e:
         fail(cmd, str(e))
 
 
@@ -243,10 +244,10 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
       fm_recall train -m model.txt --items items.txt -dim 1,1,16 < clicks.txt
     """
     from .. import jit, parse
-    from ..model import Model, read_model, write_model
-    from ..predict import ServingModel
-    from .records import ReadProgress, RecordReader
-    from .trainer import Catalog, Config, HardModel, drop_untrained, train
+    from ..fm import FM
+    from .api import Recall
+    from .records import ReadProgress
+    from .trainer import train_clicks
 
     cmd = "train"
     if not model_path:
@@ -266,7 +267,8 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
     if hard_neg and loss == "warp":
         raise click.UsageError("--hard-neg is for hinge, bpr and logistic; warp draws its own hard negatives "
                                "(--max-sampled)")
-    hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
+    hyper = dict(zip(HP_NAMES, [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]),
+                 fvs=bool(fvs))
     dtype = dtype_of(mnt)
     check_distinct_or_fail("fm_recall train", [("-m", model_path), ("--bad-lines", bad_lines)],
                            [("--items", items_path), ("--input", input_path or "-"), ("-im", init_model),
@@ -276,34 +278,29 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         check_writable_or_fail(bad_lines, "fm_recall train")
     items_file = _open(items_path, cmd, "--items")
     stream = _input(input_path, cmd)
-    opts = _opts(cores, on_error, max_bad_fraction, quiet, bad_lines)
-    from .trainer import train_clicks
-
     jit.compile_notice([parse.parse_block, train_clicks], log, quiet)
     t0 = time.time()
     try:
         if init_model:
-            arrays = read_model(init_model, k=k, state=True, fmt=init_model_format, dtype=dtype)
-            seed = continue_seed(cmd, arrays.info, seed, fvs, quiet)
-            model = Model.from_arrays(arrays, hp, fvs, seed, dtype=dtype, extra_rows=spare_rows(k, dtype, 1 << 16))
-            del arrays
+            fm = FM.load(init_model, k=k, state=True, dtype=dtype, reserve_rows=spare_rows(k, dtype, 1 << 16),
+                         k0=k0, k1=k1, **hyper)
+            fm.seed = continue_seed(cmd, fm.info, seed, fvs, quiet)
+            fm.training_model()
             if not quiet:
-                log("fm_recall train: continuing %s: %s features" % (init_model, fmt_int(model.n_rows - 1)))
+                log("fm_recall train: continuing %s: %s features" % (init_model, fmt_int(fm.n_features)))
         else:
-            seed = 0 if seed is None else seed
-            model = Model(k, dtype, hp=hp, fvs=bool(fvs), seed=seed, row_capacity=spare_rows(k, dtype, 1 << 18),
-                          arena_capacity=1 << 22)
-        hard = None
-        if hard_neg_model:
-            hard = HardModel(ServingModel.load(hard_neg_model))
-    except (ModelError, ValueError) as e:
+            fm = FM(k0=k0, k1=k1, k=k, dtype=dtype_name(dtype), seed=0 if seed is None else seed, **hyper)
+            fm.reserve(spare_rows(k, dtype, 1 << 18), 1 << 22)
+        hard = FM.load(hard_neg_model, state=False) if hard_neg_model else None
+    except StreamFMError as e:
         fail(cmd, str(e))
     try:
-        with items_file:
-            catalog = Catalog(RecordReader(items_file, parse.KEYED, opts, log, items_path, model=model,
-                                           progress=ReadProgress(log, "fm_recall train", quiet)).read_all())
+        with items_file, library_messages(quiet):
+            catalog = Recall.read_catalog(items_file, fm, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                                          bad_lines=bad_lines, source=items_path,
+                                          progress=ReadProgress(log, "fm_recall train", quiet))
     except BadInputStop as e:
-        fail(cmd, str(e), EXIT_BAD_INPUT)
+        fail(cmd, flag_message(e), EXIT_BAD_INPUT)
     except OutputError as e:
         output_failed("fm_recall " + cmd, e)
     if catalog.n < 2:
@@ -313,43 +310,41 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
             % (catalog.duplicates, items_path))
     if not quiet:
         log("fm_recall train: %s items in the catalog (%s), %s features" % (
-            fmt_int(catalog.n), fmt_seconds(time.time() - t0), fmt_int(model.n_rows - 1)))
-    cfg = Config(loss=loss, margin=margin, neg=neg, neg_dist=neg_dist, pop_suppress=pop_suppress,
-                 hard_neg=hard_neg, epochs=epochs, seed=seed, k0=k0, k1=k1, cores=cores,
-                 max_sampled=max_sampled, refresh=refresh, seen_capacity=seen_pairs)
-    progress = _TrainProgress(epochs, quiet)
+            fmt_int(catalog.n), fmt_seconds(time.time() - t0), fmt_int(fm.n_features)))
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("fm_recall train: reading clicks from the terminal (pipe a file in, or use --input FILE)")
     with _Stop() as stop:
         try:
-            summary = train(model, catalog, stream, cfg, opts, log, source=input_path or "stdin", hard=hard,
-                            stop=stop.event, progress=progress)
+            with library_messages(quiet):
+                rec = Recall.train(stream, catalog, fm=fm, epochs=epochs, neg=neg, neg_dist=neg_dist,
+                                   pop_suppress=pop_suppress, hard_neg=hard_neg, loss=loss, margin=margin,
+                                   max_sampled=max_sampled, refresh=refresh, seen_pairs=seen_pairs,
+                                   hard_neg_model=hard, cores=cores, on_error=on_error,
+                                   max_bad_fraction=max_bad_fraction, bad_lines=bad_lines,
+                                   source=input_path or "stdin", progress=_TrainProgress(epochs, quiet),
+                                   stop=stop.event, keep_untrained=keep_untrained)
         except BadInputStop as e:
-            fail(cmd, str(e) + ", no model written", EXIT_BAD_INPUT)
+            fail(cmd, flag_message(e) + ", no model written", EXIT_BAD_INPUT)
         except OutputError as e:
             output_failed("fm_recall " + cmd, e)
         except OSError as e:
             fail(cmd, "reading clicks: %s" % (e.strerror or e))
+    s = rec.report
     if stop.signal and not save_on_interrupt:
         log("fm_recall train: interrupted (%s); no model written (--save-on-interrupt writes it)" % stop.signal)
         sys.exit(128 + getattr(signal, stop.signal))
-    if summary.clicks == 0 and not allow_empty:
+    if s.clicks == 0 and not allow_empty:
         fail(cmd, "no valid click in %s lines of input (%s bad, %s not in --items); no model written "
-             "(--allow-empty writes it anyway)" % (fmt_int(summary.lines), fmt_int(summary.bad),
-                                                   fmt_int(summary.not_in_catalog)), EXIT_BAD_INPUT)
-    if summary.trained == 0 and not quiet:
+             "(--allow-empty writes it anyway)" % (fmt_int(s.lines), fmt_int(s.bad),
+                                                   fmt_int(s.not_in_catalog)), EXIT_BAD_INPUT)
+    if s.trained == 0 and not quiet:
         log("fm_recall train: warning: no click was trained on")
     t_write = time.time()
     try:
-        if keep_untrained:
-            src, dropped = model, 0
-        else:
-            src, dropped = drop_untrained(model)
-        write_model(src, model_path, model_format)
-    except (ModelError, OutputError) as e:
+        rec.fm.save(model_path, model_format)
+    except StreamFMError as e:
         fail(cmd, str(e))
     if not quiet:
-        s = summary
         log("fm_recall train: %s after %s" % ("interrupted (%s), model saved" % stop.signal if stop.signal
                                               else "done", fmt_seconds(s.seconds)))
         log("  lines read            %s" % fmt_int(s.lines))
@@ -378,8 +373,8 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         if s.seen_rotations:
             log("  own clicks remembered %s pairs (--seen-pairs %s reached %d times: older ones forgotten)"
                 % (fmt_int(s.seen_pairs), fmt_int(seen_pairs), s.seen_rotations))
-        log("  features in model     %s%s" % (fmt_int(src.n_rows - 1),
-                                              "  (%s never reached, left out)" % fmt_int(dropped) if dropped else ""))
+        log("  features in model     %s%s" % (fmt_int(rec.fm.n_features), "  (%s never reached, left out)"
+                                              % fmt_int(s.dropped) if s.dropped else ""))
         log("  model written         %s (%s, %s)" % (model_path, model_format,
                                                     fmt_seconds(time.time() - t_write)))
 
@@ -428,9 +423,9 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
     exits 3.
     """
     from .. import jit, parse
-    from .embed import embed, embed_records
-    from .index import model_fingerprint, write_index
-    from .records import ReadProgress, RecordReader
+    from .api import Recall
+    from .embed import embed_records
+    from .records import ReadProgress
 
     cmd = "index"
     if (items_path is None) == (users_path is None):
@@ -444,40 +439,33 @@ def index_cmd(model_path, items_path, users_path, out_path, on_error, max_bad_fr
         check_writable_or_fail(bad_lines, "fm_recall index")
     jit.compile_notice([parse.parse_block, embed_records], log, quiet)
     t0 = time.time()
-    model = _load_serving(model_path, cmd)
+    rec = Recall(_load(model_path, cmd))
     f = _open(path, cmd, "--" + kind)
     try:
-        with f:
-            reader = RecordReader(f, parse.KEYED, _opts(1, on_error, max_bad_fraction, quiet, bad_lines), log,
-                                  path, table=model.table, progress=ReadProgress(log, "fm_recall index", quiet))
-            recs = reader.read_all()
+        with f, library_messages(quiet):
+            index = rec.index(f, kind, on_error=on_error, max_bad_fraction=max_bad_fraction, bad_lines=bad_lines,
+                              source=path, progress=ReadProgress(log, "fm_recall index", quiet))
     except BadInputStop as e:
-        fail(cmd, str(e) + ", no index written", EXIT_BAD_INPUT)
+        fail(cmd, flag_message(e) + ", no index written", EXIT_BAD_INPUT)
     except OutputError as e:
         output_failed("fm_recall " + cmd, e)
-    if recs.n == 0:
+    r = rec.report
+    if r.records == 0:
         fail(cmd, "%s holds no valid record (%s lines, %s bad); no index written"
-             % (path, fmt_int(reader.lines), fmt_int(reader.bad.count)), EXIT_BAD_INPUT)
-    from .keys import KeyIndex
-
-    keys = KeyIndex(recs.key_hash)
-    if keys.duplicates:
-        recs = recs.take(np.flatnonzero(keys.first_of == np.arange(recs.n)))
-    vec, _own, empty = embed(recs, model.weights, model.k)
+             % (path, fmt_int(r.lines), fmt_int(r.bad)), EXIT_BAD_INPUT)
     try:
-        write_index(out_path, kind, vec, recs.key_arena, recs.key_off, model_fingerprint(model.weights))
-    except (ModelError, OutputError) as e:
+        Recall.save_index(index, out_path)
+    except StreamFMError as e:
         fail(cmd, str(e))
     if not quiet:
         log("fm_recall index: %s %s, %d factors, written to %s (%s)" % (
-            fmt_int(recs.n), kind, model.k, out_path, fmt_seconds(time.time() - t0)))
-        if keys.duplicates:
-            log("  repeated keys dropped   %s (the first line of each is kept)" % fmt_int(keys.duplicates))
-        unknown = int((recs.rows < 0).sum())
+            fmt_int(r.records), kind, index.k, out_path, fmt_seconds(time.time() - t0)))
+        if r.duplicates:
+            log("  repeated keys dropped   %s (the first line of each is kept)" % fmt_int(r.duplicates))
         log("  features unknown to the model  %s of %s (they contribute nothing)" % (
-            fmt_int(unknown), fmt_int(recs.rows.shape[0])))
-        if empty:
-            log("  %s with no known feature (vector 0)" % fmt_int(empty))
+            fmt_int(r.unknown_features), fmt_int(r.features)))
+        if r.empty:
+            log("  %s with no known feature (vector 0)" % fmt_int(r.empty))
 
 
 # ---------------------------------------------------------------------------
@@ -526,15 +514,15 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
     cosine or inner product for i2i and u2u.
     """
     from .. import jit, parse
-    from .index import FaissMissing, Searcher, topn_range
-    from .query import MODES, QueryRunner, format_results, load_exclusions, run_queries
+    from .api import Recall
+    from .index import topn_range
+    from .query import MODES, format_results
 
     cmd = "query"
     want_kind, query_kind, pair = MODES[mode]
     if pair and metric == "cos":
         raise click.BadParameter("%s ranks by the FM score; --metric is for i2i and u2u" % mode,
                                  param_hint="--metric")
-    metric = metric or ("ip" if pair else "cos")
     check_distinct_or_fail("fm_recall query", [("-out", out_path), ("--bad-lines", bad_lines)],
                            [("--input", input_path or "-"), ("-m", model_path), ("--index", index_path),
                             ("--exclude", exclude_path), ("--query-index", query_index_path)])
@@ -542,7 +530,8 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
     if bad_lines:
         check_writable_or_fail(bad_lines, "fm_recall query")
     jit.compile_notice([parse.parse_block, topn_range, format_results], log, quiet)
-    model = _load_serving(model_path, cmd)
+    rec = Recall(_load(model_path, cmd))
+    model = rec.fm.serving_model()
     index = _load_index(index_path, cmd)
     if index.kind != want_kind:
         fail(cmd, "--mode %s searches %s, but %s indexes %s (fm_recall index --%s)"
@@ -555,26 +544,25 @@ def query_cmd(model_path, index_path, mode, topn, metric, exclude_path, query_in
             fail(cmd, "--mode %s queries with %s, but --query-index %s indexes %s"
                  % (mode, query_kind, query_index_path, qindex.kind))
         _check_match(qindex, model, cmd, quiet)
-    opts = _opts(cores, on_error, None, quiet, bad_lines)
-    excl = None
     if exclude_path:
         try:
-            excl = load_exclusions(exclude_path, mode, index, _opts(1, on_error, None, quiet, None), log)
+            open(exclude_path, "rb").close()
         except OSError as e:
             fail(cmd, "--exclude %s: %s" % (exclude_path, e.strerror or e))
-        except BadInputStop as e:
-            fail(cmd, str(e), EXIT_BAD_INPUT)
-    try:
-        searcher = Searcher(index, pair, metric, cores, backend)
-    except FaissMissing as e:
-        fail(cmd, str(e))
-    runner = QueryRunner(model, index, searcher, mode, topn, excl, qindex)
     stream = _input(input_path, cmd)
-    summary = to_output("fm_recall " + cmd, out_path, lambda out: run_queries(
-        runner, stream, out, opts, log, input_path or "stdin", progress=_QueryProgress(quiet)),
-        reading="queries")
+
+    def run(out):
+        with library_messages(quiet):
+            return rec.write_results(stream, index, out, mode, topn, metric=metric, exclude=exclude_path,
+                                     query_index=qindex, backend=backend, cores=cores, on_error=on_error,
+                                     bad_lines=bad_lines, source=input_path or "stdin",
+                                     progress=_QueryProgress(quiet))
+
+    try:
+        s = to_output("fm_recall " + cmd, out_path, run, reading="queries")
+    except ParameterError as e:   # faiss missing
+        fail(cmd, flag_message(e))
     if not quiet:
-        s = summary
         log("fm_recall query: %s queries (%s), %s bad lines, %s queries/s" % (
             fmt_int(s.queries), mode, fmt_int(s.bad), fmt_int(s.queries / max(s.seconds, 1e-9))))
         if s.bad:
@@ -636,7 +624,7 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
         raise click.BadParameter("expected positive integers such as 10,50,100, got %r" % ks, param_hint="-k")
     check_distinct_or_fail("fm_recall eval", [("", "-")], [("--input", input_path or "-"), ("-m", model_path),
                                                           ("--index", index_path), ("--train", train_path)])
-    model = _load_serving(model_path, cmd)
+    model = _load(model_path, cmd).serving_model()
     index = _load_index(index_path, cmd)
     if index.kind != "items":
         fail(cmd, "%s indexes %s; eval ranks items for users (fm_recall index --items)" % (index_path, index.kind))

@@ -13,7 +13,7 @@ from . import parse
 from .errors import BadInputError as BadInputStop  # one class; the commands' name for it
 from .output import open_output
 
-__all__ = ["BadInputStop", "BadLineLog", "printable"]
+__all__ = ["BadInputStop", "BadLineLog", "RunSummary", "printable"]
 
 _opened = set()  # bad-lines files this process has started
 
@@ -22,6 +22,27 @@ def printable(raw):
     """Line bytes for a terminal: control bytes escaped, never sent raw."""
     text = raw.decode("utf-8", "backslashreplace")
     return "".join(c if c >= " " and c != "\x7f" else "\\x%02x" % ord(c) for c in text)
+
+
+class RunSummary:
+    """What every run over an input counts: ``lines`` read, ``bad`` lines and
+    ``bad_description`` (their count per reason, one line), values
+    ``clipped`` and ``seconds``. The summaries of fm_train, fm_predict,
+    fm_recall and fm_sample (and the API's Report) are these plus their own
+    counts, so the policy's numbers are read, and named, one way.
+    """
+
+    def __init__(self):
+        self.lines = 0
+        self.bad = 0
+        self.bad_description = ""
+        self.clipped = 0
+        self.seconds = 0.0
+
+    def take_bad(self, log):
+        """The counts of the BadLineLog ``log`` (of this run's input)."""
+        self.bad = log.count
+        self.bad_description = log.describe()
 
 
 class BadLineLog:

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from . import ftrl, parse
-from .badlines import BadLineLog
+from .badlines import BadLineLog, RunSummary
 from .errors import BadInputError, ModelFormatError, ParameterError
 from .explain import Explainer, phi_block
 from .inputs import as_stream
@@ -81,12 +81,12 @@ class _BadLines(BadLineLog):
         return lines[order], reasons[order], cols[order]
 
 
-class Report:
+class Report(RunSummary):
     """What one call read and did.
 
     Attributes: ``lines`` read, ``samples`` trained (or scored), ``bad`` (the
     number of bad lines), ``bad_lines`` (a list of BadLine, by line number),
-    ``by_reason`` ({reason: count}), ``clipped`` (values beyond +-1e16, set to
+    ``by_reason`` ({reason: count}; ``bad_description`` as one line), ``clipped`` (values beyond +-1e16, set to
     it), ``logloss`` and ``auc`` (progressive for training: each sample
     scored before its own update; for prediction, against the input's
     labels when it has them, else NaN), ``overflow_samples`` and
@@ -98,12 +98,10 @@ class Report:
     """
 
     def __init__(self, kind):
+        RunSummary.__init__(self)
         self.kind = kind
-        self.lines = 0
         self.samples = 0
-        self.bad = 0
         self.by_reason = {}
-        self.clipped = 0
         self.logloss = float("nan")
         self.auc = float("nan")
         self.overflow_samples = 0
@@ -112,7 +110,6 @@ class Report:
         self.hash_collisions = 0
         self.mean_prediction = float("nan")
         self.positive_rate = float("nan")
-        self.seconds = 0.0
         self._bad = (np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64), {})
 
     @property
@@ -121,11 +118,6 @@ class Report:
         return [BadLine(int(li), parse.REASONS[int(r)], int(c), texts.get(int(li)))
                 for li, r, c in zip(lines, reasons, cols)]
 
-    @property
-    def bad_description(self):
-        """The bad lines by reason, as one line: 'reason: count, ...'."""
-        return ", ".join("%s: %d" % rc for rc in self.by_reason.items())
-
     def _fill(self, summary, bad, n_features, metrics=None, seconds=None):
         self.lines = int(summary.lines)
         self.samples = int(summary.samples)
@@ -133,7 +125,7 @@ class Report:
         self.seconds = float(summary.seconds if seconds is None else seconds)
         self.n_features = int(n_features)
         with bad.lock:
-            self.bad = int(bad.count)
+            self.take_bad(bad)
             self.by_reason = dict(sorted(bad.by_reason.items()))
             self._bad = bad.arrays() + (dict(bad.texts),)
         m = summary if isinstance(summary, MetricSummary) else metrics

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from . import floatfmt, ftrl, parse
-from .badlines import BadLineLog
+from .badlines import BadLineLog, RunSummary
 from .metrics import MetricSummary, add_prediction, new_accumulators
 from .model import read_model, table_for
 from .pipeline import run_workers
@@ -117,14 +117,11 @@ class OrderedWriter:
                 self.next += 1
 
 
-class PredictSummary:
+class PredictSummary(RunSummary):
     def __init__(self):
+        RunSummary.__init__(self)
         self.metrics = None
-        self.lines = 0
         self.samples = 0
-        self.bad = 0
-        self.clipped = 0
-        self.seconds = 0.0
 
 
 def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=False, bad=None,
@@ -203,8 +200,7 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
         summary.lines = sum(c[0] for c in counts)
         summary.samples = sum(c[1] for c in counts)
         summary.clipped = sum(c[2] for c in counts)
-        summary.bad = bad.count
-        summary.bad_description = bad.describe()
+        summary.take_bad(bad)
         summary.seconds = time.time() - t0
     if metrics:
         summary.metrics = MetricSummary(sum(a[0] for a in accs), sum(a[1] for a in accs))

@@ -14,7 +14,7 @@ import threading
 import time
 
 from . import ftrl, parse
-from .badlines import BadLineLog
+from .badlines import BadLineLog, RunSummary
 from .metrics import N_METRICS, MetricSummary, new_accumulators
 from .pipeline import run_workers
 from .reader import BlockReader
@@ -83,16 +83,12 @@ class Options:
         self.block_size = block_size
 
 
-class Summary(MetricSummary):
+class Summary(RunSummary, MetricSummary):
     """Counts and progressive metrics of one run."""
 
     def __init__(self):
+        RunSummary.__init__(self)
         MetricSummary.__init__(self, *new_accumulators(ftrl.N_STATS - N_METRICS))
-        self.lines = 0
-        self.bad = 0
-        self.bad_description = ""
-        self.clipped = 0
-        self.seconds = 0.0
 
     @property
     def overflow_samples(self):
@@ -173,8 +169,7 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
         bad.close()
         summary.seconds = time.time() - t0
         _collect(summary, workers, model)
-        summary.bad = bad.count
-        summary.bad_description = bad.describe()
+        summary.take_bad(bad)
         model.samples_seen += summary.samples
     bad.check_fraction(summary.lines, final=True, what=NO_MODEL)
     return summary

@@ -96,3 +96,71 @@ def test_recall_errors(both):
     with pytest.raises(TypeError):
         Recall(object())
     assert isinstance(rec.fm, FM)
+
+
+def test_write_results_is_fm_recall_query_byte_for_byte(both, tmp_path):
+    """fm_recall query is a client of Recall.write_results: the same bytes, the same counts."""
+    import io
+
+    d, rec = both
+    queries = (SAMPLE / "users.txt").read_bytes().splitlines()[:300]
+    queries[5] = b"u_bad age:x"
+    (tmp_path / "q.txt").write_bytes(b"\n".join(queries) + b"\n")
+    out = tmp_path / "cli.out"
+    cli("query", "-m", d / "cli.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "7",
+        "--exclude", SAMPLE / "clicks.txt", "--input", tmp_path / "q.txt", "-out", out,
+        "--bad-lines", tmp_path / "cli.bad", "-q")
+    buf = io.BytesIO()
+    mine = Recall(FM.load(d / "cli.txt"))
+    s = mine.write_results(queries, read_index(str(d / "items.idx")), buf, "u2i", 7, exclude=SAMPLE / "clicks.txt",
+                           bad_lines=tmp_path / "api.bad", source=str(tmp_path / "q.txt"))
+    assert buf.getvalue() == out.read_bytes()
+    assert s.queries == len(queries) - 1 and s.bad == 1 and mine.report is s
+    assert (tmp_path / "api.bad").read_bytes() == (tmp_path / "cli.bad").read_bytes()
+    assert b"q.txt:6\tfeature value is not a number\tu_bad age:x" in (tmp_path / "api.bad").read_bytes()
+
+
+def test_index_report_counts_what_the_command_prints(both, tmp_path):
+    d, rec = both
+    items = (SAMPLE / "items.txt").read_bytes().splitlines()[:200]
+    lines = items + [items[3], b"zz_new brand_new:1", b"bad x:y"]
+    r = Recall(FM.load(d / "cli.txt"))
+    index = r.index(lines)
+    rep = r.report
+    assert (rep.lines, rep.bad, rep.records, rep.duplicates, rep.empty) == (203, 1, 201, 1, 1)
+    assert index.n == 201 and rep.unknown_features >= 1 and rep.features > rep.unknown_features
+    (tmp_path / "items.txt").write_bytes(b"\n".join(lines) + b"\n")
+    p = subprocess.run([FM_RECALL, "index", "-m", d / "cli.txt", "--items", tmp_path / "items.txt",
+                        "-o", tmp_path / "x.idx"], capture_output=True, timeout=600)
+    err = p.stderr.decode()
+    assert p.returncode == 0, err
+    assert "fm_recall index: 201 items" in err and "repeated keys dropped   1" in err
+    assert "features unknown to the model  %d of %d" % (rep.unknown_features, rep.features) in err
+    assert "1 with no known feature" in err
+    assert np.array_equal(read_index(str(tmp_path / "x.idx")).vectors, index.vectors)
+
+
+def test_train_from_a_read_catalog_with_stop_and_bad_lines(tmp_path):
+    """read_catalog + train(stop=...) as fm_recall train runs them: a set stop event ends the
+    run with what was trained; both inputs' bad lines go to one file, the catalog's prefixed."""
+    import threading
+
+    items = (SAMPLE / "items.txt").read_bytes().splitlines() + [b"bad_item q:w"]
+    fm = FM(k=4, seed=2)
+    catalog = Recall.read_catalog(items, fm, bad_lines=tmp_path / "bad.txt", source="items.txt")
+    assert catalog.n == len(items) - 1
+    stop = threading.Event()
+    seen = []
+
+    def progress(summary, pass_no, n_features):
+        seen.append(summary.trained)
+        stop.set()
+
+    clicks = (SAMPLE / "clicks.txt").read_bytes().splitlines() * 3 + [b"u1 x:? | i1"]
+    rec = Recall.train(clicks, catalog, fm=fm, epochs=1, bad_lines=tmp_path / "bad.txt", stop=stop,
+                       progress=progress)
+    r = rec.report
+    assert r.interrupted and 0 < r.trained < len(clicks) - 1
+    assert rec.fm.samples_seen == r.trained
+    bad = (tmp_path / "bad.txt").read_bytes().splitlines()
+    assert bad[0].startswith(b"items.txt:%d\t" % len(items))

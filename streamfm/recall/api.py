@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from .. import parse
+from ..badlines import RunSummary
 from ..errors import ParameterError
 from ..fm import FM, run_options
 from ..inputs import as_stream
@@ -37,7 +38,7 @@ def _records(data, mode, opts, source, table=None, model=None, progress=None):
         return reader.read_all(), reader
 
 
-class IndexReport:
+class IndexReport(RunSummary):
     """What ``Recall.index`` read and built: ``lines``, ``bad`` and
     ``bad_description`` (the bad lines, skipped), ``records`` indexed,
     ``duplicates`` (repeated keys; the first line of each is kept),
@@ -46,9 +47,9 @@ class IndexReport:
     known feature: vector 0)."""
 
     def __init__(self, reader, recs, duplicates, empty):
+        RunSummary.__init__(self)
         self.lines = reader.lines
-        self.bad = reader.bad.count
-        self.bad_description = reader.bad.describe()
+        self.take_bad(reader.bad)
         self.records = recs.n
         self.duplicates = int(duplicates)
         self.features = int(recs.rows.shape[0])

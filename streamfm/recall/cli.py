@@ -5,7 +5,9 @@ Flags follow fm_train's: alphaFM's single-dash names for what alphaFM has
 Errors print one line ``fm_recall <command>: error: ...``; bad input exits 3
 (``--on-error stop``, ``--max-bad-fraction``, no valid click for train, no
 valid record for index), other failures 1; no model or index file is
-written by a failed run.
+written by a failed run. train, index and query are clients of
+``streamfm.Recall`` (recall/api.py): what they add is flags, checks before
+work, progress and summaries on stderr, and exit codes.
 """
 
 import json

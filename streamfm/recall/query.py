@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from .. import floatfmt, parse
+from ..badlines import RunSummary
 from .embed import embed, query_vectors
 from .index import PairTable
 from .records import RecordReader
@@ -67,15 +68,12 @@ def format_results(buf, spans, nq, out_idx, out_sc, add, key_arena, key_off, out
     return pos
 
 
-class QuerySummary:
+class QuerySummary(RunSummary):
     def __init__(self):
-        self.lines = 0
+        RunSummary.__init__(self)
         self.queries = 0
-        self.bad = 0
-        self.bad_description = ""
         self.unresolved = 0      # no features and a key no index holds
         self.no_known = 0        # features given, none known to the model
-        self.seconds = 0.0
         self.fallbacks = 0
 
 
@@ -168,8 +166,7 @@ def run_queries(runner, stream, out, opts, log, source="queries", progress=None)
         if progress is not None:
             progress(summary)
     summary.lines = reader.lines
-    summary.bad = reader.bad.count
-    summary.bad_description = reader.bad.describe()
+    summary.take_bad(reader.bad)
     summary.fallbacks = runner.searcher.fallbacks
     summary.seconds = time.time() - t0
     return summary

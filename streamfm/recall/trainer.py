@@ -42,6 +42,7 @@ import time
 import numpy as np
 from numba import njit
 
+from ..badlines import RunSummary
 from ..ftrl import (VN, W, WN, factor_from_state, init_key, refresh_v, refresh_w, update_w, v_state_after,
                     v_used)
 from . import sampling
@@ -633,16 +634,14 @@ class HardModel:
             self.filled = n
 
 
-class Summary:
+class Summary(RunSummary):
     def __init__(self):
+        RunSummary.__init__(self)
         self.stats = np.zeros(N_STATS)
-        self.lines = 0
         self.clicks = 0
-        self.bad = 0
-        self.bad_description = ""
         self.not_in_catalog = 0
-        self.seconds = 0.0
         self.interrupted = False
+        self.dropped = 0
         self.passes = 0
         self.seen_pairs = 0
         self.seen_rotations = 0
@@ -915,8 +914,7 @@ def _train(trainer, summary, model, catalog, stream, cfg, opts, log, source, sto
                 tick(e + 1)
             summary.passes = e + 1
     summary.stats = trainer.stat_sum()
-    summary.bad = reader.bad.count
-    summary.bad_description = reader.bad.describe()
+    summary.take_bad(reader.bad)
     summary.lines = reader.lines
 
 

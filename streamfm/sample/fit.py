@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from .. import __version__
-from ..badlines import BadLineLog
+from ..badlines import BadLineLog, RunSummary
 from ..metrics import Progress, fmt_int
 from . import logs
 from .featurize import LogFeaturizer, load_profiles, overlap_value, resolve_tokens
@@ -79,13 +79,10 @@ def learn(start, sel, ue, ie, ui, ii, up_a, up_b, ip_a, ip_b, p_off, p_len, p_ha
     return sel.shape[0]
 
 
-class FitSummary:
+class FitSummary(RunSummary):
     def __init__(self):
-        self.lines = 0
+        RunSummary.__init__(self)
         self.records = 0
-        self.bad = 0
-        self.seconds = 0.0
-        self.bad_description = ""
 
 
 def fit_stream(spec, stream, opts, log, fmt, tables=None, bad_file=None, k=DEFAULT_K, progress_every=5.0,

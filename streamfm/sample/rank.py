@@ -35,7 +35,7 @@ import time
 import numpy as np
 from numba import njit
 
-from ..badlines import BadLineLog
+from ..badlines import BadLineLog, RunSummary
 from ..metrics import Progress, fmt_int
 from ..mix import GOLDEN, splitmix64, unit
 from . import logs
@@ -165,15 +165,13 @@ def select(n, ok, req_hash, pos, label, line_no, final, mode, k_below, neg_rate,
     return tail
 
 
-class RankSummary:
+class RankSummary(RunSummary):
     def __init__(self):
-        self.lines = 0
+        RunSummary.__init__(self)
         self.records = 0
-        self.bad = 0
         self.samples = 0
         self.bytes = 0
         self.stats = np.zeros(6, np.int64)
-        self.seconds = 0.0
 
 
 def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_rate=1.0, seed=0, weights_write=None,

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ..badlines import BadLineLog
+from ..badlines import BadLineLog, RunSummary
 from ..metrics import fmt_int
 from . import logs
 from .featurize import CLICK, KEYED, LineWriter, LogFeaturizer, SideTokens, Tokens, load_profiles
@@ -39,17 +39,14 @@ def check_recall_spec(spec):
                     "use a spec without them" % (spec.path or "spec", ", ".join(parts)))
 
 
-class RecallSummary:
+class RecallSummary(RunSummary):
     def __init__(self):
+        RunSummary.__init__(self)
         self.items = 0
         self.users = 0
-        self.lines = 0
         self.records = 0
         self.clicks = 0
         self.not_in_catalog = 0
-        self.bad = 0
-        self.seconds = 0.0
-        self.bad_description = ""
 
 
 def _empty_inline(plan):

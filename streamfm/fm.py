@@ -601,7 +601,7 @@ class FM:
         data
             Anything ``predict_proba`` takes.
         out
-            A binary file object (``write(bytes)``), e.g. ``sys.stdout.buffer``.
+            A binary file object (``write(bytes)``): an open file, a socket file, ``io.BytesIO``.
         cores, on_error, max_bad_fraction, bad_lines, progress, progress_every
             As for ``partial_fit``.
         explain : int

@@ -156,7 +156,7 @@ def old_chain_names(n, low_bits, rng):
 
 def train(lines, k=2, seed=1, model=None, cores=1):
     m = model if model is not None else Model(k, hp=HP, seed=seed)
-    train_stream(m, io.BytesIO(lines), Options(cores=cores, quiet=True), log=lambda s: None, signals=False)
+    train_stream(m, io.BytesIO(lines), Options(cores=cores, quiet=True), log=lambda s: None)
     return m
 
 
@@ -339,14 +339,15 @@ def test_collision_on_insert_shares_the_row_and_is_counted():
 def test_training_reports_collisions(monkeypatch):
     # a real collision cannot be provoked without the key: force one through
     # the insert path as above, then check fm_train's summary line
-    from streamfm import cli
+    from streamfm import FM, cli
 
-    m = Model(2, seed=1)
-    m.table.meta[2] = 2
-    summary = train_stream(m, io.BytesIO(b"1 a b\n"), Options(quiet=True), log=lambda s: None, signals=False)
+    fm = FM(k=2, seed=1)
+    fm.training_model().table.meta[2] = 2
+    report = fm.partial_fit([b"1 a b"])
+    assert report.hash_collisions == 2
     lines = []
     monkeypatch.setattr(cli, "log", lines.append)
-    cli._train_report("fm_train", summary, m, "m.txt", "txt", 0.1)
+    cli._train_report("fm_train", report, None, "m.txt", "txt", 0.1)
     assert any(ln.split()[:3] == ["hash", "collisions", "2"] for ln in lines), lines
 
 

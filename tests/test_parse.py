@@ -622,7 +622,7 @@ def test_trainer_survives_random_lines_and_counts_skips_exactly(lines, cores):
     want_samples, want_bad, _ = reference_parse(data)
     m = Model(3, np.float64, seed=5)
     s = train_stream(m, io.BytesIO(data), Options(quiet=True, cores=cores, block_size=64),
-                     lambda msg: None, signals=False)
+                     lambda msg: None)
     assert s.bad == len(want_bad)
     assert s.samples + s.overflow_samples == len(want_samples)
     assert m.n_rows - 1 == len({name for _, feats in want_samples for name, _ in feats})

@@ -535,9 +535,9 @@ class PairTable:
         lens = hi - lo
         ptr = np.zeros(len(query_hash) + 1, np.int64)
         np.cumsum(lens, out=ptr[1:])
-        from .records import _ranges
+        from .records import concat_ranges
 
-        idx = self.rows[_ranges(lo.astype(np.int64), lens.astype(np.int64))]
+        idx = self.rows[concat_ranges(lo.astype(np.int64), lens.astype(np.int64))]
         return Exclusions(ptr, np.ascontiguousarray(idx))
 
 

@@ -97,23 +97,23 @@ class Records:
         lens = np.diff(self.indptr)[idx]
         indptr = np.zeros(len(idx) + 1, np.int64)
         np.cumsum(lens, out=indptr[1:])
-        src = _ranges(self.indptr[idx], lens)
+        src = concat_ranges(self.indptr[idx], lens)
         klens = np.diff(self.key_off)[idx]
         key_off = np.zeros(len(idx) + 1, np.int64)
         np.cumsum(klens, out=key_off[1:])
-        ksrc = _ranges(self.key_off[idx], klens)
+        ksrc = concat_ranges(self.key_off[idx], klens)
         item_arena = item_off = item_hash = None
         if self.item_hash is not None:
             item_hash = self.item_hash[idx]
             ilens = np.diff(self.item_off)[idx]
             item_off = np.zeros(len(idx) + 1, np.int64)
             np.cumsum(ilens, out=item_off[1:])
-            item_arena = self.item_arena[_ranges(self.item_off[idx], ilens)]
+            item_arena = self.item_arena[concat_ranges(self.item_off[idx], ilens)]
         return Records(indptr, self.rows[src], self.vals[src], self.key_hash[idx], self.key_arena[ksrc],
                        key_off, self.line[idx], item_hash, item_arena, item_off)
 
 
-def _ranges(starts, lens):
+def concat_ranges(starts, lens):
     """Concatenation of arange(s, s + l) for each (s, l), vectorized."""
     total = int(lens.sum())
     if total == 0:

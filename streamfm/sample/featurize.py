@@ -29,6 +29,7 @@ from numba import njit
 
 from .. import floatfmt
 from ..badlines import BadLineLog
+from ..metrics import fmt_int
 from ..recall.keys import KeyIndex
 # value dictionaries, not the model's table: the unkeyed name hash serves
 from ..table import init_hash_bytes as hash_bytes
@@ -1483,3 +1484,18 @@ class Featurizer:
             raise ValueError("one label per item: %d labels for %d items" % (
                 len(labels), len(request.get("items") or [])))
         return self._run(request, LABELED, labels)[0]
+
+
+def profile_notes(profiles, log, quiet, name):
+    """One line per profile table read from a file: its rows, bad lines, repeated keys."""
+    if quiet:
+        return
+    for t in profiles.tables:
+        if getattr(t, "path", None) is None:
+            continue
+        msg = "%s: %s table %s: %s rows" % (name, ("user", "item")[t.side], t.path, fmt_int(t.n))
+        if t.bad is not None and t.bad.count:
+            msg += ", %s bad lines skipped" % fmt_int(t.bad.count)
+        if t.duplicates:
+            msg += ", %s repeated keys (the first row counts)" % fmt_int(t.duplicates)
+        log(msg)

@@ -25,7 +25,7 @@ from .. import __version__
 from ..badlines import BadLineLog, RunSummary
 from ..metrics import Progress, fmt_int
 from . import logs
-from .featurize import LogFeaturizer, load_profiles, overlap_value, resolve_tokens
+from .featurize import LogFeaturizer, load_profiles, overlap_value, profile_notes, resolve_tokens
 from .sketch import DEFAULT_K, CountTable, QuantileSketches, count_add, sketch_add
 
 
@@ -91,9 +91,8 @@ def fit_stream(spec, stream, opts, log, fmt, tables=None, bad_file=None, k=DEFAU
     t0 = time.time()
     plan = spec.plan(raw=True)
     profiles = load_profiles(plan, opts, log, tables=tables, bad_file=bad_file)
-    from .rank import _table_notes
 
-    _table_notes(profiles, log, opts.quiet, name)
+    profile_notes(profiles, log, opts.quiet, name)
     src = logs.BlockSource(stream, fmt, block_size=block_size)
     lf = LogFeaturizer(plan, profiles, fmt, src.header, source="input")
     s = FitSummary()

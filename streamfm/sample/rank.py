@@ -39,7 +39,7 @@ from ..badlines import BadLineLog, RunSummary
 from ..metrics import Progress, fmt_int
 from ..mix import GOLDEN, splitmix64, unit
 from . import logs
-from .featurize import LABELED, LineWriter, LogFeaturizer, load_profiles
+from .featurize import LABELED, LineWriter, LogFeaturizer, load_profiles, profile_notes
 
 ALL = 0
 SKIP_ABOVE = 1
@@ -186,7 +186,7 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
     t0 = time.time()
     plan = spec.plan()
     profiles = load_profiles(plan, opts, log, tables=tables, bad_file=bad_file)
-    _table_notes(profiles, log, opts.quiet, name)
+    profile_notes(profiles, log, opts.quiet, name)
     src = logs.BlockSource(stream, fmt, block_size=block_size)
     if fmt != "jsonl" and src.header is None:
         src.stop()
@@ -236,20 +236,6 @@ def rank_stream(spec, stream, out_write, opts, log, fmt, negatives="all", neg_ra
     s.seconds = time.time() - t0
     s.bad_description = bad_log.describe()
     return s
-
-
-def _table_notes(profiles, log, quiet, name):
-    if quiet:
-        return
-    for t in profiles.tables:
-        if getattr(t, "path", None) is None:
-            continue
-        msg = "%s: %s table %s: %s rows" % (name, ("user", "item")[t.side], t.path, fmt_int(t.n))
-        if t.bad is not None and t.bad.count:
-            msg += ", %s bad lines skipped" % fmt_int(t.bad.count)
-        if t.duplicates:
-            msg += ", %s repeated keys (the first row counts)" % fmt_int(t.duplicates)
-        log(msg)
 
 
 def correct_stream(inp, out_write, neg_rate):

@@ -18,7 +18,7 @@ import numpy as np
 from ..badlines import BadLineLog, RunSummary
 from ..metrics import fmt_int
 from . import logs
-from .featurize import CLICK, KEYED, LineWriter, LogFeaturizer, SideTokens, Tokens, load_profiles
+from .featurize import CLICK, KEYED, LineWriter, LogFeaturizer, SideTokens, Tokens, load_profiles, profile_notes
 from .spec import SpecError, feature_sides, mixed_features
 
 
@@ -76,9 +76,8 @@ def recall_stream(spec, stream, catalog_write, clicks_write, opts, log, fmt, use
     t0 = time.time()
     plan = spec.plan()
     profiles = load_profiles(plan, opts, log, tables=tables, bad_file=bad_file)
-    from .rank import _table_notes
 
-    _table_notes(profiles, log, opts.quiet, name)
+    profile_notes(profiles, log, opts.quiet, name)
     if profiles.tables[1].n == 0:
         raise SpecError("%s: the catalog comes from the item table, and it %s" % (
             spec.path or "spec", "has no rows" if spec.table_path("item") or tables else "is not given "

@@ -20,7 +20,7 @@ from numba import njit
 
 from . import floatfmt
 from .jit import prefetch1
-from .table import hash_final, hash_start, hash_word, home_slot, lookup_from
+from .table import hash_final, hash_start, hash_word, home_slot, lookup_span
 
 # Reasons a line is rejected; the numbers are stable (they appear in reports).
 BAD_LABEL = 1
@@ -67,6 +67,38 @@ _P10 = np.array([10.0 ** i for i in range(16)])
 
 
 @njit(inline="always")
+def _decimal_step(b, mant, nd, frac):
+    """Feed byte b to a plain decimal ``digits[.digits]``: (mant, nd, frac).
+
+    mant: its digits as an integer; nd: how many; frac: the digits after
+    the '.' (-1: no '.' yet). Any other byte, or a second '.', makes nd 99
+    (not plain: the full parser decides it).
+    """
+    d = np.int64(b) - 48
+    if 0 <= d <= 9:
+        mant = mant * 10 + d
+        nd += 1
+        if frac >= 0:
+            frac += 1
+    elif d == -2 and frac < 0:
+        frac = 0
+    else:
+        nd = 99
+    return mant, nd, frac
+
+
+@njit(inline="always")
+def _exact_decimal(mant, frac):
+    """The double of a plain decimal of <= 15 digits (``_decimal_step``'s
+    mant and frac): both are exact doubles, so one IEEE division is correctly
+    rounded (Clinger's fast path), the double the full parser returns."""
+    v = np.float64(mant)
+    if frac > 0:
+        v = v / _P10[frac]
+    return v
+
+
+@njit(inline="always")
 def parse_number(buf, start, end):
     """floatfmt.parse_f64, with an inline fast path for short plain decimals.
 
@@ -81,25 +113,12 @@ def parse_number(buf, start, end):
         i += 1
     mant = 0
     nd = 0
-    frac = 0
-    dot = False
-    while i < end:
-        d = np.int64(buf[i]) - 48
-        if 0 <= d <= 9:
-            mant = mant * 10 + d
-            nd += 1
-            if dot:
-                frac += 1
-        elif d == -2 and not dot:
-            dot = True
-        else:
-            nd = 99
-            break
+    frac = -1
+    while i < end and nd <= 15:
+        mant, nd, frac = _decimal_step(buf[i], mant, nd, frac)
         i += 1
     if 0 < nd <= 15:
-        v = np.float64(mant)
-        if frac:
-            v = v / _P10[frac]
+        v = _exact_decimal(mant, frac)
         return (-v if neg else v), floatfmt.OK
     return floatfmt.parse_f64(buf, start, end)
 
@@ -124,6 +143,25 @@ def _is_eol(buf, pos, n):
 
 
 @njit(inline="always")
+def _at_line_end(buf, pos, n):
+    """Nothing more on this line at pos: the end of the block or of the line."""
+    return pos >= n or _is_eol(buf, pos, n)
+
+
+@njit(inline="always")
+def _ends_token(buf, pos, n):
+    """A token that stopped at pos ended as tokens do (else a control byte stopped it)."""
+    return pos >= n or _is_sep(_at(buf, pos)) or _is_eol(buf, pos, n)
+
+
+@njit(inline="always")
+def _skip_sep(buf, pos, n):
+    while pos < n and _is_sep(_at(buf, pos)):
+        pos += 1
+    return pos
+
+
+@njit(inline="always")
 def _skip_line(buf, pos, n):
     while pos < n and _at(buf, pos) != _LF:
         pos += 1
@@ -131,14 +169,98 @@ def _skip_line(buf, pos, n):
 
 
 @njit(inline="always")
+def _is_token_byte(b):
+    """Neither white space nor a control byte."""
+    return b > _SP and b != _DEL
+
+
+@njit(inline="always")
 def _token_end(buf, pos, n):
+    while pos < n and _is_token_byte(_at(buf, pos)):
+        pos += 1
+    return pos
+
+
+@njit(inline="always")
+def _label_value(buf, ts, te):
+    """(y, status) of a label token: y = 1 for a number > 0, else -1;
+    status as parse_number's (SLOW: its sign is settled later)."""
+    v, st = parse_number(buf, ts, te)
+    return (1.0 if v > 0.0 else -1.0), st
+
+
+@njit(inline="always")
+def _item_key(buf, pos, n):
+    """The '| ITEM_KEY' that ends a click line, pos at its '|':
+    (pos past it, key start, key end, column of the error or -1)."""
+    pos = _skip_sep(buf, pos + 1, n)
+    ts = pos
+    te = _token_end(buf, pos, n)
+    pos = _skip_sep(buf, te, n)
+    if te == ts:
+        return pos, ts, te, ts
+    if not _at_line_end(buf, pos, n):
+        return pos, ts, te, pos
+    return pos, ts, te, -1
+
+
+@njit(inline="always")
+def _scan_feature(buf, pos, n, h0):
+    """Scan a NAME[:VALUE] token from pos (a token byte) in one pass.
+
+    Its bytes are hashed (table.py's keyed hash, a word of 8 at a time) and
+    the value after its latest ':' is read as a plain decimal as it goes by,
+    so that the common value needs no second pass.
+    Returns (end, colon or -1, hash of the name, mant, nd, frac of the value
+    as ``_decimal_step`` leaves them).
+    """
+    ts = pos
+    h = h0
+    acc = np.uint64(0)
+    cnt = 0
+    colon = -1
+    ch = h
+    cacc = acc
+    vm = 0
+    vd = 0
+    vf = -1
     while pos < n:
         b = _at(buf, pos)
-        if b > _SP and b != _DEL:
-            pos += 1
-            continue
-        break
-    return pos
+        if not _is_token_byte(b):
+            break
+        if b == _COLON:
+            # the hash state before the ':' enters it: the name's hash if no
+            # later ':' comes (its partial word holds the name's last bytes)
+            colon = pos
+            ch = h
+            cacc = acc
+            vm = 0
+            vd = 0
+            vf = -1
+        elif colon >= 0:
+            vm, vd, vf = _decimal_step(b, vm, vd, vf)
+        acc = (acc << _U8) | np.uint64(b)
+        cnt += 1
+        if cnt == 8:
+            h = hash_word(h, acc)
+            acc = np.uint64(0)
+            cnt = 0
+        pos += 1
+    if colon < 0:
+        hv = hash_final(h, acc, pos - ts)
+    else:
+        hv = hash_final(ch, cacc, colon - ts)
+    return pos, colon, hv, vm, vd, vf
+
+
+@njit(inline="always")
+def _clip(x):
+    """(x clipped to +-VALUE_CLIP, whether it was)."""
+    if x > VALUE_CLIP:
+        return VALUE_CLIP, True
+    if x < -VALUE_CLIP:
+        return -VALUE_CLIP, True
+    return x, False
 
 
 @njit(cache=True, nogil=True)
@@ -176,9 +298,8 @@ def parse_block(buf, n, mode, slots, row_hash, key, ys, indptr, sample_line, has
     h0 = hash_start(key)
     while pos < n:
         lstart = pos
-        while pos < n and _is_sep(_at(buf, pos)):
-            pos += 1
-        if pos >= n or _is_eol(buf, pos, n):
+        pos = _skip_sep(buf, pos, n)
+        if _at_line_end(buf, pos, n):
             pos = _skip_line(buf, pos, n)
             line += 1
             continue
@@ -188,108 +309,50 @@ def parse_block(buf, n, mode, slots, row_hash, key, ys, indptr, sample_line, has
         reason = 0
         y = 1.0
         pos = _token_end(buf, pos, n)
-        te = pos
-        if pos < n and not (_is_sep(_at(buf, pos)) or _is_eol(buf, pos, n)):
+        if not _ends_token(buf, pos, n):
             reason = CONTROL_BYTE
             ts = pos
         elif mode != LABELED:
             keys[ns, 0] = ts
-            keys[ns, 1] = te
+            keys[ns, 1] = pos
         else:
-            v, st = parse_number(buf, ts, te)
-            if st == floatfmt.OK:
-                y = 1.0 if v > 0.0 else -1.0
-            elif st == floatfmt.SLOW:
+            y, st = _label_value(buf, ts, pos)
+            if st == floatfmt.SLOW:
                 slow_idx[nslow] = -1 - ns
                 slow_start[nslow] = ts
-                slow_end[nslow] = te
+                slow_end[nslow] = pos
                 nslow += 1
             elif st == floatfmt.NONFINITE:
                 reason = NONFINITE_LABEL
-            else:
+            elif st != floatfmt.OK:
                 reason = BAD_LABEL
         line_nnz = nnz
         line_clip = nclip
         # features
         item = mode != CLICK
         while reason == 0:
-            while pos < n and _is_sep(_at(buf, pos)):
-                pos += 1
-            if pos >= n or _is_eol(buf, pos, n):
+            pos = _skip_sep(buf, pos, n)
+            if _at_line_end(buf, pos, n):
                 break
             ts = pos
-            if mode == CLICK and _at(buf, pos) == 124 and (
-                    pos + 1 >= n or _is_sep(_at(buf, pos + 1)) or _is_eol(buf, pos + 1, n)):
+            if mode == CLICK and _at(buf, pos) == 124 and _ends_token(buf, pos + 1, n):
                 # '| ITEM_KEY' ends a click line
-                pos += 1
-                while pos < n and _is_sep(_at(buf, pos)):
-                    pos += 1
-                ts = pos
-                pos = _token_end(buf, pos, n)
-                keys[ns, 2] = ts
-                keys[ns, 3] = pos
-                te = pos
-                while pos < n and _is_sep(_at(buf, pos)):
-                    pos += 1
-                if te == ts or not (pos >= n or _is_eol(buf, pos, n)):
+                pos, keys[ns, 2], keys[ns, 3], err = _item_key(buf, pos, n)
+                if err >= 0:
                     reason = BAD_CLICK
-                    if pos < n and not _is_eol(buf, pos, n) and not (te == ts):
-                        ts = pos
-                    break
+                    ts = err
                 item = True
                 break
-            h = h0
-            acc = np.uint64(0)
-            cnt = 0
-            colon = -1
-            ch = h
-            cacc = acc
-            # the value after the latest ':' is read as the token goes by:
-            # a plain decimal of <= 15 digits needs no second pass
-            vm = 0
-            vd = 0
-            vf = -1
-            while pos < n:
-                b = _at(buf, pos)
-                if b > _SP and b != _DEL:
-                    if b == _COLON:
-                        colon = pos
-                        ch = h
-                        cacc = acc
-                        vm = 0
-                        vd = 0
-                        vf = -1
-                    elif colon >= 0:
-                        d = np.int64(b) - 48
-                        if 0 <= d <= 9:
-                            vm = vm * 10 + d
-                            vd += 1
-                            if vf >= 0:
-                                vf += 1
-                        elif d == -2 and vf < 0:
-                            vf = 0
-                        else:
-                            vd = 99
-                    acc = (acc << _U8) | np.uint64(b)
-                    cnt += 1
-                    if cnt == 8:
-                        h = hash_word(h, acc)
-                        acc = np.uint64(0)
-                        cnt = 0
-                    pos += 1
-                    continue
-                break
+            pos, colon, hv, vm, vd, vf = _scan_feature(buf, pos, n, h0)
             te = pos
-            if pos < n and not (_is_sep(_at(buf, pos)) or _is_eol(buf, pos, n)):
+            if not _ends_token(buf, pos, n):
                 reason = CONTROL_BYTE
                 ts = pos
                 break
-            if colon < 0:
-                nlen = te - ts
-                hv = hash_final(h, acc, nlen)
-                x = 1.0
-                st = floatfmt.OK
-            else:
+            x = 1.0
+            st = floatfmt.OK
+            nlen = te - ts
+            if colon >= 0:
                 nlen = colon - ts
                 if nlen == 0:
                     reason = EMPTY_NAME
@@ -297,15 +360,8 @@ def parse_block(buf, n, mode, slots, row_hash, key, ys, indptr, sample_line, has
                 if colon + 1 == te:
                     reason = EMPTY_VALUE
                     break
-                # the snapshot was taken before the ':' entered the hash; its
-                # partial word holds the name's last nlen % 8 bytes
-                hv = hash_final(ch, cacc, nlen)
                 if 0 < vd <= 15:
-                    # Clinger's fast path: one exact division, as parse_number
-                    x = np.float64(vm)
-                    if vf > 0:
-                        x = x / _P10[vf]
-                    st = floatfmt.OK
+                    x = _exact_decimal(vm, vf)  # parse_number's fast path, the digits already read
                 else:
                     x, st = parse_number(buf, colon + 1, te)
                 if st == floatfmt.BAD:
@@ -322,12 +378,9 @@ def parse_block(buf, n, mode, slots, row_hash, key, ys, indptr, sample_line, has
                 x = 1.0
             elif x == 0.0:
                 continue
-            elif x > VALUE_CLIP:
-                x = VALUE_CLIP
-                nclip += 1
-            elif x < -VALUE_CLIP:
-                x = -VALUE_CLIP
-                nclip += 1
+            else:
+                x, clipped = _clip(x)
+                nclip += clipped
             # the lookup waits for the line's end; its slot starts loading now
             prefetch1(slots, home_slot(hv, mask))
             hashes[nnz] = hv
@@ -339,25 +392,7 @@ def parse_block(buf, n, mode, slots, row_hash, key, ys, indptr, sample_line, has
             reason = BAD_CLICK
             ts = pos
         if reason == 0:
-            # table lookups (lock-free; see table.py), in two passes so the
-            # hash of each candidate row loads while the next slot is read
-            for j in range(line_nnz, nnz):
-                sl = slots[home_slot(hashes[j], mask)]
-                rows[j] = sl
-                if sl >= 0:
-                    prefetch1(row_hash, sl)
-            for j in range(line_nnz, nnz):
-                hv = hashes[j]
-                sl = rows[j]
-                r = -1
-                if sl >= 0:
-                    if row_hash[sl] == hv:
-                        r = sl
-                    else:
-                        r = lookup_from(slots, row_hash, hv, (home_slot(hv, mask) + 1) & mask, mask)
-                rows[j] = r
-                if r < 0:
-                    nmiss += 1
+            nmiss += lookup_span(slots, row_hash, hashes, rows, line_nnz, nnz)
             ys[ns] = y
             sample_line[ns] = line
             ns += 1

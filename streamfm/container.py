@@ -176,7 +176,8 @@ def write(kind, path, header, arrays):
             f.write(packed)
 
 
-def _is_int(x):
+def is_int(x):
+    """An integer read from a header (msgpack gives bools as True/False, which Python counts as ints)."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -210,7 +211,7 @@ def read_header(kind, path):
     if not isinstance(header, dict) or header.get("format") != kind.format_name:
         raise err("%s: not a streamfm %s%s" % (path, kind.what, kind.hint))
     version = header.get("version", 0)
-    if not _is_int(version) or version > kind.version:
+    if not is_int(version) or version > kind.version:
         raise err("%s: %s version %r: this streamfm reads versions up to %d"
                   % (path, kind.what, version, kind.version))
     return header, size
@@ -250,13 +251,13 @@ def array_specs(kind, path, header, size, expected):
         if a.get("dtype") != dt.str:
             raise err("%s: header says array %r is %r, expected %r" % (path, name, a.get("dtype"), dt.str))
         if (not isinstance(got, list) or len(got) != len(shape)
-                or not all(_is_int(g) and g >= 0 and (e is None or g == e) for g, e in zip(got, shape))):
+                or not all(is_int(g) and g >= 0 and (e is None or g == e) for g, e in zip(got, shape))):
             raise err("%s: header says array %r has shape %r, expected %r" % (
                 path, name, got, [("any" if e is None else e) for e in shape]))
         nbytes = dt.itemsize
         for g in got:
             nbytes *= g  # Python ints: no overflow
-        if not (_is_int(a.get("offset")) and _is_int(a.get("nbytes")) and _is_int(a.get("crc32"))) or (
+        if not (is_int(a.get("offset")) and is_int(a.get("nbytes")) and is_int(a.get("crc32"))) or (
                 a["nbytes"] != nbytes or a["offset"] < 0):
             raise err("%s: header disagrees with array %r (offset, size or checksum)" % (path, name))
         end = max(end, a["offset"] + nbytes)

@@ -756,17 +756,13 @@ _FLOAT_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 MAX_K = 1 << 16  # factors a model may have (-dim checks it too)
 
 
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _check_bin_header(path, header, size):
     """Every number the reader trusts, checked against the others before any
     array is read; returns the arrays' specs (container.array_specs)."""
     k, n, dtype = header.get("k"), header.get("n_rows"), header.get("dtype")
-    if not _is_int(k) or not 0 <= k <= MAX_K:
+    if not container.is_int(k) or not 0 <= k <= MAX_K:
         raise ModelError("%s: corrupted header: k = %r is not a factor count (0 to %d)" % (path, k, MAX_K))
-    if not _is_int(n) or n < 1:
+    if not container.is_int(n) or n < 1:
         raise ModelError("%s: corrupted header: n_rows = %r (at least the bias row)" % (path, n))
     if dtype not in _FLOAT_DTYPES:
         raise ModelError("%s: corrupted header: dtype %r (float32 or float64)" % (path, dtype))
@@ -792,10 +788,10 @@ def _check_bin_header(path, header, size):
     if header.get("fvs", 0) not in (0, 1):  # True == 1, False == 0
         raise ModelError("%s: corrupted header: fvs %r" % (path, header.get("fvs")))
     seed = header.get("seed")
-    if seed is not None and not (_is_int(seed) and -(1 << 63) <= seed < 1 << 63):
+    if seed is not None and not (container.is_int(seed) and -(1 << 63) <= seed < 1 << 63):
         raise ModelError("%s: corrupted header: seed %r is not a 64-bit integer" % (path, seed))
     seen = header.get("samples_seen")
-    if seen is not None and not (_is_int(seen) and seen >= 0):
+    if seen is not None and not (container.is_int(seen) and seen >= 0):
         raise ModelError("%s: corrupted header: samples_seen %r" % (path, seen))
     return specs
 

@@ -166,8 +166,7 @@ def _index_specs(path, header, size):
         raise IndexError_("%s: corrupted header: model fingerprint %r" % (path, header.get("model")))
     if header.get("kind") not in KINDS:
         raise IndexError_("%s: corrupted header: kind %r (items or users)" % (path, header.get("kind")))
-    if not (isinstance(k, int) and isinstance(n, int)) or isinstance(k, bool) or isinstance(n, bool) \
-            or not 0 <= k <= MAX_K or n < 0:
+    if not (container.is_int(k) and container.is_int(n)) or not 0 <= k <= MAX_K or n < 0:
         raise IndexError_("%s: corrupted header: k = %r, n = %r" % (path, k, n))
     specs = container.array_specs(FILE_KIND, path, header, size, {
         "vectors": (_DTYPES["vectors"], (n, k + 1)), "key_off": (_DTYPES["key_off"], (n + 1,)),

@@ -247,20 +247,15 @@ def parse_block(buf, n, mode, slots, row_hash, key, ys, indptr, sample_line, has
             ts = pos
             if mode == CLICK and _at(buf, pos) == 124 and _ends_token(buf, pos + 1, n):
                 # '| ITEM_KEY' ends a click line
-                pos += 1
-                while pos < n and _is_sep(_at(buf, pos)):
-                    pos += 1
-                ts = pos
-                pos = _token_end(buf, pos, n)
+                ts = _skip_sep(buf, pos + 1, n)
+                te = _token_end(buf, ts, n)
                 keys[ns, 2] = ts
-                keys[ns, 3] = pos
-                te = pos
-                while pos < n and _is_sep(_at(buf, pos)):
-                    pos += 1
-                if te == ts or not (pos >= n or _is_eol(buf, pos, n)):
+                keys[ns, 3] = te
+                pos = _skip_sep(buf, te, n)
+                if te == ts or not _at_line_end(buf, pos, n):
                     reason = BAD_CLICK
-                    if pos < n and not _is_eol(buf, pos, n) and not (te == ts):
-                        ts = pos
+                    if te != ts:
+                        ts = pos  # the column of what follows the item key
                     break
                 item = True
                 break

@@ -685,3 +685,28 @@ def test_trainer_survives_random_lines_and_counts_skips_exactly(lines, cores):
     assert s.samples + s.overflow_samples == len(want_samples)
     assert m.n_rows - 1 == len({name for _, feats in want_samples for name, _ in feats})
     assert np.isfinite(m.params[: m.n_rows]).all()
+
+
+@pytest.mark.parametrize("line,col", [
+    (b"u a | P Q", 8),      # something after the item key: its column
+    (b"u a |", 5),          # no item key: where it should start
+    (b"u a | ", 6),
+    (b"u a | \x01P", 6),     # a control byte where the key should be
+    (b"u a | P\x01", 7),     # a control byte right after the key: its column
+    (b"u a ||", 6),         # '||' is a feature name: the line ends with no '| ITEM_KEY'
+    (b"u a | | P", 8),      # a second '|' follows the item key '|'
+    (b"u a b", 5),          # no '|' at all: the line's end
+])
+def test_click_line_errors_point_at_the_cause(line, col):
+    p = parse.parse(np.frombuffer(line + b"\n", np.uint8), None, parse.ParseBuffers(0), None, mode=parse.CLICK)
+    assert p.n_samples == 0
+    assert bad_of(p) == [(0, parse.BAD_CLICK, col)]
+
+
+def test_click_line_keys():
+    data = b"u a b | P\nu | P\r\nu |\tP\t\r\n"
+    p = parse.parse(np.frombuffer(data, np.uint8), None, parse.ParseBuffers(0), None, mode=parse.CLICK)
+    assert bad_of(p) == []
+    assert [(parse.key_bytes(p, s), parse.key_bytes(p, s, item=True)) for s in range(p.n_samples)] == \
+        [(b"u", b"P")] * 3
+    assert p.indptr.tolist() == [0, 2, 2, 2]

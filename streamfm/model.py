@@ -9,15 +9,15 @@ and its stripped form for serving (``bias w`` / ``name w v_1..v_k``). Numbers
 are written with the fewest digits that read back to the same float, so an
 incremental run continues from exactly the state the last one stopped at.
 
-Binary::
+Binary: the container of ``container.py`` (MAGIC ``"\\x89SFMBIN\\n"``, a
+64 KiB header reserve) holding the name bytes, the name offsets and either
+``params`` (the FTRL rows as the trainer holds them: a full model) or
+``weights`` (w, v: a stripped model), or both (a full model converted from
+text, whose v are stated outright), each with its own crc32. The header
+also keeps k, dtype, n_rows, the hyper-parameters and the feature table's
+random hash key (``hash_key``, 16 bytes; absent: a fresh key is drawn on
+load, as for text models).
 
-    MAGIC (8 bytes) | u32 header length | u32 crc32 of header | msgpack header
-    | zero padding | arrays at the offsets the header lists
-
-The arrays are the name bytes, the name offsets, ``weights`` (w, v) and, in
-a full model, ``state`` (w_n, w_z, v_n, v_z), each with its own crc32. The
-header also keeps the feature table's random hash key (``hash_key``, 16
-bytes; absent: a fresh key is drawn on load, as for text models).
 Every file is written by ``output.open_output``: a regular file goes to a
 temporary file beside the target, fsynced and renamed over it, so a crash
 never leaves a half-written model; a device or pipe is written in place.
@@ -26,13 +26,11 @@ never leaves a half-written model; a device or pipe is written in place.
 import contextlib
 import os
 import re
-import zlib
 
-import msgpack
 import numpy as np
 from numba import njit
 
-from . import floatfmt, ftrl
+from . import container, floatfmt, ftrl
 from .errors import ModelFormatError as ModelError  # one class; the commands' name for it
 from .output import open_output
 from .table import (KEY_BYTES, DuplicateName, FeatureTable, init_hash_bytes, key_from_bytes, lookup_one,
@@ -41,8 +39,7 @@ from .table import (KEY_BYTES, DuplicateName, FeatureTable, init_hash_bytes, key
 MAGIC = b"\x89SFMBIN\n"
 FORMAT_NAME = "streamfm-bin"
 FORMAT_VERSION = 1
-_HEADER_RESERVE = 1 << 16
-_ALIGN = 64
+KIND = container.Kind(MAGIC, FORMAT_NAME, FORMAT_VERSION, reserve=1 << 16, what="binary model", error=ModelError)
 # the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
 PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
@@ -714,117 +711,42 @@ def _line_field(block, eline, field):
 # Binary format
 
 
-def _arr_meta(name, arr_dtype, shape, offset):
-    nbytes = int(np.prod(shape)) * np.dtype(arr_dtype).itemsize
-    return {"name": name, "dtype": np.dtype(arr_dtype).str, "shape": list(shape),
-            "offset": offset, "nbytes": nbytes}
-
-
-def _align(x):
-    return (x + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
 def write_bin(src, path, state=True):
-    """Write ``src`` (Model or ModelArrays) in streamfm's binary format.
+    """Write ``src`` (Model or ModelArrays) in streamfm's binary format (container.py).
 
     A full model keeps its FTRL rows as the trainer holds them (``params``),
     so continuing it is one read; (w, v) are stored as ``weights`` only when
     the source states them outright (a stripped model, or one converted from
-    text, whose v may be alphaFM's last-used values rather than derived ones).
+    text, whose v may be alphaFM's last-used values rather than derived ones);
+    otherwise they are derived a chunk of rows at a time as they are written.
     """
     arena, name_off = src.names()
     n = src.n_rows
     k = src.k
     has_state = bool(state) and src.has_state
-    specs = [("names", np.uint8, (int(name_off[n]),)), ("name_off", np.int64, (n + 1,))]
+    arrays = [container.Array("names", np.uint8, (int(name_off[n]),), arena[: name_off[n]]),
+              container.Array("name_off", np.int64, (n + 1,), name_off[: n + 1])]
     if has_state:
-        specs.append(("params", src.dtype, (n, ftrl.n_cols(k))))
+        arrays.append(container.Array("params", src.dtype, (n, ftrl.n_cols(k)), src.file_params))
     if not has_state or src.explicit_weights is not None:
-        specs.append(("weights", src.dtype, (n, 1 + k)))
-    arrays = []
-    off = _HEADER_RESERVE
-    for name, dt, shape in specs:
-        arrays.append(_arr_meta(name, dt, shape, off))
-        off = _align(off + arrays[-1]["nbytes"])
+        arrays.append(container.Array("weights", src.dtype, (n, 1 + k),
+                                      lambda: (c[2] for c in src.chunks(weights=True, state=False))))
     header = dict(src.meta())
     header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
                    "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
-                   "params_columns": PARAMS_COLUMNS, "arrays": arrays})
-    pieces = {
-        "names": lambda: [arena[: name_off[n]]],
-        "name_off": lambda: [name_off[: n + 1]],
-        "params": lambda: [src.file_params],
-        "weights": lambda: (c[2] for c in src.chunks(weights=True, state=False)),
-    }
-
-    def parts(spec):
-        for part in pieces[spec["name"]]():
-            yield memoryview(np.ascontiguousarray(part)).cast("B")
-
-    def packed_header():
-        packed = msgpack.packb(header, use_bin_type=True)
-        if len(packed) + 16 > _HEADER_RESERVE:
-            raise ModelError("%s: model header too large" % path)
-        return MAGIC + np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes() + packed
-
-    with open_output(path) as f:
-        if f.seekable():
-            # one pass: the header, whose checksums come last, is written over its reserve
-            f.write(b"\0" * _HEADER_RESERVE)
-        else:
-            # a device or pipe is written in order: checksums first, then the bytes
-            for spec in arrays:
-                crc = 0
-                for b in parts(spec):
-                    crc = zlib.crc32(b, crc)
-                spec["crc32"] = crc
-            f.write(packed_header())
-        for spec in arrays:
-            _seek_pad(f, spec["offset"])
-            crc = 0
-            for b in parts(spec):
-                crc = zlib.crc32(b, crc)
-                f.write(b)
-            spec["crc32"] = crc
-        if f.seekable():
-            head = packed_header()
-            f.seek(0)
-            f.write(head)
-
-
-def _seek_pad(f, offset):
-    cur = f.tell()
-    if offset > cur:
-        f.write(b"\0" * (offset - cur))
+                   "params_columns": PARAMS_COLUMNS})
+    container.write(KIND, path, header, arrays)
 
 
 def read_bin_header(path):
-    """The header dict of a binary model (validated), and the file size."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-        if head[:8] != MAGIC[: len(head[:8])]:
-            raise ModelError("%s: not a streamfm binary model" % path)
-        if len(head) < 16:
-            raise ModelError("%s: truncated (header cut off)" % path)
-        hlen, hcrc = np.frombuffer(head[8:16], dtype="<u4")
-        packed = f.read(int(hlen))
-    if len(packed) != hlen:
-        raise ModelError("%s: truncated (header cut off)" % path)
-    if zlib.crc32(packed) != hcrc:
-        raise ModelError("%s: corrupted header (checksum mismatch)" % path)
-    try:
-        header = msgpack.unpackb(packed, raw=False)
-    except Exception as e:  # msgpack raises several types for bad bytes
-        raise ModelError("%s: corrupted header (%s)" % (path, e)) from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-        raise ModelError("%s: not a streamfm binary model" % path)
-    version = header.get("version", 0)
-    if not _is_int(version) or version > FORMAT_VERSION:
-        raise ModelError("%s: binary model version %r: this streamfm reads versions up to %d"
-                         % (path, version, FORMAT_VERSION))
-    _check_bin_header(path, header, size)
-    return header
+    """The header dict of a binary model, every number in it checked."""
+    return _read_bin_header(path)[0]
+
+
+def _read_bin_header(path):
+    """(header, {name: container.Spec}) of a binary model, checked."""
+    header, size = container.read_header(KIND, path)
+    return header, _check_bin_header(path, header, size)
 
 
 # What a binary model's header may say. Its dtype strings are looked up
@@ -834,60 +756,18 @@ _FLOAT_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 MAX_K = 1 << 16  # factors a model may have (-dim checks it too)
 
 
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def array_specs(path, header, size, expected):
-    """The header's array list checked against ``expected``: {name: (dtype, shape)}.
-
-    A shape entry of None is any size; every name must be expected and appear
-    at most once, with exactly the dtype, shape and byte count given, inside
-    the file's ``size`` bytes. Returns {name: spec}. Shared by every file in
-    the binary container (models, recall indexes).
-    """
-    arrays = header.get("arrays")
-    if not isinstance(arrays, list):
-        raise ModelError("%s: corrupted header: no array list" % path)
-    specs = {}
-    end = 0
-    for a in arrays:
-        name = a.get("name") if isinstance(a, dict) else None
-        if name not in expected or name in specs:
-            raise ModelError("%s: corrupted header: %s array %r" % (
-                path, "repeated" if name in specs else "unexpected", name))
-        dt, shape = expected[name]
-        got = a.get("shape")
-        if a.get("dtype") != dt.str:
-            raise ModelError("%s: header says array %r is %r, expected %r" % (path, name, a.get("dtype"), dt.str))
-        if (not isinstance(got, list) or len(got) != len(shape)
-                or not all(_is_int(g) and g >= 0 and (e is None or g == e) for g, e in zip(got, shape))):
-            raise ModelError("%s: header says array %r has shape %r, expected %r" % (
-                path, name, got, [("any" if e is None else e) for e in shape]))
-        nbytes = dt.itemsize
-        for g in got:
-            nbytes *= g
-        if not (_is_int(a.get("offset")) and _is_int(a.get("nbytes")) and _is_int(a.get("crc32"))) or (
-                a["nbytes"] != nbytes or a["offset"] < 0):
-            raise ModelError("%s: header disagrees with array %r (offset, size or checksum)" % (path, name))
-        end = max(end, a["offset"] + nbytes)
-        specs[name] = a
-    if size < end:
-        raise ModelError("%s: truncated: %d bytes, the header says %d" % (path, size, end))
-    return specs
-
-
 def _check_bin_header(path, header, size):
-    """Every number the reader trusts, checked against the others before any array is read."""
+    """Every number the reader trusts, checked against the others before any
+    array is read; returns the arrays' specs (container.array_specs)."""
     k, n, dtype = header.get("k"), header.get("n_rows"), header.get("dtype")
-    if not _is_int(k) or not 0 <= k <= MAX_K:
+    if not container.is_int(k) or not 0 <= k <= MAX_K:
         raise ModelError("%s: corrupted header: k = %r is not a factor count (0 to %d)" % (path, k, MAX_K))
-    if not _is_int(n) or n < 1:
+    if not container.is_int(n) or n < 1:
         raise ModelError("%s: corrupted header: n_rows = %r (at least the bias row)" % (path, n))
     if dtype not in _FLOAT_DTYPES:
         raise ModelError("%s: corrupted header: dtype %r (float32 or float64)" % (path, dtype))
     ft = _FLOAT_DTYPES[dtype]
-    specs = array_specs(path, header, size, {
+    specs = container.array_specs(KIND, path, header, size, {
         "names": (np.dtype(np.uint8), (None,)), "name_off": (np.dtype("<i8"), (n + 1,)),
         "params": (ft, (n, ftrl.n_cols(k))), "weights": (ft, (n, 1 + k))})
     for name in ("names", "name_off"):
@@ -908,32 +788,12 @@ def _check_bin_header(path, header, size):
     if header.get("fvs", 0) not in (0, 1):  # True == 1, False == 0
         raise ModelError("%s: corrupted header: fvs %r" % (path, header.get("fvs")))
     seed = header.get("seed")
-    if seed is not None and not (_is_int(seed) and -(1 << 63) <= seed < 1 << 63):
+    if seed is not None and not (container.is_int(seed) and -(1 << 63) <= seed < 1 << 63):
         raise ModelError("%s: corrupted header: seed %r is not a 64-bit integer" % (path, seed))
     seen = header.get("samples_seen")
-    if seen is not None and not (_is_int(seen) and seen >= 0):
+    if seen is not None and not (container.is_int(seen) and seen >= 0):
         raise ModelError("%s: corrupted header: samples_seen %r" % (path, seen))
-
-
-@njit(cache=True, nogil=True)
-def first_nonfinite(a):
-    """Position of the first NaN or infinity in the 1-D array a, or -1."""
-    for i in range(a.shape[0]):
-        x = a[i]
-        if not (x - x == 0.0):
-            return i
-    return -1
-
-
-def check_finite(path, name, arr):
-    """ModelError when a float array read from a file holds NaN or an infinity
-    (the text reader refuses them too): nothing trained could be one."""
-    if arr.size:
-        i = first_nonfinite(arr.reshape(-1))
-        if i >= 0:
-            row = i // max(arr.shape[1], 1) if arr.ndim == 2 else i
-            raise ModelError("%s: corrupted: array %r row %d holds %r, not a finite number"
-                             % (path, name, row, float(arr.reshape(-1)[i])))
+    return specs
 
 
 def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
@@ -942,22 +802,21 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
     ``state``: True requires the FTRL rows, False reads only what prediction
     needs, None reads everything. ``extra_rows``: spare capacity behind the
     FTRL rows, so a continued model needs no second copy of them.
-    ``mmap``: map the arrays read-only instead of reading them (``MappedFile``):
-    the pages come from the page cache, shared by every process that maps
-    the file, and only those touched become resident. For prediction only
-    (the arrays are read-only): not with ``state=True`` or ``extra_rows``.
-    The file must then be replaced by renaming a new one over it (as every
-    streamfm writer does), never rewritten in place.
+    ``mmap``: map the arrays read-only instead of reading them
+    (``container.MappedFile``): the pages come from the page cache, shared
+    by every process that maps the file, and only those touched become
+    resident. For prediction only (the arrays are read-only): not with
+    ``state=True`` or ``extra_rows``. The file must then be replaced by
+    renaming a new one over it (as every streamfm writer does), never
+    rewritten in place.
     """
     if mmap and (state or extra_rows):
         raise ValueError("a memory-mapped model is read-only: for prediction (state=False) only")
-    header = read_bin_header(path)
+    header, specs = _read_bin_header(path)
     mk = int(header["k"])
     if k is not None and int(k) != mk:
         raise ModelError("%s: model has %d factors (-dim ...,%d) but %d were asked for"
                          % (path, mk, mk, int(k)))
-    specs = {a["name"]: a for a in header["arrays"]}
-    ft = _FLOAT_DTYPES[header["dtype"]]
     if "params" in specs and header.get("params_columns") != PARAMS_COLUMNS:
         raise ModelError("%s: FTRL rows in an unknown layout (%r)" % (path, header.get("params_columns")))
     if state and "params" not in specs:
@@ -968,32 +827,9 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
         want.append("params")
     if "weights" in specs:
         want.append("weights")
-    out = {}
-    mapped = MappedFile(path) if mmap else None
-    with open(path, "rb") as f:
-        for name in want:
-            a = specs[name]
-            shape = tuple(a["shape"])
-            dt = ft if name in ("params", "weights") else (np.dtype("<i8") if name == "name_off" else np.uint8)
-            if mapped is not None:
-                arr = mapped.array(a["offset"], dt, shape)
-                if arr is None:  # cut after the header was read
-                    raise ModelError("%s: truncated in array %r" % (path, name))
-            else:
-                if name == "params" and extra_rows:
-                    full = np.zeros((shape[0] + extra_rows,) + shape[1:], dtype=dt)
-                    arr = full[: shape[0]]
-                else:
-                    arr = np.empty(shape, dtype=dt)
-                f.seek(a["offset"])
-                got = f.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
-                if got != a["nbytes"]:
-                    raise ModelError("%s: truncated in array %r" % (path, name))
-            if verify and zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
-                raise ModelError("%s: corrupted: checksum mismatch in array %r" % (path, name))
-            if name in ("params", "weights"):
-                check_finite(path, name, arr)
-            out[name] = arr
+    mapped = container.MappedFile(path) if mmap else None
+    out = container.read_arrays(KIND, path, [specs[name] for name in want], verify=verify, mapped=mapped,
+                                spare_rows={"params": extra_rows})
     n = int(header["n_rows"])
     off = out["name_off"]
     if off.shape[0] != n + 1 or off[0] != 0 or off[-1] != out["names"].shape[0] or np.any(np.diff(off) < 0):
@@ -1004,52 +840,6 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
     if mmap:
         arrays.mapped = mapped
     return arrays
-
-
-class MappedFile:
-    """A file mapped read-only; ``array`` views a part of it as a numpy array.
-
-    The mapping lives as long as any array made from it. Its pages are the
-    page cache's, shared by every process mapping the file; ``drop`` gives
-    an array's pages back (they are read again from the file if touched).
-    """
-
-    def __init__(self, path):
-        import mmap
-
-        self.path = path
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            self.mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
-
-    def array(self, offset, dtype, shape):
-        """A read-only view of ``shape`` ``dtype`` numbers at ``offset``; None past the end."""
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape))
-        if count == 0:
-            a = np.zeros(shape, dtype=dtype)
-            a.flags.writeable = False
-            return a
-        if self.mm is None or offset + count * dtype.itemsize > len(self.mm):
-            return None
-        return np.frombuffer(self.mm, dtype=dtype, count=count, offset=int(offset)).reshape(shape)
-
-    def drop(self, arr):
-        """Release the resident pages under ``arr`` (a view of this file) from this process."""
-        import mmap
-
-        if self.mm is None or arr.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        base = np.frombuffer(self.mm, dtype=np.uint8).ctypes.data
-        start = arr.ctypes.data - base
-        page = mmap.PAGESIZE
-        lo = (start + page - 1) // page * page  # whole pages only: neighbours stay
-        hi = (start + arr.nbytes) // page * page
-        if hi > lo:
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-            except (OSError, ValueError):
-                pass
 
 
 # ----------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import os
 import numpy as np
 from numba import njit
 
+from .jit import prefetch1
+
 EMPTY = -1
 MAX_LOAD = 0.7
 KEY_BYTES = 16
@@ -244,6 +246,32 @@ def lookup_from(slots, row_hash, h, i, mask):
         if row_hash[r] == h:
             return r
         i = (i + 1) & mask
+
+
+@njit(inline="always")
+def lookup_span(slots, row_hash, hashes, rows, j0, j1):
+    """rows[j] = the row of hashes[j] (-1: none) for j0 <= j < j1; returns the misses.
+
+    The same probe as ``lookup_from``, in two passes so that the hash of each
+    candidate row loads while the next home slot is read (the parser calls
+    it on a line's features, whose home slots it prefetched as it went by).
+    """
+    mask = slots.shape[0] - 1
+    for j in range(j0, j1):
+        sl = slots[home_slot(hashes[j], mask)]
+        rows[j] = sl
+        if sl >= 0:
+            prefetch1(row_hash, sl)
+    misses = 0
+    for j in range(j0, j1):
+        h = hashes[j]
+        r = rows[j]
+        if r >= 0 and row_hash[r] != h:
+            r = lookup_from(slots, row_hash, h, (home_slot(h, mask) + 1) & mask, mask)
+        rows[j] = r
+        if r < 0:
+            misses += 1
+    return misses
 
 
 @njit(cache=True, nogil=True)

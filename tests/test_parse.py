@@ -395,6 +395,64 @@ def test_long_numbers_random_digits_parse_exactly():
     assert not mism, mism[:5]
 
 
+def _plain_decimals(seed, count=3000):
+    """Texts of plain decimals around the fast path's 15-digit limit: 1 to 18
+    digits, with or without a '.' anywhere (".5", "12."), some signed."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        nd = rng.randrange(1, 19)
+        digits = "".join(rng.choice("0123456789") for _ in range(nd))
+        dot = rng.randrange(-1, nd + 1)
+        s = digits if dot < 0 else digits[:dot] + "." + digits[dot:]
+        out.append(rng.choice(["", "", "-", "+"]) + s)
+    return out
+
+
+def test_plain_decimals_parse_exactly_everywhere():
+    """The fast path (read in the token scan for a feature value, in
+    parse_number for a signed value and a label) is float()'s double."""
+    texts = _plain_decimals(5)
+    for t in texts:
+        x, status = parse.parse_number(np.frombuffer(t.encode(), np.uint8), 0, len(t))
+        assert status in (parse.floatfmt.OK, parse.floatfmt.SLOW), t
+        if status == parse.floatfmt.OK:
+            assert x == float(t) and math.copysign(1, x) == math.copysign(1, float(t)), t
+    data = b"".join(b"%s f:%s g\n" % (t.encode(), t.encode()) for t in texts)
+    p = parse_bytes(data)
+    assert bad_of(p) == []
+    got = samples_of(p)
+    assert [y for y, _ in got] == [1.0 if float(t) > 0 else -1.0 for t in texts]
+    want = [[(b"f", max(-CLIP, min(CLIP, float(t)))), (b"g", 1.0)] if float(t) != 0 else [(b"g", 1.0)]
+            for t in texts]
+    assert [f for _, f in got] == want
+    assert any(len(t.lstrip("+-").replace(".", "")) <= 15 for t in texts)
+    assert any(len(t.lstrip("+-").replace(".", "")) > 15 for t in texts)
+
+
+def test_parsed_rows_are_the_tables_rows():
+    """rows[j] is the table's lookup of each name, across probe chains longer
+    than one slot, and -1 (counted) for a name the table lacks."""
+    from streamfm.table import FeatureTable, new_key
+
+    names = [b"bias"] + [b"f%d" % i for i in range(3000)]
+    arena = np.frombuffer(b"".join(names), np.uint8)
+    off = np.zeros(len(names) + 1, np.int64)
+    np.cumsum([len(x) for x in names], out=off[1:])
+    t = FeatureTable.from_names(arena, off, len(names), key=new_key())
+    assert t.probe_lengths()[0] > 2  # some rows sit slots away from their home
+    rng = random.Random(2)
+    lines, want = [], []
+    for _ in range(400):
+        toks = [rng.choice(names[1:]) if rng.random() < 0.8 else b"new%d" % rng.randrange(10 ** 6)
+                for _ in range(rng.randrange(1, 12))]
+        lines.append(b"1 " + b" ".join(toks))
+        want += [t.lookup(x) for x in toks]
+    p = parse.parse(np.frombuffer(b"\n".join(lines) + b"\n", np.uint8), None, parse.ParseBuffers(0), t)
+    assert p.rows.tolist() == want
+    assert p.n_unknown == sum(r < 0 for r in want) > 0
+
+
 # These two cases take the slow path because the 19-digit truncation straddles
 # a rounding boundary; float() then says what the number really is.
 
@@ -627,3 +685,28 @@ def test_trainer_survives_random_lines_and_counts_skips_exactly(lines, cores):
     assert s.samples + s.overflow_samples == len(want_samples)
     assert m.n_rows - 1 == len({name for _, feats in want_samples for name, _ in feats})
     assert np.isfinite(m.params[: m.n_rows]).all()
+
+
+@pytest.mark.parametrize("line,col", [
+    (b"u a | P Q", 8),      # something after the item key: its column
+    (b"u a |", 5),          # no item key: where it should start
+    (b"u a | ", 6),
+    (b"u a | \x01P", 6),     # a control byte where the key should be
+    (b"u a | P\x01", 7),     # a control byte right after the key: its column
+    (b"u a ||", 6),         # '||' is a feature name: the line ends with no '| ITEM_KEY'
+    (b"u a | | P", 8),      # a second '|' follows the item key '|'
+    (b"u a b", 5),          # no '|' at all: the line's end
+])
+def test_click_line_errors_point_at_the_cause(line, col):
+    p = parse.parse(np.frombuffer(line + b"\n", np.uint8), None, parse.ParseBuffers(0), None, mode=parse.CLICK)
+    assert p.n_samples == 0
+    assert bad_of(p) == [(0, parse.BAD_CLICK, col)]
+
+
+def test_click_line_keys():
+    data = b"u a b | P\nu | P\r\nu |\tP\t\r\n"
+    p = parse.parse(np.frombuffer(data, np.uint8), None, parse.ParseBuffers(0), None, mode=parse.CLICK)
+    assert bad_of(p) == []
+    assert [(parse.key_bytes(p, s), parse.key_bytes(p, s, item=True)) for s in range(p.n_samples)] == \
+        [(b"u", b"P")] * 3
+    assert p.indptr.tolist() == [0, 2, 2, 2]

@@ -1,15 +1,11 @@
 """The recall index file and exact top-N search.
 
-File layout (written atomically, like the model files)::
-
-    MAGIC (8 bytes) | u32 header length | u32 crc32 of header | msgpack header
-    | zero padding | arrays at the offsets the header lists (64-byte aligned)
-
-Header: format name, version, ``kind`` (items or users), ``k``, ``n``, the
-fingerprint of the model the vectors came from, and per array its dtype,
-shape, offset, size and crc32. Arrays: ``vectors`` float32 (n, k + 1), one
-row ``[V, lin + inter]`` per record (see ``embed``); ``key_off`` int64
-(n + 1) and ``keys`` (the records' keys, concatenated bytes).
+File: the container of ``container.py`` (MAGIC ``"\\x89SFMIDX\\n"``, a 4 KiB
+header reserve), written atomically like the model files. Header: ``kind``
+(items or users), ``k``, ``n`` and ``model``, the fingerprint of the model
+the vectors came from. Arrays: ``vectors`` float32 (n, k + 1), one row
+``[V, lin + inter]`` per record (see ``embed``); ``key_off`` int64 (n + 1)
+and ``keys`` (the records' keys, concatenated bytes).
 
 Search is exact: a numba kernel scores a block of queries against a tile of
 index rows at a time (float32, the tile stays in cache while every query of
@@ -22,21 +18,18 @@ brute-force float64 search returns.
 """
 
 import math
-import os
 import threading
 import zlib
 
-import msgpack
 import numpy as np
 from numba import njit
 
-from ..model import MAX_K, ModelError, array_specs, check_finite
-from ..output import open_output
+from .. import container
+from ..model import MAX_K, ModelError
 
 MAGIC = b"\x89SFMIDX\n"
 FORMAT_NAME = "streamfm-recall-index"
 FORMAT_VERSION = 1
-_ALIGN = 64
 KINDS = ("items", "users")
 
 TILE = 4096       # index rows per tile (17 float32 columns: ~280 KB, stays in L2)
@@ -46,6 +39,10 @@ _U32 = 2.0 ** -24
 
 class IndexError_(ModelError):
     """An index file that cannot be used (str() is a one-line explanation)."""
+
+
+FILE_KIND = container.Kind(MAGIC, FORMAT_NAME, FORMAT_VERSION, reserve=1 << 12, what="recall index",
+                           error=IndexError_, hint=" (make one with fm_recall index)")
 
 
 def _crc32(w, dtype=None, rows=1 << 16):
@@ -93,31 +90,20 @@ def fingerprint_matches(info, weights, fingerprint=None):
 
 
 def write_index(path, kind, vectors, key_arena, key_off, model_info):
+    """Write an index file (container.py): ``vectors`` (n, k + 1) as float32,
+    the keys (``key_arena`` bytes, ``key_off`` n + 1 offsets), ``kind``
+    (items or users) and ``model_info`` (``model_fingerprint`` of the model
+    the vectors came from, or None)."""
     if kind not in KINDS:
         raise ValueError("index kind must be items or users")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    key_off = np.ascontiguousarray(key_off, dtype=np.int64)
+    key_arena = np.ascontiguousarray(key_arena, dtype=np.uint8)
     n, d = vectors.shape
-    arrays = [("vectors", vectors), ("key_off", np.ascontiguousarray(key_off, dtype=np.int64)),
-              ("keys", np.ascontiguousarray(key_arena, dtype=np.uint8))]
-    specs = []
-    off = 1 << 12
-    for name, a in arrays:
-        specs.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": off,
-                      "nbytes": int(a.nbytes), "crc32": zlib.crc32(memoryview(a).cast("B"))})
-        off = (off + a.nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
     header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": kind, "k": d - 1, "n": n,
-              "model": model_info, "arrays": specs}
-    packed = msgpack.packb(header, use_bin_type=True)
-    if len(packed) + 16 > specs[0]["offset"]:
-        raise IndexError_("%s: index header too large" % path)
-    with open_output(path) as f:
-        f.write(MAGIC)
-        f.write(np.array([len(packed), zlib.crc32(packed)], dtype="<u4").tobytes())
-        f.write(packed)
-        for spec, (_, a) in zip(specs, arrays):
-            cur = f.tell()
-            f.write(b"\0" * (spec["offset"] - cur))
-            f.write(memoryview(a).cast("B"))
+              "model": model_info}
+    container.write(FILE_KIND, path, header, [container.Array(name, a.dtype, a.shape, a) for name, a in (
+        ("vectors", vectors), ("key_off", key_off), ("keys", key_arena))])
 
 
 class Index:
@@ -176,16 +162,15 @@ _DTYPES = {"vectors": np.dtype("<f4"), "key_off": np.dtype("<i8"), "keys": np.dt
 def _index_specs(path, header, size):
     """The header's arrays, checked against its kind, k and n (IndexError_ when they disagree)."""
     k, n = header.get("k"), header.get("n")
-    if not isinstance(header.get("model", {}), dict):
+    if header.get("model") is not None and not isinstance(header["model"], dict):  # None: no fingerprint
         raise IndexError_("%s: corrupted header: model fingerprint %r" % (path, header.get("model")))
     if header.get("kind") not in KINDS:
         raise IndexError_("%s: corrupted header: kind %r (items or users)" % (path, header.get("kind")))
-    if not (isinstance(k, int) and isinstance(n, int)) or isinstance(k, bool) or isinstance(n, bool) \
-            or not 0 <= k <= MAX_K or n < 0:
+    if not (container.is_int(k) and container.is_int(n)) or not 0 <= k <= MAX_K or n < 0:
         raise IndexError_("%s: corrupted header: k = %r, n = %r" % (path, k, n))
-    specs = array_specs(path, header, size, {"vectors": (_DTYPES["vectors"], (n, k + 1)),
-                                             "key_off": (_DTYPES["key_off"], (n + 1,)),
-                                             "keys": (_DTYPES["keys"], (None,))})
+    specs = container.array_specs(FILE_KIND, path, header, size, {
+        "vectors": (_DTYPES["vectors"], (n, k + 1)), "key_off": (_DTYPES["key_off"], (n + 1,)),
+        "keys": (_DTYPES["keys"], (None,))})
     if len(specs) != 3:
         raise IndexError_("%s: corrupted header: arrays %s missing" % (
             path, ", ".join(sorted(set(_DTYPES) - set(specs)))))
@@ -193,50 +178,20 @@ def _index_specs(path, header, size):
 
 
 def read_index(path):
+    """The Index in an index file (IndexError_, one line, when it cannot be used)."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(16)
-            if len(head) < 16 or head[:8] != MAGIC:
-                raise IndexError_("%s: not a streamfm recall index (make one with fm_recall index)" % path)
-            hlen, hcrc = np.frombuffer(head[8:16], dtype="<u4")
-            packed = f.read(int(hlen))
-            if len(packed) != hlen or zlib.crc32(packed) != hcrc:
-                raise IndexError_("%s: corrupted or truncated index header" % path)
-            try:
-                header = msgpack.unpackb(packed, raw=False)
-            except Exception as e:  # msgpack raises several types for bad bytes
-                raise IndexError_("%s: corrupted index header (%s)" % (path, e)) from None
-            if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-                raise IndexError_("%s: not a streamfm recall index" % path)
-            version = header.get("version", 0)
-            if not isinstance(version, int) or version > FORMAT_VERSION:
-                raise IndexError_("%s: index version %s is newer than this streamfm reads"
-                                  % (path, header.get("version")))
-            specs = _index_specs(path, header, size)
-            out = {}
-            for a in specs.values():
-                arr = np.empty(a["shape"], dtype=_DTYPES[a["name"]])
-                f.seek(a["offset"])
-                if a["nbytes"] and f.readinto(memoryview(arr).cast("B")) != a["nbytes"]:
-                    raise IndexError_("%s: truncated in array %r" % (path, a["name"]))
-                if zlib.crc32(memoryview(arr).cast("B")) != a["crc32"]:
-                    raise IndexError_("%s: corrupted: checksum mismatch in array %r" % (path, a["name"]))
-                out[a["name"]] = arr
+        header, size = container.read_header(FILE_KIND, path)
+        specs = _index_specs(path, header, size)
+        out = container.read_arrays(FILE_KIND, path, [specs[name] for name in _DTYPES])
         off = out["key_off"]
         if off[0] != 0 or off[-1] != out["keys"].shape[0] or np.any(np.diff(off) < 0):
             raise IndexError_("%s: corrupted: inconsistent key offsets" % path)
-        check_finite(path, "vectors", out["vectors"])
     except FileNotFoundError:
         raise IndexError_("%s: no such index file" % path) from None
     except IsADirectoryError:
         raise IndexError_("%s: is a directory, not an index file" % path) from None
-    except (OSError, ValueError, KeyError, msgpack.exceptions.ExtraData) as e:
-        if isinstance(e, IndexError_):
-            raise
+    except (OSError, ValueError, KeyError) as e:
         raise IndexError_("%s: cannot read index: %s" % (path, getattr(e, "strerror", None) or e)) from None
-    except ModelError as e:
-        raise IndexError_(str(e)) from None
     return Index(header["kind"], out["vectors"], out["keys"], out["key_off"], header.get("model"), path)
 
 

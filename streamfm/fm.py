@@ -367,12 +367,13 @@ class GridResult:
         self.reports = reports
         self.by = "holdout_logloss" if holdout else "logloss of pass 1"
 
+    @property
+    def best(self):
         def key(i):
-            r = reports[i]
-            x = r.holdout_logloss if holdout else (r.passes[0].logloss if r.passes else r.logloss)
+            x = self.score(i)
             return x if x == x else float("inf")
 
-        self.best = min(range(len(fms)), key=key) if fms else None
+        return min(range(len(self.fms)), key=key) if self.fms else None
 
     def score(self, i):
         """The metric ``best`` is chosen by, of setting i."""
@@ -494,6 +495,7 @@ class FM:
         self._acc = None
         self._shares_table = False
         self.last_report = None
+        self.last_grid = None
 
     # -- hyper-parameters ----------------------------------------------------
     @property
@@ -750,24 +752,26 @@ class FM:
             fms.append(fm)
         models = [f._synced() for f in fms]
         bad = _BadLines(opts)
-        reports = [Report("grid_fit") for _ in fms]
-        for fm, r in zip(fms, reports):
+        result = GridResult(settings, fms, [Report("grid_fit") for _ in fms], holdout is not None)
+        for fm, r in zip(fms, result.reports):
             fm.last_report = r
+        self.last_grid = result  # the counts so far when the call raises (KeyboardInterrupt)
+        self.last_report = result.reports[0]
         summaries = []
         try:
             _run_passes(models[0], models[1:], data, y, feature_names, opts, bad, passes, holdout, cache,
                         reuse_cache, cache_dir, _Progress("grid_fit", progress, progress_every, bad, passes),
                         summaries)
         except BadInputError as e:
-            _for_the_api(e, reports[0])
+            _for_the_api(e, result.reports[0])
             raise
         finally:
-            for g, r in enumerate(reports):
+            for g, r in enumerate(result.reports):
                 if summaries:
                     r._fill(summaries[0], bad, table.n_rows - 1)
                     r._fill_passes(summaries, g)
                 r.hash_collisions = int(table.collisions)
-        return GridResult(settings, fms, reports, holdout is not None)
+        return result
 
     def learn_one(self, x, y):
         """Train on one sample: ``x`` a dict {feature name: value}, ``y`` its label (> 0 positive).
@@ -1163,6 +1167,7 @@ class FM:
         state["_bufs"] = None
         state["_acc"] = None
         state["last_report"] = None
+        state["last_grid"] = None
         return state
 
     def __setstate__(self, state):

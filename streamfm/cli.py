@@ -173,7 +173,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         fail(cmd, str(e))
     # every kernel first: the compiler's memory goes before the model comes
     warm_up(k, dtype, hp, bool(fvs), 0 if seed is None else seed, model_format, log, quiet,
-            continue_fmt)
+            continue_fmt, many=bool(grid or passes > 1 or holdout_every or cache_path))
     jit.release_compiler_memory()
     t_load = time.time()
     spare = spare_rows(k, dtype)

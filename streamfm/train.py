@@ -485,8 +485,10 @@ def _collect(summary, workers, model):
     summary.clipped = sum(w.clipped for w in workers)
 
 
-def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
+def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=False):
     """Compile or load every kernel a training run needs, on a tiny model.
+
+    ``many``: also those of passes, held-out samples and grids.
 
     Trains it, writes it in ``fmt`` and, for a run that continues a model of
     format ``continue_fmt``, reads it back as -im does. Loading the kernels
@@ -494,7 +496,6 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     loaded or grows, and puts the one-time compile notice before the wait.
     """
     import io
-    import os
     import tempfile
 
     from . import jit
@@ -502,9 +503,19 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     from .model import add_features as model_add_features
     from .table import hash_arena, index_names
 
-    jit.compile_notice([parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights,
-                        ftrl.file_state, hash_arena, index_names], log, quiet)
+    kernels = [parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights, ftrl.file_state,
+               hash_arena, index_names]
+    if many:
+        kernels += [split_holdout, ftrl.score_state_block, ftrl.init_rows, block_cache.block_ok]
+    jit.compile_notice(kernels, log, quiet)
     tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
+    if many:
+        other = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
+        other.table = tiny.table
+        with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+            train_passes(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log, passes=2, holdout=2,
+                         plan=CachePlan(os.path.join(d, "c")), others=[other])
+        tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
     tiny.reserve(2000, 0)  # table growth has kernels of its own
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:

@@ -21,6 +21,7 @@ shared: read the ratios.
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -36,20 +37,31 @@ SETTINGS = [("0.02", "1"), ("0.02", "5"), ("0.05", "1"), ("0.05", "5"), ("0.1", 
 
 
 def shell(cmd):
-    """Wall seconds and stderr of a shell pipeline (fails loudly)."""
+    """(wall seconds, CPU seconds of every process of it, stderr) of a shell pipeline (fails loudly).
+
+    CPU seconds (user + system) hardly move with what else runs on a shared
+    machine; wall seconds do."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     p = subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
     wall = time.time() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit("failed (%d): %s\n%s" % (p.returncode, cmd, p.stderr.decode()))
-    return wall, p.stderr.decode()
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, cpu, p.stderr.decode()
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
 
 
 def one_pass_rate(checkout, train, out):
     """samples/s of a one-pass fm_train of ``checkout`` (PYTHONPATH) with this interpreter."""
     code = "import sys; from streamfm.cli import fm_train; sys.argv[0] = 'fm_train'; fm_train()"
-    _, err = shell("cat %s | PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s %s -c \"%s\" -m %s -mf bin -dim 1,1,8 -core 1" % (
+    _, _, err = shell("cat %s | PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s %s -c \"%s\" -m %s -mf bin -dim 1,1,8 -core 1" % (
         train, checkout, sys.executable, code, out))
     return grab(r"samples/s\s+([0-9,]+)", err)
 
@@ -61,6 +73,7 @@ def main():
     ap.add_argument("--cores", type=int, default=1, help="-core of every run (default 1)")
     ap.add_argument("--ab", metavar="CHECKOUT", help="compare one-pass speed with this checkout (e.g. /work/main)")
     ap.add_argument("--ab-runs", type=int, default=3, help="A/B runs of each (default 3)")
+    ap.add_argument("--reps", type=int, default=3, help="runs of each grid/passes timing (default 3)")
     args = ap.parse_args()
 
     train = os.path.join(args.data, "ctr_train_%d.txt" % args.lines)
@@ -81,31 +94,46 @@ def main():
         format(args.lines, ","), os.path.getsize(train) / 1e6, core, time.strftime("%Y-%m-%d %H:%M")))
     print()
 
-    # --- grid vs one by one -------------------------------------------------
-    t_grid, err = shell("cat %s | %s -m %s/best.txt -mf bin %s --grid '%s' --grid-out %s/grid" % (
-        train, ft, out, core, GRID, out))
-    t_runs = 0.0
-    for va, l2 in SETTINGS:
-        t, _ = shell("cat %s | %s -m %s/one.bin -mf bin %s -v_alpha %s -w_l2 %s -q" % (
-            train, ft, out, core, va, l2))
-        t_runs += t
+    # --- grid vs one by one, passes: cache vs text re-read; interleaved, medians ---
+    runs = {"grid": [], "one by one": [], "cache": [], "cat x3": []}
+    err = ""
+    for _ in range(args.reps):
+        w, c, err = shell("cat %s | %s -m %s/best.txt -mf bin %s --grid '%s' --grid-out %s/grid" % (
+            train, ft, out, core, GRID, out))
+        runs["grid"].append((w, c))
+        w = c = 0.0
+        for va, l2 in SETTINGS:
+            w1, c1, _ = shell("cat %s | %s -m %s/one.bin -mf bin %s -v_alpha %s -w_l2 %s -q" % (
+                train, ft, out, core, va, l2))
+            w, c = w + w1, c + c1
+        runs["one by one"].append((w, c))
+        w, c, err_c = shell("%s --input %s -m %s/p3.bin -mf bin %s --passes 3" % (ft, train, out, core))
+        runs["cache"].append((w, c))
+        w, c, _ = shell("cat %s %s %s | %s -m %s/c3.bin -mf bin %s -q" % (train, train, train, ft, out, core))
+        runs["cat x3"].append((w, c))
+    med = {k: (median([w for w, _ in v]), median([c for _, c in v])) for k, v in runs.items()}
     best = [ln for ln in err.splitlines() if ln.startswith("  * ")]
-    print("| run | wall s | ratio |")
-    print("|---|---|---|")
-    print("| 6 settings, one by one (6 x `cat | fm_train`) | %.1f | 1.00 |" % t_runs)
-    print("| `fm_train --grid '%s'` (one read) | %.1f | %.2f |" % (GRID, t_grid, t_grid / t_runs))
-
-    # --- passes: cache vs text re-read ---------------------------------------
-    t_cache, err_c = shell("%s --input %s -m %s/p3.bin -mf bin %s --passes 3" % (ft, train, out, core))
-    t_cat, err_t = shell("cat %s %s %s | %s -m %s/c3.bin -mf bin %s" % (train, train, train, ft, out, core))
-    print("| 3 passes, text re-read (`cat x3 | fm_train`) | %.1f | 1.00 |" % t_cat)
-    print("| `fm_train --passes 3` (block cache) | %.1f | %.2f |" % (t_cache, t_cache / t_cat))
+    print("median of %d interleaved runs; CPU s = user + system of every process (steadier than wall "
+          "on a shared machine)" % args.reps)
+    print()
+    print("| run | wall s | CPU s | wall ratio | CPU ratio |")
+    print("|---|---|---|---|---|")
+    for name, base, label in (
+            ("one by one", "one by one", "6 settings, one by one (6 x `cat | fm_train`)"),
+            ("grid", "one by one", "`fm_train --grid '%s'` (one read)" % GRID),
+            ("cat x3", "cat x3", "3 passes, text re-read (`cat x3 | fm_train`)"),
+            ("cache", "cat x3", "`fm_train --passes 3` (block cache)")):
+        print("| %s | %.1f | %.1f | %.2f | %.2f |" % (label, med[name][0], med[name][1], med[name][0] / med[base][0],
+                                                     med[name][1] / med[base][1]))
+    passes = [ln.strip() for ln in err_c.splitlines() if ln.startswith("  pass ")]
     ll3, auc3 = test_metrics(os.path.join(out, "p3.bin"), test, args.cores)
     llc, aucc = test_metrics(os.path.join(out, "c3.bin"), test, args.cores)
     print()
-    print("best grid setting: %s" % (best[0].strip() if best else "?"))
+    print("best grid setting: %s" % (" ".join(best[0].split()) if best else "?"))
+    print("--passes 3, last run: %s" % "; ".join(" ".join(p.split()) for p in passes))
     print("test logloss/AUC after 3 passes: cache %.6f / %.6f, cat x3 %.6f / %.6f (the same model with "
           "-core 1)" % (ll3, auc3, llc, aucc))
+    sys.stdout.flush()
 
     # --- one-pass speed A/B ----------------------------------------------------
     if args.ab:

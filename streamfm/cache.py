@@ -24,6 +24,7 @@ the table, finite numbers) before a kernel indexes with it.
 """
 
 import hashlib
+import mmap
 import os
 import stat
 import struct
@@ -178,7 +179,17 @@ class CacheReader:
         except BaseException:
             self.f.close()
             raise
+        if not isinstance(self.trailer, dict) or not isinstance(self.meta, dict):
+            self.f.close()
+            raise self._bad("header or trailer is not a map")
         self.n_rows = int(self.trailer.get("rows_end", 0))
+        # the blocks are read in place: views of the mapped file, no copies
+        try:
+            self.mm = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            self.f.close()
+            raise CacheError("%s: cannot map the cache: %s" % (self.path, e)) from None
+        self.buf = np.frombuffer(self.mm, dtype=np.uint8)
         self.rewind()
 
     def _bad(self, why):
@@ -219,38 +230,35 @@ class CacheReader:
             self.seq = 0
             self._stopped = False
 
-    def _array(self, n, dtype):
-        a = np.empty(n, dtype=dtype)
-        if n and self.f.readinto(memoryview(a).cast("B")) != a.nbytes:
-            raise self._bad("truncated block")
-        return a
+    def _array(self, pos, n, dtype):
+        return self.buf[pos:pos + 8 * n].view(dtype)
 
     def get(self):
         """The next CachedBlock, or None at the end (or after ``stop``)."""
         with self.lock:
             if self._stopped or self.pos >= self.end:
                 return None
-            try:
-                self.f.seek(self.pos)
-                h = self.f.read(_REC.size)
-                if len(h) != _REC.size:
-                    raise self._bad("truncated block")
-                tag, _, n_lines, n, nnz = _REC.unpack(h)
-                if tag != _REC_TAG or n < 0 or nnz < 0 or self.pos + _REC.size + 8 * (2 * n + 1 + 2 * nnz) > self.end:
-                    raise self._bad("bad block at byte %d" % self.pos)
-                b = CachedBlock()
-                b.indptr = self._array(n + 1, np.int64)
-                b.rows = self._array(nnz, np.int64)
-                b.vals = self._array(nnz, np.float64)
-                b.ys = self._array(n, np.float64)
-                b.lines = self._array(n, np.int64)
-                b.n_samples, b.n_lines, b.seq = n, n_lines, self.seq
-                self.pos = self.f.tell()
-                self.seq += 1
-            except CacheError as e:
-                self.error = e
+            pos = self.pos
+            tag, _, n_lines, n, nnz = _REC.unpack_from(self.mm, pos) if pos + _REC.size <= self.end else (
+                b"", 0, 0, -1, -1)
+            if tag != _REC_TAG or n < 0 or nnz < 0 or pos + _REC.size + 8 * (2 * n + 1 + 2 * nnz) > self.end:
+                self.error = self._bad("bad block at byte %d" % pos)
                 self._stopped = True
                 return None
+            b = CachedBlock()
+            pos += _REC.size
+            b.indptr = self._array(pos, n + 1, np.int64)
+            pos += 8 * (n + 1)
+            b.rows = self._array(pos, nnz, np.int64)
+            pos += 8 * nnz
+            b.vals = self._array(pos, nnz, np.float64)
+            pos += 8 * nnz
+            b.ys = self._array(pos, n, np.float64)
+            pos += 8 * n
+            b.lines = self._array(pos, n, np.int64)
+            b.n_samples, b.n_lines, b.seq = n, n_lines, self.seq
+            self.pos = pos + 8 * n
+            self.seq += 1
         if not block_ok(b.indptr, b.rows, b.vals, b.ys, self.n_rows):
             with self.lock:
                 self.error = self._bad("block %d holds numbers no parse gives" % b.seq)
@@ -263,4 +271,10 @@ class CacheReader:
             self._stopped = True
 
     def close(self):
+        """Close the file; the mapping goes when the last block viewing it does."""
+        self.buf = None
+        try:
+            self.mm.close()
+        except BufferError:
+            pass  # a block still views it (a caller keeps one): unmapped with it
         self.f.close()

@@ -300,3 +300,28 @@ def test_grid_out_and_cache_reuse_need_their_partner(tmp_path):
                          (["--cache-reuse"], "--cache-reuse needs --cache")):
         proc = fm_train("-m", tmp_path / "m.txt", *args, input=b"1 a\n")
         assert proc.returncode == 2 and needle in text(proc.stderr), text(proc.stderr)
+
+
+def test_two_cores_passes_and_grid_run_the_same_pipeline(tmp_path, small):
+    """-core 2: Hogwild, so not bit for bit; the counts are exact and the models close to -core 1's."""
+    data = b"".join(small)
+    one, two = FM(k=4, seed=1), FM(k=4, seed=1)
+    r1 = one.partial_fit(data, passes=3, holdout_every=4, cores=1)
+    r2 = two.partial_fit(data, passes=3, holdout_every=4, cores=2)
+    assert [(p.samples, p.holdout_samples) for p in r2.passes] == [(p.samples, p.holdout_samples) for p in r1.passes]
+    assert two.n_features == one.n_features and two.samples_seen == one.samples_seen
+    assert abs(r2.holdout_logloss - r1.holdout_logloss) < 0.01
+    res = FM(k=4, seed=1).grid_fit(data, {"v_alpha": [0.05, 0.1]}, passes=2, holdout_every=4, cores=2)
+    assert res.settings[0] == {"v_alpha": 0.05}
+    assert abs(res.reports[0].holdout_logloss - FM(k=4, seed=1).partial_fit(
+        data, passes=2, holdout_every=4).holdout_logloss) < 0.01
+    assert all(f.n_features == one.n_features for f in res.fms)
+
+
+def test_progress_lines_say_the_pass(tmp_path, small):
+    proc = fm_train("-m", tmp_path / "m.txt", "--passes", "2", "--progress-every", "0.1",
+                    input=b"".join(small) * 3)
+    assert_ok(proc)
+    err = text(proc.stderr)
+    assert re.search(r"^fm_train: pass 1/2  [0-9,]+ lines", err, re.M), err
+    assert re.search(r"^fm_train: pass 2/2  [0-9,]+ lines", err, re.M), err

@@ -92,13 +92,14 @@ class CacheWriter:
     """Appends parsed blocks to a new cache file; ``finish`` completes it (atomically).
 
     ``meta``: the header's dict (what the cache was made from). ``add`` may be
-    called from several threads (a lock keeps records whole).
+    called from several threads (a lock keeps records whole). ``durable``:
+    fsync it (a kept cache); a temporary one skips that.
     """
 
-    def __init__(self, path, meta):
+    def __init__(self, path, meta, durable=True):
         check_cache_path(path)
         self.path = str(path)
-        self.out = open_output(self.path)
+        self.out = open_output(self.path, durable=durable)
         self.lock = threading.Lock()
         self.blocks = 0
         head = msgpack.packb(dict(meta, version=VERSION), use_bin_type=True)

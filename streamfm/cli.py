@@ -196,7 +196,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         log("%s: reading samples from the terminal (pipe a file in, or use --input FILE)" % cmd)
     interrupted = None
     many = dict(passes=passes, holdout_every=holdout_every, cache=cache_path, reuse_cache=cache_reuse,
-                cache_dir=os.path.dirname(os.path.abspath(model_path)))
+                cache_dir=_cache_dir(model_path))
     if grid is None and passes == 1 and holdout_every is None and cache_path is None:
         many = {}  # one plain pass: the call fm_train always made
     try:
@@ -246,6 +246,15 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         _train_report(cmd, rep, interrupted, model_path, model_format, t_write)
         if res is not None:
             _grid_report(cmd, res, grid_out)
+
+
+def _cache_dir(model_path):
+    """Where a temporary block cache goes: beside -m when -m is (or will be) a regular file,
+    else (-m /dev/stdout, a FIFO) the system's temporary directory."""
+    real = os.path.realpath(model_path)
+    if os.path.exists(real) and not os.path.isfile(real):
+        return None
+    return os.path.dirname(real)
 
 
 def parse_grid(spec):

@@ -744,7 +744,7 @@ class FM:
             fm = FM(**hp)
             m = fm._model
             m.table = table
-            m.params = np.zeros_like(base.params)
+            m.params = np.zeros(base.params.shape, dtype=base.params.dtype)  # spare rows stay untouched pages
             m.params[: base.n_rows] = base.params[: base.n_rows]
             m.samples_seen = base.samples_seen
             fm._loaded_info = dict(self._loaded_info)

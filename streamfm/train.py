@@ -434,7 +434,8 @@ def train_passes(model, stream, opts, log, passes=1, holdout=None, plan=None, ba
             writer = None
             if plan is not None:
                 writer = block_cache.CacheWriter(plan.path, {
-                    "k": model.k, "input": plan.input_fp, "start": block_cache.table_fingerprint(model.table)})
+                    "k": model.k, "input": plan.input_fp, "start": block_cache.table_fingerprint(model.table)},
+                    durable=plan.keep)
                 made = True
             n0 = model.n_rows
             s = Summary(nm, bool(holdout), 1)

@@ -310,11 +310,11 @@ def test_two_cores_passes_and_grid_run_the_same_pipeline(tmp_path, small):
     r2 = two.partial_fit(data, passes=3, holdout_every=4, cores=2)
     assert [(p.samples, p.holdout_samples) for p in r2.passes] == [(p.samples, p.holdout_samples) for p in r1.passes]
     assert two.n_features == one.n_features and two.samples_seen == one.samples_seen
-    assert abs(r2.holdout_logloss - r1.holdout_logloss) < 0.01
+    assert abs(r2.holdout_logloss - r1.holdout_logloss) < 0.06  # Hogwild: blocks in another order
     res = FM(k=4, seed=1).grid_fit(data, {"v_alpha": [0.05, 0.1]}, passes=2, holdout_every=4, cores=2)
     assert res.settings[0] == {"v_alpha": 0.05}
     assert abs(res.reports[0].holdout_logloss - FM(k=4, seed=1).partial_fit(
-        data, passes=2, holdout_every=4).holdout_logloss) < 0.01
+        data, passes=2, holdout_every=4).holdout_logloss) < 0.06
     assert all(f.n_features == one.n_features for f in res.fms)
 
 
@@ -325,3 +325,11 @@ def test_progress_lines_say_the_pass(tmp_path, small):
     err = text(proc.stderr)
     assert re.search(r"^fm_train: pass 1/2  [0-9,]+ lines", err, re.M), err
     assert re.search(r"^fm_train: pass 2/2  [0-9,]+ lines", err, re.M), err
+
+
+def test_cache_never_replaces_the_input(tmp_path, small):
+    inp = _write(tmp_path / "in.txt", b"".join(small[:50]))
+    proc = fm_train("-m", tmp_path / "m.txt", "--passes", "2", "--cache", inp, "--input", inp)
+    assert proc.returncode != 0 and "Traceback" not in text(proc.stderr)
+    assert inp.read_bytes() == b"".join(small[:50])
+    assert not (tmp_path / "m.txt").exists()

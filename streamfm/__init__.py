@@ -27,10 +27,11 @@ _logging.getLogger("streamfm").addHandler(_logging.NullHandler())
 # before any kernel is defined: streamfm's kernels cache per source hash
 _numba_cache.install()
 
-_LAZY = {"FM": ".fm", "Report": ".fm", "BadLine": ".fm", "FMClassifier": ".estimator",
+_LAZY = {"FM": ".fm", "Report": ".fm", "BadLine": ".fm", "PassMetrics": ".fm", "GridResult": ".fm",
+         "CacheError": ".cache", "FMClassifier": ".estimator",
          "Recall": ".recall.api"}
 
-__all__ = ["FM", "FMClassifier", "Recall", "Report", "BadLine", "StreamFMError", "BadInputError",
+__all__ = ["FM", "FMClassifier", "Recall", "Report", "BadLine", "PassMetrics", "GridResult", "CacheError", "StreamFMError", "BadInputError",
            "ModelFormatError", "OutputError", "SameFileError", "ParameterError", "NotFittedError",
            "__version__"]
 

@@ -4,6 +4,8 @@ alphaFM's flags keep their single-dash names, meanings and defaults, so
 existing shell scripts keep working; streamfm's own flags are GNU style.
 """
 
+import functools
+import os
 import signal
 import sys
 import time
@@ -17,7 +19,7 @@ from .command import (CONTEXT, EXIT_BAD_INPUT, EXIT_USAGE, SEED, FiniteFloat, Te
                       check_writable_or_fail, continue_seed, fail, flag_message, fmt_seconds, hp_options,
                       interruptible, library_messages, log, output_failed, parse_dim, progress_printer, report,
                       sigint_raises, spare_rows, to_output)
-from .errors import StreamFMError
+from .errors import ParameterError, StreamFMError
 from .ftrl import HP_NAMES
 from .metrics import fmt_int, fmt_metric
 from .model import (ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
@@ -83,13 +85,38 @@ def _open_input(path):
 @click.option("--allow-empty", is_flag=True,
               help="Write the model even when the input held no valid sample: the -im model unchanged, "
                    "or one with only the bias (default: write nothing and exit 3).")
+@click.option("--passes", type=click.IntRange(1, 1 << 20), default=1, show_default=True, metavar="N",
+              help="Train N passes over the input. It is read and parsed once: pass 1 also writes the "
+                   "parsed blocks to a binary cache file (a temporary one beside -m unless --cache), "
+                   "passes 2..N train from it. Progressive (and held-out) metrics per pass on stderr.")
+@click.option("--holdout-every", type=click.IntRange(2, None), default=None, metavar="K",
+              help="Never train on the samples of input lines K, 2K, 3K, ...; score them in every pass as "
+                   "fm_predict would (a held-out logloss and AUC per pass, honest in later passes too).")
+@click.option("--cache", "cache_path", metavar="FILE", default=None,
+              help="Write the block cache of --passes to FILE and keep it (only a regular file is "
+                   "written, atomically; default: a temporary file beside -m, removed at the end).")
+@click.option("--cache-reuse", is_flag=True,
+              help="With --cache FILE: if FILE exists, train from it instead of reading the input. It "
+                   "must be complete and fit: made for the same -im model (or none) and, when both are "
+                   "files, from an input of the same size and modification time; else exit 1. A pipe "
+                   "is not checked: you vouch for it. Bad lines are the cache's counts.")
+@click.option("--grid", "grid_spec", metavar="'NAME=V1,V2 NAME=V3,...'", default=None,
+              help="Train every combination of these hyper-parameter values (the FTRL ones and "
+                   "init_stdev; they override the flags of the same name) side by side over one read "
+                   "of the input, print each one's metrics, and write the best to -m: lowest held-out "
+                   "logloss of the last pass with --holdout-every, else lowest progressive logloss of "
+                   "pass 1.")
+@click.option("--grid-out", "grid_out", metavar="DIR", default=None,
+              help="With --grid: also write every setting's model to DIR (made if missing), named by "
+                   "its setting, e.g. DIR/v_alpha=0.02,w_l2=1.0.txt.")
 @click.option("--progress-every", type=FiniteFloat(0.1), default=5.0, show_default=True,
               metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
 @interruptible("fm_train")
 def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
              init_stdev, cores, init_model, init_model_format, fvs, mnt, input_path, seed, on_error,
-             max_bad_fraction, bad_lines, save_on_interrupt, allow_empty, progress_every, quiet):
+             max_bad_fraction, bad_lines, save_on_interrupt, allow_empty, passes, holdout_every, cache_path,
+             cache_reuse, grid_spec, grid_out, progress_every, quiet):
     """Train an FM with FTRL on libsvm-style lines from standard input.
 
     Each line is 'LABEL NAME:VALUE NAME:VALUE ...' (label > 0 is a click).
@@ -101,8 +128,11 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     Examples:
       cat train.txt | fm_train -m model.txt -dim 1,1,8 -core 2
       cat hour.txt  | fm_train -im model.txt -m model.new.txt
+      fm_train --input train.txt -m model.txt --passes 3 --holdout-every 10
+      fm_train --input train.txt -m best.txt --grid 'v_alpha=0.02,0.05,0.1 w_l2=1,5'
     """
-    from .fm import FM
+    from .cache import check_cache_path
+    from .fm import FM, setting_name
     from .train import warm_up
 
     cmd = "fm_train"
@@ -111,12 +141,31 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     k0, k1, k = parse_dim(dim)
     hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
     dtype = dtype_of(mnt)
+    grid = parse_grid(grid_spec)
+    if grid_out and grid is None:
+        raise click.UsageError("--grid-out goes with --grid")
+    if cache_reuse and not cache_path:
+        raise click.UsageError("--cache-reuse needs --cache FILE (the cache to reuse)")
     # -im X -m X replaces a model by its continuation: it is read whole first
-    check_distinct_or_fail(cmd, [("-m", model_path), ("--bad-lines", bad_lines)],
-                           [("--input", input_path or "-"), ("-im", init_model)], allow={("-m", "-im")})
+    outputs = [("-m", model_path), ("--bad-lines", bad_lines)]
+    inputs = [("--input", input_path or "-"), ("-im", init_model)]
+    if cache_path:
+        (inputs if cache_reuse and os.path.exists(cache_path) else outputs).append(("--cache", cache_path))
+    check_distinct_or_fail(cmd, outputs, inputs, allow={("-m", "-im")})
     check_writable_or_fail(model_path, cmd)
     if bad_lines:
         check_writable_or_fail(bad_lines, cmd)
+    if cache_path:
+        try:
+            check_cache_path(cache_path)
+        except OutputError as e:
+            fail(cmd, str(e))
+        check_writable_or_fail(cache_path, cmd)
+    if grid_out:
+        try:
+            os.makedirs(grid_out, exist_ok=True)
+        except OSError as e:
+            fail(cmd, "--grid-out %s: %s" % (grid_out, e.strerror or e))
     stream = _open_input(input_path)
     try:
         continue_fmt = detect_format(init_model) if init_model else None
@@ -124,7 +173,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         fail(cmd, str(e))
     # every kernel first: the compiler's memory goes before the model comes
     warm_up(k, dtype, hp, bool(fvs), 0 if seed is None else seed, model_format, log, quiet,
-            continue_fmt)
+            continue_fmt, many=bool(grid or passes > 1 or holdout_every or cache_path))
     jit.release_compiler_memory()
     t_load = time.time()
     spare = spare_rows(k, dtype)
@@ -146,11 +195,16 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("%s: reading samples from the terminal (pipe a file in, or use --input FILE)" % cmd)
     interrupted = None
+    many = dict(passes=passes, holdout_every=holdout_every, cache=cache_path, reuse_cache=cache_reuse,
+                cache_dir=_cache_dir(model_path))
+    if grid is None and passes == 1 and holdout_every is None and cache_path is None:
+        many = {}  # one plain pass: the call fm_train always made
     try:
         with library_messages(quiet), sigint_raises():
-            fm.partial_fit(stream, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
-                           bad_lines=bad_lines, progress=progress_printer(cmd, quiet),
-                           progress_every=progress_every)
+            train = fm.partial_fit if grid is None else functools.partial(fm.grid_fit, grid=grid)
+            train(stream, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                  bad_lines=bad_lines, progress=progress_printer(cmd, quiet), progress_every=progress_every,
+                  **many)
     except KeyboardInterrupt as e:
         # the workers finished their blocks: the model holds every sample counted
         interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
@@ -160,6 +214,12 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         output_failed(cmd, e)
     except OSError as e:
         fail(cmd, "reading input: %s" % (e.strerror or e))
+    except StreamFMError as e:  # a cache that cannot be written, read or reused
+        fail(cmd, str(e))
+    res = None
+    if grid is not None:
+        res = fm.last_grid
+        fm = res.fms[res.best]
     rep = fm.last_report
     if interrupted and not save_on_interrupt:
         log("%s: interrupted (%s) after %s lines; no model written (--save-on-interrupt writes it)"
@@ -176,11 +236,77 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     t_write = time.time()
     try:
         fm.save(model_path, model_format)
+        if grid_out:
+            for st, f in zip(res.settings, res.fms):
+                f.save(os.path.join(grid_out, "%s.%s" % (setting_name(st), model_format)), model_format)
     except StreamFMError as e:
         fail(cmd, str(e))
     t_write = time.time() - t_write
     if not quiet:
         _train_report(cmd, rep, interrupted, model_path, model_format, t_write)
+        if res is not None:
+            _grid_report(cmd, res, grid_out)
+
+
+def _cache_dir(model_path):
+    """Where a temporary block cache goes: beside -m when -m is (or will be) a regular file,
+    else (-m /dev/stdout, a FIFO) the system's temporary directory."""
+    real = os.path.realpath(model_path)
+    if os.path.exists(real) and not os.path.isfile(real):
+        return None
+    return os.path.dirname(real)
+
+
+def parse_grid(spec):
+    """--grid 'v_alpha=0.02,0.05 w_l2=1,5' as {name: [values]}, checked (click.BadParameter: exit 2)."""
+    from .fm import expand_grid
+
+    if spec is None:
+        return None
+    grid = {}
+    for part in spec.split():
+        name, eq, values = part.partition("=")
+        name = name.lstrip("-")
+        if not eq or not values:
+            raise click.BadParameter("expected NAME=V1,V2,... items separated by spaces, got %r" % part,
+                                     param_hint="--grid")
+        if name in grid:
+            raise click.BadParameter("%s is given twice" % name, param_hint="--grid")
+        grid[name] = [v for v in values.split(",")]
+    if not grid:
+        raise click.BadParameter("no hyper-parameter given", param_hint="--grid")
+    try:
+        settings = expand_grid(grid)
+    except ParameterError as e:
+        raise click.BadParameter(str(e), param_hint="--grid")
+    return {n: list(dict.fromkeys(st[n] for st in settings)) for n in grid}
+
+
+def _grid_report(cmd, res, grid_out):
+    from .fm import setting_name
+
+    holdout = res.by == "holdout_logloss"
+    n_pass = len(res.reports[0].passes)
+    log("%s: grid of %d settings; best (*) by %s%s" % (
+        cmd, len(res.fms), "held-out logloss of pass %d" % n_pass if holdout else "progressive logloss of pass 1",
+        ", every model in %s" % grid_out if grid_out else ""))
+    width = max(len(setting_name(s)) for s in res.settings)
+    head = "    %-*s  %-12s %-9s" % (width, "setting", "p1 logloss", "p1 auc")
+    if n_pass > 1:
+        head += " %-12s %-9s" % ("p%d logloss" % n_pass, "p%d auc" % n_pass)
+    if holdout:
+        head += " %-12s %-9s" % ("held-out ll", "held-out auc")
+    log(head.rstrip())
+    for i, (st, r) in enumerate(zip(res.settings, res.reports)):
+        first = r.passes[0] if r.passes else None
+        row = "  %s %-*s  %-12s %-9s" % ("*" if i == res.best else " ", width, setting_name(st),
+                                         fmt_metric(first.logloss if first else r.logloss),
+                                         fmt_metric(first.auc if first else r.auc))
+        if n_pass > 1:
+            row += " %-12s %-9s" % (fmt_metric(r.logloss), fmt_metric(r.auc))
+        if holdout:
+            row += " %-12s %-9s" % (fmt_metric(r.holdout_logloss), fmt_metric(r.holdout_auc))
+        log(row.rstrip())
 
 
 def _train_report(cmd, s, interrupted, path, fmt, t_write):
@@ -200,7 +326,18 @@ def _train_report(cmd, s, interrupted, path, fmt, t_write):
         log("  hash collisions      %s  (new names whose 64-bit hash equals another name's: they "
             "share its row)" % fmt_int(s.hash_collisions))
     log("  samples/s            %s" % fmt_int(rate))
-    log("  progressive logloss  %s   auc %s" % (fmt_metric(s.logloss), fmt_metric(s.auc)))
+    if len(s.passes) > 1 or s.holdout_samples:
+        for p in s.passes:
+            log("  pass %-3d %s samples  progressive logloss %s  auc %s%s  (%s)" % (
+                p.pass_no, fmt_int(p.samples), fmt_metric(p.logloss), fmt_metric(p.auc),
+                "  held-out (%s) logloss %s  auc %s" % (fmt_int(p.holdout_samples), fmt_metric(p.holdout_logloss),
+                                                       fmt_metric(p.holdout_auc)) if p.holdout_samples else "",
+                fmt_seconds(p.seconds)))
+    log("  progressive logloss  %s   auc %s%s" % (fmt_metric(s.logloss), fmt_metric(s.auc),
+                                                 "  (pass %d)" % len(s.passes) if len(s.passes) > 1 else ""))
+    if s.holdout_samples:
+        log("  held-out logloss     %s   auc %s  (%s samples)" % (
+            fmt_metric(s.holdout_logloss), fmt_metric(s.holdout_auc), fmt_int(s.holdout_samples)))
     log("  model written        %s (%s, %s)" % (path, fmt, fmt_seconds(t_write)))
 
 

@@ -209,7 +209,9 @@ class progress_printer(Progress):
     def __call__(self, report):
         if self.quiet:
             return
-        self.say("%s lines" % fmt_int(report.lines), "%s samples" % fmt_int(report.samples),
+        passes = getattr(report, "passes_total", 1)
+        self.say("pass %d/%d" % (report.pass_no, passes) if passes > 1 else "",
+                 "%s lines" % fmt_int(report.lines), "%s samples" % fmt_int(report.samples),
                  "%s bad" % fmt_int(report.bad) if report.bad else "",
                  "%s features" % fmt_int(report.n_features) if self.features else "",
                  "%s samples/s" % fmt_int(report.samples / max(report.seconds, 1e-9)),

@@ -11,9 +11,13 @@ block in hand (the model stays usable and counts what it trained); progress
 goes to a callback and to the ``streamfm`` logger (level INFO).
 """
 
+import itertools
 import logging
 import math
+import os
 import re
+import shutil
+import tempfile
 import time
 from collections import namedtuple
 
@@ -28,7 +32,8 @@ from .inputs import as_stream
 from .metrics import MetricSummary
 from .model import Model, dtype_name, read_model, write_model
 from .predict import PredictSummary, ServingModel, predict_stream
-from .train import Options, Summary, train_stream
+from .cache import input_fingerprint
+from .train import CachePlan, Options, Summary, train_passes, train_stream
 
 logger = logging.getLogger("streamfm")
 
@@ -81,6 +86,17 @@ class _BadLines(BadLineLog):
         return lines[order], reasons[order], cols[order]
 
 
+class PassMetrics(namedtuple("PassMetrics", "pass_no samples logloss auc holdout_samples holdout_logloss "
+                                             "holdout_auc seconds")):
+    """The metrics of one pass of a training call: ``samples`` trained,
+    progressive ``logloss``/``auc`` (each sample scored before its update in
+    this pass: honest in pass 1 only, later passes have seen the samples), and
+    the held-out set's (``holdout_every``: samples never trained on, scored in
+    stream order; NaN and 0 without one)."""
+
+    __slots__ = ()
+
+
 class Report(RunSummary):
     """What one call read and did.
 
@@ -95,6 +111,14 @@ class Report(RunSummary):
     whose 64-bit hash equals another name's: they share its row),
     ``mean_prediction`` and ``positive_rate`` (calibration: the mean predicted
     probability against the observed rate of positives) and ``seconds``.
+
+    A training call with ``passes`` or ``holdout_every`` also fills
+    ``passes`` (a list of PassMetrics, one per pass) and ``holdout_samples``,
+    ``holdout_logloss``, ``holdout_auc`` (the last pass's held-out metrics);
+    ``lines``, ``bad`` and ``clipped`` are then pass 1's (the input is read
+    once), ``samples``, ``seconds`` and the overflow counts those of every
+    pass, and ``logloss``/``auc`` the last pass's progressive metrics.
+    Without them, ``passes`` holds the one pass.
     """
 
     def __init__(self, kind):
@@ -110,6 +134,12 @@ class Report(RunSummary):
         self.hash_collisions = 0
         self.mean_prediction = float("nan")
         self.positive_rate = float("nan")
+        self.passes = []
+        self.pass_no = 1
+        self.passes_total = 1
+        self.holdout_samples = 0
+        self.holdout_logloss = float("nan")
+        self.holdout_auc = float("nan")
         self._bad = (np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64), {})
 
     @property
@@ -135,6 +165,30 @@ class Report(RunSummary):
         if isinstance(summary, Summary):
             self.overflow_samples = summary.overflow_samples
             self.overflow_updates = summary.overflow_updates
+            self.pass_no = summary.pass_no
+            self._fill_passes([summary])
+            self.seconds = float(summary.seconds if seconds is None else seconds)
+        return self
+
+    def _fill_passes(self, summaries, g=0):
+        """The per-pass metrics of model g (of a grid) from the passes' Summaries."""
+        nan = float("nan")
+        rows = []
+        for s in summaries:
+            pm, ho = s.progressive(g), s.held_out(g)
+            rows.append(PassMetrics(s.pass_no, pm.samples, pm.logloss, pm.auc, ho.samples if ho else 0,
+                                    ho.logloss if ho else nan, ho.auc if ho else nan, s.seconds))
+        self.passes = rows
+        if not summaries:
+            return self
+        last = summaries[-1].progressive(g)
+        self.samples = sum(r.samples for r in rows)
+        self.seconds = sum(r.seconds for r in rows)
+        self.logloss, self.auc = last.logloss, last.auc
+        self.mean_prediction, self.positive_rate = last.mean_prediction, last.positive_rate
+        self.overflow_samples = sum(int(s.acc[g][0][ftrl.ST_SKIPPED_OVERFLOW]) for s in summaries)
+        self.overflow_updates = sum(int(s.acc[g][0][ftrl.ST_COORD_OVERFLOW]) for s in summaries)
+        self.holdout_samples, self.holdout_logloss, self.holdout_auc = rows[-1][4:7]
         return self
 
     def __repr__(self):
@@ -145,8 +199,9 @@ class Report(RunSummary):
 class _Progress:
     """The pipeline's progress hook: a Report snapshot to the callback, a line to the logger."""
 
-    def __init__(self, kind, callback, every, bad):
+    def __init__(self, kind, callback, every, bad, passes=1):
         self.kind = kind
+        self.passes = passes
         self.callback = callback
         self.every = every
         self.bad = bad
@@ -158,6 +213,7 @@ class _Progress:
             return
         self.last = now
         report = Report(self.kind)._fill(summary, self.bad, features or 0, seconds=now - self.start)
+        report.passes_total = self.passes
         if self.callback is not None:
             self.callback(report)
         if logger.isEnabledFor(logging.INFO):
@@ -222,6 +278,105 @@ def _for_the_api(e, report):
     msg = str(e).replace(", no model written", "").replace("--on-error stop", "on_error='stop'")
     e.args = (msg.replace("--max-bad-fraction", "max_bad_fraction"),)
     e.report = report
+
+
+def _check_passes(passes, holdout_every, cache, reuse_cache):
+    passes = _check_int("passes", passes, 1, 1 << 20)
+    holdout = None if holdout_every is None else _check_int("holdout_every", holdout_every, 2)
+    if reuse_cache and cache is None:
+        raise ParameterError("reuse_cache needs cache (the file to reuse)")
+    return passes, holdout
+
+
+def _run_passes(model, others, data, y, feature_names, opts, bad, passes, holdout, cache, reuse_cache, cache_dir,
+                progress, summaries):
+    """train.train_passes over ``data`` with the cache file a call asked for (or a temporary one)."""
+    tmp = None
+    if cache is not None:
+        path = str(cache)
+    elif passes > 1:
+        tmp = tempfile.mkdtemp(prefix="streamfm-cache-", dir=None if cache_dir is None else str(cache_dir))
+        path = os.path.join(tmp, "blocks.sfmcache")
+    else:
+        path = None
+    try:
+        reusing = reuse_cache and os.path.exists(path)
+        src = None if (reusing and data is None) else as_stream(data, y, feature_names)
+        fp = input_fingerprint(data if isinstance(data, (str, os.PathLike)) else getattr(src, "stream", None))
+        plan = None if path is None else CachePlan(path, keep=cache is not None, reuse=reuse_cache, input_fp=fp)
+        if src is None:
+            train_passes(model, None, opts, logger.warning, passes, holdout, plan, bad, progress, summaries, others)
+        else:
+            with src:
+                train_passes(model, src.stream, opts, logger.warning, passes, holdout, plan, bad, progress,
+                             summaries, others)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def expand_grid(grid):
+    """The settings of a grid {name: [values]}: a list of {name: value}, the
+    cartesian product in order (the first name varies slowest). Names are
+    those of ``HYPER_PARAMETERS``; every value is checked (ParameterError).
+
+    >>> expand_grid({"v_alpha": [0.02, 0.05], "w_l2": [1]})
+    [{'v_alpha': 0.02, 'w_l2': 1.0}, {'v_alpha': 0.05, 'w_l2': 1.0}]
+    """
+    if not hasattr(grid, "items") or not grid:
+        raise ParameterError("a grid is a non-empty dict {hyper-parameter: [values]}, not %r" % (grid,))
+    names, values = [], []
+    for name, vals in grid.items():
+        if name not in HYPER_PARAMETERS:
+            raise ParameterError("%r is not a hyper-parameter a grid can vary (one of %s)"
+                                 % (name, ", ".join(HYPER_PARAMETERS)))
+        if isinstance(vals, (str, bytes)) or not hasattr(vals, "__iter__"):
+            vals = [vals]
+        vals = [_check_hp(name, v) for v in vals]
+        if not vals:
+            raise ParameterError("grid: %s has no values" % name)
+        if len(set(vals)) != len(vals):
+            raise ParameterError("grid: %s lists a value twice" % name)
+        names.append(name)
+        values.append(vals)
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+def setting_name(setting):
+    """A grid setting as text and file name: 'v_alpha=0.02,w_l2=1.0'."""
+    return ",".join("%s=%r" % (n, float(v)) for n, v in setting.items())
+
+
+class GridResult:
+    """What ``FM.grid_fit`` trained: ``settings`` ({name: value} each), ``fms``
+    (the trained FMs) and ``reports`` (their Reports), in grid order; ``best``
+    (an index, see ``grid_fit``) and ``by`` (the metric it was chosen by:
+    'holdout_logloss' or 'logloss of pass 1')."""
+
+    def __init__(self, settings, fms, reports, holdout):
+        self.settings = settings
+        self.fms = fms
+        self.reports = reports
+        self.by = "holdout_logloss" if holdout else "logloss of pass 1"
+
+    @property
+    def best(self):
+        def key(i):
+            x = self.score(i)
+            return x if x == x else float("inf")
+
+        return min(range(len(self.fms)), key=key) if self.fms else None
+
+    def score(self, i):
+        """The metric ``best`` is chosen by, of setting i."""
+        r = self.reports[i]
+        if self.by == "holdout_logloss":
+            return r.holdout_logloss
+        return r.passes[0].logloss if r.passes else r.logloss
+
+    def __repr__(self):
+        return "GridResult(%d settings, best %s)" % (len(self.fms), setting_name(self.settings[self.best])
+                                                       if self.fms else None)
 
 
 _SPACE_OR_CONTROL = re.compile(rb"[\x00- \x7f]")
@@ -330,7 +485,9 @@ class FM:
         self._serving = None     # (w, v) per row for prediction, rebuilt after training
         self._bufs = parse.ParseBuffers(0)
         self._acc = None
+        self._shares_table = False
         self.last_report = None
+        self.last_grid = None
 
     # -- hyper-parameters ----------------------------------------------------
     @property
@@ -413,6 +570,10 @@ class FM:
             self._model = Model.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype,
                                             extra_rows=self._reserve_rows or 1 << 16)
             self._arrays = None
+        if getattr(self, "_shares_table", False):
+            # a grid's FMs share one table; one that trains on gets its own
+            self._model.table = self._model.table.copy()
+            self._shares_table = False
         self._serving = None
         return self._synced()
 
@@ -438,8 +599,9 @@ class FM:
 
     # -- training --------------------------------------------------------------
     def partial_fit(self, data, y=None, *, cores=1, on_error="skip", max_bad_fraction=None, bad_lines=None,
-                    progress=None, progress_every=1.0, feature_names=None):
-        """Train on ``data`` (one pass, in order); returns a Report.
+                    progress=None, progress_every=1.0, feature_names=None, passes=1, holdout_every=None,
+                    cache=None, reuse_cache=False, cache_dir=None):
+        """Train on ``data`` (in order, ``passes`` times); returns a Report.
 
         Parameters
         ----------
@@ -461,33 +623,147 @@ class FM:
             Write every bad line to this file as 'LINE<TAB>REASON<TAB>text'
             (replaced atomically; complete even when the call raises).
         progress : callable, optional
-            Called with a Report snapshot every ``progress_every`` seconds.
+            Called with a Report snapshot every ``progress_every`` seconds
+            (its ``pass_no`` says which pass).
         feature_names : sequence of str, optional
             A matrix's column names (default: the column indices, "0", "1", ...).
+        passes : int
+            Passes over the data. The input is read and parsed once: pass 1
+            writes the parsed blocks (row ids, values, labels) to a binary
+            cache file, passes 2.. train from it (docs/design.md, "Passes and
+            the block cache"). Pass 2 is the update sequence of training on
+            the same data again: ``passes=2`` equals two calls, bit for bit
+            with one core. The report's ``passes`` lists each pass's metrics.
+        holdout_every : int, optional
+            K >= 2: the samples on input lines K, 2K, 3K, ... (1-based line
+            numbers; a matrix's row i is line i + 1) are never trained on, in
+            any pass; each pass scores them with the model as it stands when
+            the stream reaches them, as fm_predict would (report:
+            ``holdout_logloss``, ``holdout_auc``, per pass in ``passes``).
+        cache : str or path, optional
+            Write the block cache to this file and keep it (default: a
+            temporary file in ``cache_dir``, removed at the end). Only a
+            regular file (or nothing) is written, atomically.
+        reuse_cache : bool
+            With ``cache``: when that file exists, is complete and fits (made
+            from the same input file, same size and modification time, unless
+            the input is a pipe; for a model holding the same features as this
+            one now), read it instead of ``data`` (the input is not read; bad
+            lines are the cache's counts, their details are not kept);
+            CacheError when it does not fit. A missing file is written.
+        cache_dir : str or path, optional
+            Directory of the temporary cache (default: the system's).
 
         The model keeps what it learnt before an exception (BadInputError,
         KeyboardInterrupt); ``last_report`` then holds the counts so far.
         """
         opts = run_options(self.k0, self.k1, cores, on_error, max_bad_fraction, bad_lines)
+        passes, holdout = _check_passes(passes, holdout_every, cache, reuse_cache)
         model = self.training_model()
         bad = _BadLines(opts)
-        summary = Summary()
         report = Report("partial_fit")
         self.last_report = report
-        src = as_stream(data, y, feature_names)
         self._serving = None
+        if passes == 1 and holdout is None and cache is None:
+            summary = Summary()
+            src = as_stream(data, y, feature_names)
+            try:
+                with src:
+                    train_stream(model, src.stream, opts, logger.warning, bad=bad,
+                                 progress=_Progress("partial_fit", progress, progress_every, bad),
+                                 summary=summary)
+            except BadInputError as e:
+                _for_the_api(e, report)
+                raise
+            finally:
+                report._fill(summary, bad, model.n_rows - 1)
+                report.hash_collisions = int(model.table.collisions)
+            return report
+        summaries = []
         try:
-            with src:
-                train_stream(model, src.stream, opts, logger.warning, bad=bad,
-                             progress=_Progress("partial_fit", progress, progress_every, bad),
-                             summary=summary)
+            _run_passes(model, (), data, y, feature_names, opts, bad, passes, holdout, cache, reuse_cache,
+                        cache_dir, _Progress("partial_fit", progress, progress_every, bad, passes), summaries)
         except BadInputError as e:
             _for_the_api(e, report)
             raise
         finally:
-            report._fill(summary, bad, model.n_rows - 1)
+            if summaries:
+                report._fill(summaries[0], bad, model.n_rows - 1)
+                report._fill_passes(summaries)
             report.hash_collisions = int(model.table.collisions)
         return report
+
+    def grid_fit(self, data, grid, y=None, *, cores=1, on_error="skip", max_bad_fraction=None, bad_lines=None,
+                 progress=None, progress_every=1.0, feature_names=None, passes=1, holdout_every=None,
+                 cache=None, reuse_cache=False, cache_dir=None):
+        """Train one FM per combination of ``grid`` side by side, over one read of ``data``.
+
+        ``grid``: {hyper-parameter: [values]} (names of ``HYPER_PARAMETERS``:
+        the FTRL ones and init_stdev); every combination (the cartesian
+        product, the first name varying slowest) is an FM with this object's
+        other hyper-parameters, starting from this object's model (a copy; this
+        object is not trained). Each block is parsed and its names looked up
+        once, then trained by each FM on its own state: every FM is bit for bit
+        the one ``partial_fit`` with its setting would give (one core, the
+        same seed). Returns a GridResult: ``fms``, ``reports`` and
+        ``settings`` in grid order, and ``best``, the index of the lowest
+        held-out logloss of the last pass with ``holdout_every``, else of the
+        lowest progressive logloss of pass 1 (the one honest when passes > 1).
+        The other arguments as ``partial_fit``; ``progress`` snapshots are the
+        first FM's.
+
+        >>> fm = FM(k=2, seed=1)
+        >>> lines = [b"1 a b", b"0 a c", b"1 b d", b"0 c"] * 100
+        >>> res = fm.grid_fit(lines, {"w_alpha": [0.05, 0.2], "w_l2": [0, 5]})
+        >>> [s["w_alpha"] for s in res.settings], len(res.fms), res.reports[0].samples
+        ([0.05, 0.05, 0.2, 0.2], 4, 400)
+        >>> one = FM(k=2, seed=1, w_alpha=0.2, w_l2=0)
+        >>> _ = one.partial_fit(lines)
+        >>> bool((one.embeddings()[1] == res.fms[2].embeddings()[1]).all()), one.bias == res.fms[2].bias
+        (True, True)
+        >>> res.best == min(range(4), key=lambda i: res.reports[i].logloss)
+        True
+        """
+        settings = expand_grid(grid)
+        opts = run_options(self.k0, self.k1, cores, on_error, max_bad_fraction, bad_lines)
+        passes, holdout = _check_passes(passes, holdout_every, cache, reuse_cache)
+        base = self.training_model()
+        table = base.table.copy()
+        fms = []
+        for st in settings:
+            hp = self.hyper_parameters()
+            hp.update(st)
+            fm = FM(**hp)
+            m = fm._model
+            m.table = table
+            m.params = np.zeros(base.params.shape, dtype=base.params.dtype)  # spare rows stay untouched pages
+            m.params[: base.n_rows] = base.params[: base.n_rows]
+            m.samples_seen = base.samples_seen
+            fm._loaded_info = dict(self._loaded_info)
+            fm._shares_table = True
+            fms.append(fm)
+        models = [f._synced() for f in fms]
+        bad = _BadLines(opts)
+        result = GridResult(settings, fms, [Report("grid_fit") for _ in fms], holdout is not None)
+        for fm, r in zip(fms, result.reports):
+            fm.last_report = r
+        self.last_grid = result  # the counts so far when the call raises (KeyboardInterrupt)
+        self.last_report = result.reports[0]
+        summaries = []
+        try:
+            _run_passes(models[0], models[1:], data, y, feature_names, opts, bad, passes, holdout, cache,
+                        reuse_cache, cache_dir, _Progress("grid_fit", progress, progress_every, bad, passes),
+                        summaries)
+        except BadInputError as e:
+            _for_the_api(e, result.reports[0])
+            raise
+        finally:
+            for g, r in enumerate(result.reports):
+                if summaries:
+                    r._fill(summaries[0], bad, table.n_rows - 1)
+                    r._fill_passes(summaries, g)
+                r.hash_collisions = int(table.collisions)
+        return result
 
     def learn_one(self, x, y):
         """Train on one sample: ``x`` a dict {feature name: value}, ``y`` its label (> 0 positive).
@@ -883,6 +1159,7 @@ class FM:
         state["_bufs"] = None
         state["_acc"] = None
         state["last_report"] = None
+        state["last_grid"] = None
         return state
 
     def __setstate__(self, state):

@@ -447,3 +447,44 @@ def file_state(params, n_rows, k, out):
             n = params[r, VN + f]
             out[r, 2 + f] = n
             out[r, 2 + k + f] = params[r, vz + f] if n > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def score_state_block(indptr, rows, vals, ys, n_samples, params, hp, k, fvs, stats, hist):
+    """Score samples 0..n_samples-1 from the training state, without updating it.
+
+    The score is fm_predict's on the model as it would be written now: w
+    as the trainer last computed it (the W column), v from (VZ, VN) as
+    ``serving_weights`` gives it. ``stats`` and ``hist`` accumulate the
+    metrics (a held-out sample's, see train.py); ``params`` is only read.
+    """
+    v_alpha, v_beta, v_l1, v_l2 = hp[4], hp[5], hp[6], hp[7]
+    max_m = block_max_len(indptr, n_samples)
+    wloc = np.empty(max_m + 1)
+    vloc = np.empty(max_m * k + 1)
+    vsum = np.zeros(k + 1)
+    vsq = np.zeros(k + 1)
+    vz = VN + k
+    w0 = np.float64(params[0, W])
+    for s in range(n_samples):
+        a = indptr[s]
+        m = indptr[s + 1] - a
+        for i in range(m):
+            r = rows[a + i]
+            w = params[r, W]
+            wloc[i] = w
+            for f in range(k):
+                vloc[i * k + f] = factor_from_state(params[r, vz + f], params[r, VN + f], w, fvs,
+                                                    v_alpha, v_beta, v_l1, v_l2)
+        p = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
+        if not (math.fabs(p) < np.inf):
+            continue
+        add_prediction(stats, hist, ys[s], sigmoid(p))
+
+
+@njit(cache=True, nogil=True)
+def init_rows(params, row_init, r0, r1, k, seed, stdev):
+    """Fresh state (init_row) for rows r0..r1-1 of another params array over the same table
+    (the grid's models: the table made the rows and initialised the first model's)."""
+    for r in range(r0, r1):
+        init_row(params, r, row_init[r], k, seed, stdev)

@@ -139,8 +139,9 @@ class Output:
     completes the output on success and discards it on an exception.
     """
 
-    def __init__(self, path, append=False):
+    def __init__(self, path, append=False, durable=True):
         self.path = path
+        self.durable = durable
         self.name = describe(path)
         self.fd = None
         self.tmp = None
@@ -271,7 +272,8 @@ class Output:
                 os.fchmod(fd, stat.S_IMODE(self.old.st_mode))
             else:
                 os.fchmod(fd, NEW_FILE_MODE)
-            os.fsync(fd)
+            if self.durable:
+                os.fsync(fd)
         except OSError as e:
             raise _error(self.name, e) from None
         self.fd = None
@@ -281,7 +283,8 @@ class Output:
         except OSError as e:
             raise _error(self.name, e) from None
         self.tmp = None
-        fsync_dir(os.path.dirname(self.target))
+        if self.durable:
+            fsync_dir(os.path.dirname(self.target))
 
     def abort(self):
         """Discard the output: close it, remove the temporary file (nothing replaced)."""
@@ -324,10 +327,12 @@ def _own_fd(target):
     return int(n) if own and n.isdigit() else None
 
 
-def open_output(path, append=False):
+def open_output(path, append=False, durable=True):
     """An Output on ``path`` ('-' is standard output); ``append`` adds to a
-    file in place instead of replacing it. Raises OutputError."""
-    return Output(path, append=append)
+    file in place instead of replacing it; ``durable=False`` skips the fsyncs
+    (a scratch file that a crash may lose: it is still complete or absent
+    under its name). Raises OutputError."""
+    return Output(path, append=append, durable=durable)
 
 
 def remove_orphans(d, base):

@@ -562,6 +562,20 @@ class FeatureTable:
     def key_bytes(self):
         return key_to_bytes(self.key)
 
+    def copy(self):
+        """An independent table with the same rows, key and capacity (spare room not touched)."""
+        t = FeatureTable.__new__(FeatureTable)
+        t.key = self.key.copy()
+        t._allocate(self.row_capacity, self.arena.shape[0])
+        n, used = self.n_rows, int(self.meta[1])
+        t.row_hash[:n] = self.row_hash[:n]
+        t.row_init[:n] = self.row_init[:n]
+        t.name_off[: n + 1] = self.name_off[: n + 1]
+        t.arena[:used] = self.arena[:used]
+        t.meta[:] = self.meta
+        t.slots = self.slots.copy()
+        return t
+
     def names_view(self):
         """(arena, offsets) trimmed to the rows in use."""
         n = self.n_rows

@@ -10,14 +10,21 @@ With one worker the run is sequential and deterministic.
 """
 
 import contextlib
+import os
 import threading
 import time
+import types
 
+import numpy as np
+from numba import njit
+
+from . import cache as block_cache
 from . import ftrl, parse
 from .badlines import BadLineLog, RunSummary
-from .metrics import N_METRICS, MetricSummary, new_accumulators
+from .metrics import M_SAMPLES, N_METRICS, MetricSummary, new_accumulators
 from .pipeline import run_workers
 from .reader import BlockReader
+from .table import hash_table_names
 
 NO_MODEL = ", no model written"  # ends a stop message: the model in hand is not written
 
@@ -84,11 +91,20 @@ class Options:
 
 
 class Summary(RunSummary, MetricSummary):
-    """Counts and progressive metrics of one run."""
+    """Counts and progressive metrics of one pass of a run.
 
-    def __init__(self):
+    ``stats``/``hist``: the (first) model's progressive accumulators;
+    ``acc[g]``: model g's (a grid trains several, see ``train_stream``);
+    ``hacc[g]``: model g's held-out accumulators (``holdout``), else None.
+    """
+
+    def __init__(self, n_models=1, holdout=False, pass_no=1):
         RunSummary.__init__(self)
         MetricSummary.__init__(self, *new_accumulators(ftrl.N_STATS - N_METRICS))
+        self.acc = [(self.stats, self.hist)] + [new_accumulators(ftrl.N_STATS - N_METRICS)
+                                                for _ in range(n_models - 1)]
+        self.hacc = [new_accumulators() for _ in range(n_models)] if holdout else None
+        self.pass_no = pass_no
 
     @property
     def overflow_samples(self):
@@ -98,16 +114,85 @@ class Summary(RunSummary, MetricSummary):
     def overflow_updates(self):
         return int(self.stats[ftrl.ST_COORD_OVERFLOW])
 
+    def progressive(self, g=0):
+        """Model g's progressive metrics (a MetricSummary)."""
+        return MetricSummary(*self.acc[g])
+
+    def held_out(self, g=0):
+        """Model g's held-out metrics (a MetricSummary), or None without a held-out set."""
+        return None if self.hacc is None else MetricSummary(*self.hacc[g])
+
 
 class _Worker:
-    def __init__(self):
+    def __init__(self, n_models=1, holdout=False):
         self.bufs = parse.ParseBuffers(0)
-        self.stats, self.hist = new_accumulators(ftrl.N_STATS - N_METRICS)
+        self.acc = [new_accumulators(ftrl.N_STATS - N_METRICS) for _ in range(n_models)]
+        self.hacc = [new_accumulators() for _ in range(n_models)] if holdout else None
+        self.stats, self.hist = self.acc[0]
         self.lines = 0
         self.clipped = 0
 
 
-def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None):
+@njit(cache=True, nogil=True)
+def split_holdout(indptr, rows, vals, ys, lines, n, every):
+    """Split a CSR block into the samples to train (line % every != 0) and
+    the held-out ones (line % every == 0), each in input order.
+
+    Returns (indptr, rows, vals, ys, n) of both parts.
+    """
+    n_h = 0
+    nnz_h = 0
+    for s in range(n):
+        if lines[s] % every == 0:
+            n_h += 1
+            nnz_h += indptr[s + 1] - indptr[s]
+    n_t = n - n_h
+    nnz_t = indptr[n] - nnz_h
+    ti = np.empty(n_t + 1, np.int64)
+    tr = np.empty(nnz_t, np.int64)
+    tv = np.empty(nnz_t, np.float64)
+    ty = np.empty(n_t, np.float64)
+    hi = np.empty(n_h + 1, np.int64)
+    hr = np.empty(nnz_h, np.int64)
+    hv = np.empty(nnz_h, np.float64)
+    hy = np.empty(n_h, np.float64)
+    ti[0] = 0
+    hi[0] = 0
+    a = 0
+    b = 0
+    for s in range(n):
+        if lines[s] % every == 0:
+            for j in range(indptr[s], indptr[s + 1]):
+                hr[hi[b] + j - indptr[s]] = rows[j]
+                hv[hi[b] + j - indptr[s]] = vals[j]
+            hy[b] = ys[s]
+            hi[b + 1] = hi[b] + indptr[s + 1] - indptr[s]
+            b += 1
+        else:
+            for j in range(indptr[s], indptr[s + 1]):
+                tr[ti[a] + j - indptr[s]] = rows[j]
+                tv[ti[a] + j - indptr[s]] = vals[j]
+            ty[a] = ys[s]
+            ti[a + 1] = ti[a] + indptr[s + 1] - indptr[s]
+            a += 1
+    return ti, tr, tv, ty, n_t, hi, hr, hv, hy, n_h
+
+
+def _train_block(models, w, indptr, rows, vals, ys, n, lines, holdout, k0, k1):
+    """One block through every model: held-out samples scored, the others trained
+    (the caller holds the read lock)."""
+    if holdout:
+        indptr, rows, vals, ys, n, hi, hr, hv, hy, nh = split_holdout(indptr, rows, vals, ys, lines, n, holdout)
+        if nh:
+            for m, (st, hh) in zip(models, w.hacc):
+                ftrl.score_state_block(hi, hr, hv, hy, nh, m.params, m.hp, m.k, m.fvs, st, hh)
+    for m, (st, hh) in zip(models, w.acc):
+        ftrl.train_block(indptr, rows, vals, ys, n, m.params, m.table.row_init, m.hp, m.k,
+                         k0, k1, m.fvs, m.seed, st, hh)
+
+
+def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None, others=(), cache=None,
+                 holdout=None):
     """Train ``model`` on the lines of ``stream``; returns a Summary.
 
     Raises BadInputStop (no model must be written) when --on-error stop
@@ -116,22 +201,40 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
     ``progress``: an object whose ``maybe(summary, features)`` is called a
     few times a second (default: none);
     ``summary``: the Summary to fill (the caller keeps the counts of a run
-    that raises). Installs no signal handler: Ctrl-C (KeyboardInterrupt in
+    that raises);
+    ``others``: more Models over the same FeatureTable object as ``model``
+    (a grid: each block is parsed and looked up once, then trained by every
+    model on its own params; their arrays grow with the table);
+    ``cache``: a cache.CacheWriter that gets every parsed block;
+    ``holdout``: K, the samples on input lines K, 2K, ... are scored
+    (``summary.hacc``), never trained on.
+    Installs no signal handler: Ctrl-C (KeyboardInterrupt in
     the calling thread) stops the run, each worker finishing its block in
     hand. However the run ends, the workers have left the model when this
     returns or raises, and ``model.samples_seen`` counts the samples trained.
     """
-    summary = Summary() if summary is None else summary
+    models = [model] + list(others)
+    summary = Summary(len(models), bool(holdout)) if summary is None else summary
     reader = BlockReader(stream, **({"block_size": opts.block_size} if opts.block_size else {}))
     rw = RWLock()
     insert_lock = threading.Lock()
     stop = threading.Event()
     if bad is None:
         bad = BadLineLog(opts, log)
-    workers = [_Worker() for _ in range(opts.cores)]
+    workers = [_Worker(len(models), bool(holdout)) for _ in range(opts.cores)]
     k = model.k
     flags = (opts.k0, opts.k1, model.fvs)
     t0 = time.time()
+
+    def add_unknown(p, data):
+        if not others:
+            model.add_unknown(p, data, pause=rw.writing)
+            return
+        # the other models' rows must exist before any worker can find them
+        with rw.writing():
+            n0 = model.n_rows
+            model.add_unknown(p, data)
+            add_rows(model, others, n0)
 
     def handler(w):
         def handle(blk):
@@ -145,12 +248,23 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
             bad.check(blk, p, sum(x.lines for x in workers), NO_MODEL)
             if p.n_unknown:
                 with insert_lock:
-                    model.add_unknown(p, blk.data, pause=rw.writing)
+                    add_unknown(p, blk.data)
+            if cache is None and not holdout and not others:
+                rw.acquire_read()
+                try:
+                    ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params,
+                                     model.table.row_init, model.hp, k, flags[0], flags[1], flags[2],
+                                     model.seed, w.stats, w.hist)
+                finally:
+                    rw.release_read()
+                return
+            lines = blk.first_line + p.sample_line
+            if cache is not None:
+                cache.add(p.n_lines, p.indptr, p.rows, p.vals, p.ys, lines)
             rw.acquire_read()
             try:
-                ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params,
-                                 model.table.row_init, model.hp, k, flags[0], flags[1], flags[2],
-                                 model.seed, w.stats, w.hist)
+                _train_block(models, w, p.indptr, p.rows, p.vals, p.ys, p.n_samples, lines, holdout,
+                             flags[0], flags[1])
             finally:
                 rw.release_read()
         return handle
@@ -170,20 +284,207 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
         summary.seconds = time.time() - t0
         _collect(summary, workers, model)
         summary.take_bad(bad)
-        model.samples_seen += summary.samples
+        for m, (st, _) in zip(models, summary.acc):
+            m.samples_seen += int(st[M_SAMPLES])
     bad.check_fraction(summary.lines, final=True, what=NO_MODEL)
     return summary
 
 
+def add_rows(model, others, n0):
+    """Give ``others`` (Models over ``model``'s table) the rows n0.. the table just made:
+    arrays grown with the table, each row's initial state drawn with its own seed and init_stdev."""
+    n1 = model.n_rows
+    for m in others:
+        m.reserve(0, 0)  # the shared table has grown already: the params follow its capacity
+        if n1 > n0:
+            ftrl.init_rows(m.params, model.table.row_init, n0, n1, m.k, m.seed, m.hp[ftrl.HP_INIT_STDEV])
+
+
+def train_cached(model, reader, opts, progress=None, summary=None, others=(), holdout=None):
+    """One more pass over the blocks of ``reader`` (a cache.CacheReader): no
+    parsing, no lookups, the same worker threads and kernels as ``train_stream``.
+
+    ``summary.lines`` counts the input lines the blocks came from; the rest
+    as ``train_stream`` (``model.samples_seen`` counts the samples trained).
+    """
+    models = [model] + list(others)
+    summary = Summary(len(models), bool(holdout)) if summary is None else summary
+    workers = [_Worker(len(models), bool(holdout)) for _ in range(opts.cores)]
+    t0 = time.time()
+
+    def handler(w):
+        def handle(b):
+            _train_block(models, w, b.indptr, b.rows, b.vals, b.ys, b.n_samples, b.lines, holdout,
+                         opts.k0, opts.k1)
+            w.lines += b.n_lines
+        return handle
+
+    def tick():
+        if progress is not None:
+            _collect(summary, workers, model)
+            progress.maybe(summary, model.n_rows - 1)
+
+    try:
+        run_workers(reader, [handler(w) for w in workers], tick, None, "streamfm-pass")
+    finally:
+        summary.seconds = time.time() - t0
+        _collect(summary, workers, model)
+        for m, (st, _) in zip(models, summary.acc):
+            m.samples_seen += int(st[M_SAMPLES])
+    return summary
+
+
+class CachePlan:
+    """Where a multi-pass run keeps its block cache and whether it may reuse one.
+
+    ``path``: the cache file; ``keep``: leave it in place at the end (else it
+    is removed); ``reuse``: when ``path`` holds a complete cache that fits
+    (``open_reusable``), pass 1 reads it instead of the input;
+    ``input_fp``: the input's ``cache.input_fingerprint`` (None: a pipe).
+    """
+
+    def __init__(self, path, keep=False, reuse=False, input_fp=None):
+        self.path = str(path)
+        self.keep = keep
+        self.reuse = reuse
+        self.input_fp = input_fp
+
+
+def open_reusable(plan, model, others=()):
+    """A CacheReader on ``plan.path`` once it is known to fit this run, with
+    the rows the cached pass 1 created added to the model's table (in their
+    order, so the cached row ids are theirs); CacheError otherwise.
+
+    It fits when it was made from a model whose feature table held the
+    same names as ``model``'s now (a new model, or the same -im model) and,
+    when both the cache and this run know their input file, from an input
+    of the same size and modification time. An input from a pipe cannot be
+    checked: the caller vouches for it by asking to reuse.
+    """
+    reader = block_cache.CacheReader(plan.path)
+    try:
+        meta, tr = reader.meta, reader.trailer
+        why = None
+        if meta.get("start") != block_cache.table_fingerprint(model.table):
+            why = "it continues another model's feature table"
+        elif plan.input_fp is not None and meta.get("input") != plan.input_fp:
+            why = ("its input was a pipe; this run's input is a file" if meta.get("input") is None
+                   else "the input file changed since it was written (size or modification time)")
+        elif meta.get("k") != model.k:
+            why = "it was written for -dim k=%s" % meta.get("k")
+        if why:
+            raise block_cache.CacheError("%s: cannot reuse the cache: %s" % (plan.path, why))
+        names = np.frombuffer(tr["names"], dtype=np.uint8)
+        off = np.frombuffer(tr["name_off"], dtype=np.int64)
+        n = off.shape[0] - 1
+        if n > 0:
+            hashes = np.empty(n, dtype=np.uint64)
+            hash_table_names(off, names, hashes, 0, n, model.table.key)
+            fake = types.SimpleNamespace(rows=np.full(n, -1, np.int64), hashes=hashes, name_start=off[:-1].copy(),
+                                         name_len=np.diff(off), nnz=n, n_unknown=n)
+            n0 = model.n_rows
+            model.add_unknown(fake, names)
+            add_rows(model, others, n0)
+        if model.n_rows != tr.get("rows_end"):
+            raise block_cache.CacheError("%s: cannot reuse the cache: its feature names do not make the rows "
+                                         "it refers to" % plan.path)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def train_passes(model, stream, opts, log, passes=1, holdout=None, plan=None, bad=None, progress=None,
+                 summaries=None, others=()):
+    """``passes`` passes over ``stream``: the first reads the text (writing the
+    block cache of ``plan``, a CachePlan, when given), the others read the cache.
+
+    Returns the list of per-pass Summaries (``summaries``, when given, is
+    filled as the run goes, so the caller keeps them if it raises). With a
+    reusable cache (``plan.reuse``) pass 1 too reads the cache, and its bad
+    lines are the counts the cache recorded. ``progress.maybe`` gets each
+    pass's Summary (``pass_no``). The cache is removed at the end unless
+    ``plan.keep``. The rest as ``train_stream``.
+    """
+    summaries = [] if summaries is None else summaries
+    nm = 1 + len(others)
+    if passes > 1 and plan is None:
+        raise ValueError("more than one pass needs a cache (a CachePlan)")
+    reader = None
+    made = False
+    try:
+        if plan is not None and plan.reuse and os.path.exists(plan.path):
+            reader = open_reusable(plan, model, others)
+            s = Summary(nm, bool(holdout), 1)
+            summaries.append(s)
+            train_cached(model, reader, opts, progress, s, others, holdout)
+            tr = reader.trailer
+            s.bad = int(tr.get("bad", 0))
+            s.clipped = int(tr.get("clipped", 0))
+            if bad is not None:
+                bad.count = s.bad
+                bad.by_reason = dict(tr.get("by_reason") or {})
+            s.bad_description = ", ".join("%s: %d" % kv for kv in (tr.get("by_reason") or {}).items())
+        else:
+            writer = None
+            if plan is not None:
+                writer = block_cache.CacheWriter(plan.path, {
+                    "k": model.k, "input": plan.input_fp, "start": block_cache.table_fingerprint(model.table)},
+                    durable=plan.keep)
+                made = True
+            n0 = model.n_rows
+            s = Summary(nm, bool(holdout), 1)
+            summaries.append(s)
+            try:
+                train_stream(model, stream, opts, log, bad, progress, s, others, writer, holdout)
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
+            if writer is not None:
+                arena, off = model.table.names_view()
+                n1 = model.n_rows
+                by_reason = dict(getattr(bad, "by_reason", {}) or {})
+                writer.finish({"lines": s.lines, "bad": s.bad, "clipped": s.clipped,
+                               "by_reason": {str(a): int(b) for a, b in by_reason.items()},
+                               "rows_start": n0, "rows_end": n1,
+                               "names": bytes(arena[off[n0]:off[n1]]),
+                               "name_off": (off[n0:n1 + 1] - off[n0]).astype(np.int64).tobytes()})
+                reader = block_cache.CacheReader(plan.path)
+        for p in range(2, passes + 1):
+            reader.rewind()
+            s = Summary(nm, bool(holdout), p)
+            summaries.append(s)
+            train_cached(model, reader, opts, progress, s, others, holdout)
+            if reader.error is not None:
+                raise reader.error
+    finally:
+        if reader is not None:
+            reader.close()
+        if plan is not None and made and not plan.keep:
+            try:
+                os.unlink(plan.path)
+            except OSError:
+                pass
+    return summaries
+
+
 def _collect(summary, workers, model):
-    summary.stats = sum(w.stats for w in workers)
-    summary.hist = sum(w.hist for w in workers)
+    for g, acc in enumerate(summary.acc):
+        acc[0][:] = sum(w.acc[g][0] for w in workers)
+        acc[1][:] = sum(w.acc[g][1] for w in workers)
+    if summary.hacc is not None:
+        for g, acc in enumerate(summary.hacc):
+            acc[0][:] = sum(w.hacc[g][0] for w in workers)
+            acc[1][:] = sum(w.hacc[g][1] for w in workers)
     summary.lines = sum(w.lines for w in workers)
     summary.clipped = sum(w.clipped for w in workers)
 
 
-def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
+def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=False):
     """Compile or load every kernel a training run needs, on a tiny model.
+
+    ``many``: also those of passes, held-out samples and grids.
 
     Trains it, writes it in ``fmt`` and, for a run that continues a model of
     format ``continue_fmt``, reads it back as -im does. Loading the kernels
@@ -191,7 +492,6 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     loaded or grows, and puts the one-time compile notice before the wait.
     """
     import io
-    import os
     import tempfile
 
     from . import jit
@@ -199,9 +499,19 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None):
     from .model import add_features as model_add_features
     from .table import hash_arena, index_names
 
-    jit.compile_notice([parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights,
-                        ftrl.file_state, hash_arena, index_names], log, quiet)
+    kernels = [parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights, ftrl.file_state,
+               hash_arena, index_names]
+    if many:
+        kernels += [split_holdout, ftrl.score_state_block, ftrl.init_rows, block_cache.block_ok]
+    jit.compile_notice(kernels, log, quiet)
     tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
+    if many:
+        other = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
+        other.table = tiny.table
+        with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+            train_passes(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log, passes=2, holdout=2,
+                         plan=CachePlan(os.path.join(d, "c")), others=[other])
+        tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
     tiny.reserve(2000, 0)  # table growth has kernels of its own
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:

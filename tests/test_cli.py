@@ -108,7 +108,8 @@ def test_incremental_run_equals_one_run(tmp_path, train_data):
 
 TRAIN_FLAGS = ["-m", "-mf", "-dim", "-init_stdev", "-w_alpha", "-w_beta", "-w_l1", "-w_l2", "-v_alpha", "-v_beta",
                "-v_l1", "-v_l2", "-core", "-im", "-imf", "-fvs", "-mnt", "--input", "--seed", "--on-error",
-               "--max-bad-fraction", "--bad-lines", "--save-on-interrupt", "--quiet"]
+               "--max-bad-fraction", "--bad-lines", "--save-on-interrupt", "--passes", "--holdout-every", "--cache",
+               "--cache-reuse", "--grid", "--grid-out", "--quiet"]
 PREDICT_FLAGS = ["-m", "-mf", "-dim", "-core", "-out", "-mnt", "--input", "--on-error", "--bad-lines", "--metrics",
                  "--quiet"]
 

@@ -18,7 +18,7 @@ from streamfm.predict import ServingModel
 from streamfm.recall import sampling
 from streamfm.recall.embed import embed, query_vectors
 from streamfm.recall.index import Index, PairTable, Searcher, brute_force
-from streamfm.recall.records import RecordReader, _ranges
+from streamfm.recall.records import RecordReader, concat_ranges
 from streamfm.recall.trainer import LOSSES, Catalog, Config, Trainer, map_clicks, train
 from streamfm.train import Options
 
@@ -394,7 +394,7 @@ def test_cosine_skips_self_and_matches_brute_force():
 def test_ranges_helper():
     starts = np.array([5, 0, 9, 3], np.int64)
     lens = np.array([2, 0, 3, 1], np.int64)
-    np.testing.assert_array_equal(_ranges(starts, lens), [5, 6, 9, 10, 11, 3])
+    np.testing.assert_array_equal(concat_ranges(starts, lens), [5, 6, 9, 10, 11, 3])
 
 
 def test_sample_files_are_what_the_documented_command_makes(tmp_path):

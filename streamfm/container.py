@@ -299,6 +299,10 @@ def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None):
                 raise kind.error("%s: corrupted: checksum mismatch in array %r" % (path, s.name))
             if s.dtype.kind == "f":
                 check_finite(kind, path, s.name, arr)
+            if mapped is not None and verify:
+                # the checks touched every page; give them back, so only what
+                # the caller then uses becomes resident (from the page cache)
+                mapped.drop(arr)
             out[s.name] = arr
     return out
 

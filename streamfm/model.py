@@ -834,6 +834,8 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
     off = out["name_off"]
     if off.shape[0] != n + 1 or off[0] != 0 or off[-1] != out["names"].shape[0] or np.any(np.diff(off) < 0):
         raise ModelError("%s: corrupted: inconsistent name offsets" % path)
+    if mmap:
+        mapped.drop(off)  # that check touched every page: only what is used stays resident
     meta = {key: header[key] for key in header if key not in ("arrays", "params_columns")}
     meta["format"] = "bin"
     arrays = ModelArrays(out["names"], off, out.get("weights"), None, meta, params=out.get("params"))

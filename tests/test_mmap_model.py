@@ -168,3 +168,47 @@ def test_mapped_model_carries_the_hash_key(models):
         assert m.table.row_init is None  # lookup-only: no init hashes kept
         read = ServingModel.load(str(models[which]))
         assert np.array_equal(m.table.row_hash[1:m.n_rows], read.table.row_hash[1:read.n_rows])
+
+
+def _resident_bytes(path):
+    """Bytes of ``path``'s mappings resident in this process (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+                inside = len(head) >= 6 and head[5] == str(path)
+            elif inside and head and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_a_mapped_model_keeps_only_the_pages_it_uses_resident(tmp_path):
+    # the load checks every page (crc32, finite numbers) and builds the table from
+    # the names; none of that may stay resident, or every serving process would
+    # hold the whole model privately counted instead of sharing the page cache
+    from streamfm.model import ModelArrays, write_model
+
+    n, k = 200_000, 4
+    each = [b"bias"] + [b"f%d" % i for i in range(1, n)]
+    names = b"".join(each)
+    off = np.zeros(n + 1, np.int64)
+    off[1:] = np.cumsum([len(x) for x in each])
+    weights = np.random.default_rng(0).normal(size=(n, k + 1))
+    path = tmp_path / "big.bin"
+    write_model(ModelArrays(np.frombuffer(names, np.uint8), off, weights, None, {"k": k}), str(path), "bin",
+                state=False)
+    size = path.stat().st_size
+    fm = FM.load(path, mmap=True)
+    assert _resident_bytes(path) < size // 20
+    p = fm.predict_proba(["0 f1:1 f2:1 f199999:1"])
+    assert p[0] == pytest.approx(1 / (1 + np.exp(-fm_raw(weights, [0, 1, 2, 199999], k))))
+    assert _resident_bytes(path) < size // 20
+
+
+def fm_raw(weights, rows, k):
+    """The FM score of features rows[1:] at value 1 (rows[0] the bias), from (w, v) rows."""
+    s = weights[rows[0], 0] + sum(weights[r, 0] for r in rows[1:])
+    v = weights[rows[1:], 1:]
+    return s + 0.5 * float(np.sum(v.sum(axis=0) ** 2 - (v ** 2).sum(axis=0)))

@@ -13,9 +13,13 @@ On the bench's 1M-line CTR set (bench_train.py's data, generated if missing):
 2. Throughput of streamfm.dask.train on a LocalCluster of 1 and of 2
    single-threaded worker processes (lines/s, wall time including the
    merges and the model's trips between processes).
+3. Speed of the merge of whole models: two binary models trained on the
+   halves of the file from a shared warm start (the 1.1M features of the
+   set), merged by ``fm_dump merge`` (wall, and its own read+merge figure)
+   and in process (the reduction alone, models already in memory).
 
     python bench/bench_distributed.py                  # everything
-    python bench/bench_distributed.py --part quality   # or: --part dask
+    python bench/bench_distributed.py --part quality   # or: --part dask, --part merge
     python bench/bench_distributed.py --lines 200000   # quicker
 """
 
@@ -30,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from bench_train import ensure_data, machine  # noqa: E402
+from bench_train import ensure_data, machine, run, tool  # noqa: E402
 
 import streamfm  # noqa: E402
 from streamfm import distributed  # noqa: E402
@@ -157,12 +161,49 @@ def dask_throughput(args, train):
           "merges, the model's trips between processes and the scheduler take." % os.cpu_count())
 
 
+def merge_speed(args, train):
+    """fm_dump merge of two models of the set's halves, trained from one warm start."""
+    from streamfm import merge
+
+    out = os.path.join(args.data, "out")
+    os.makedirs(out, exist_ok=True)
+    lines = read_lines(train)
+    warm, rest = lines[: len(lines) // 10], lines[len(lines) // 10:]
+    base = os.path.join(out, "merge_base.bin")
+    halves = [os.path.join(out, "merge_half%d.bin" % i) for i in (0, 1)]
+    fm = streamfm.FM(**FM_PARAMS)
+    fm.partial_fit(warm, cores=2)
+    fm.save(base, "bin")
+    for i, path in enumerate(halves):
+        part = streamfm.FM.load(base, state=True)
+        part.partial_fit(rest[i::2], cores=2)
+        part.save(path, "bin")
+    del lines, warm, rest, fm, part
+    merged = os.path.join(out, "merge_out.bin")
+    print("## Merge of whole models: `fm_dump merge --base BASE A B -o OUT`")
+    print()
+    print("| run | features | fm_dump merge wall s | its read+merge s | in process, FM objects: merge_models s |")
+    print("|---|---|---|---|---|")
+    models = [streamfm.FM.load(p, state=True) for p in halves]
+    b = streamfm.FM.load(base, state=True)
+    for run_no in range(1, 4):
+        err, wall, _ = run([tool("fm_dump"), "merge", "--base", base] + halves + ["-o", merged])
+        # fm_dump merge's summary line: "... (merge 1.23 s, total 1.50 s)"
+        its = err.split("(merge ")[1].split(",")[0] if "(merge " in err else "?"
+        t0 = time.time()
+        m = merge.merge_models(models, base=b)
+        t_in = time.time() - t0
+        print("| %d | %s | %.2f | %s | %.2f |" % (run_no, format(m.n_features, ","), wall, its, t_in))
+        sys.stdout.flush()
+    os.unlink(merged)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000, help="training lines (default 1,000,000)")
     ap.add_argument("--test-lines", type=int, default=200_000, help="held-out lines (default 200,000)")
     ap.add_argument("--data", default=os.path.join(HERE, "data"), help="where the data files are")
-    ap.add_argument("--part", choices=["all", "quality", "dask"], default="all")
+    ap.add_argument("--part", choices=["all", "quality", "dask", "merge"], default="all")
     ap.add_argument("--parts", type=int, nargs="*", default=[2, 4, 8],
                     help="partition counts of the splits x partitions table (none: only --settings)")
     ap.add_argument("--splits", nargs="+", default=["random", "contiguous"], choices=["random", "contiguous"])
@@ -188,6 +229,8 @@ def main():
         quality(args, train, test)
     if args.part in ("all", "dask"):
         dask_throughput(args, train)
+    if args.part in ("all", "merge"):
+        merge_speed(args, train)
 
 
 if __name__ == "__main__":

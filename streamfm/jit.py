@@ -125,3 +125,20 @@ def prefetch1(typingctx, arr, i):
         return _emit_prefetch(context, builder, signature.args[0], args[0], args[1:], signature.args[1:])
 
     return _types.void(arr, i), codegen
+
+
+def over_rows(kernel, n, threads=None):
+    """Run ``kernel(r0, r1)`` (a nogil kernel's call on rows r0..r1-1, writing
+    rows of its own) over 0..n-1 split among ``threads`` threads (default: the
+    cores, at most 4); returns the calls' results in row order. Small jobs
+    run in the caller's thread: a thread costs more than it saves there.
+    """
+    if threads is None:
+        threads = min(4, os.cpu_count() or 1)
+    if threads <= 1 or n < 1 << 16:
+        return [kernel(0, n)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [n * i // threads for i in range(threads + 1)]
+    with ThreadPoolExecutor(threads, thread_name_prefix="streamfm-rows") as pool:
+        return list(pool.map(kernel, cuts[:-1], cuts[1:]))

@@ -37,10 +37,10 @@ import math
 import numpy as np
 from numba import njit
 
-from . import ftrl
+from . import ftrl, jit
 from .errors import ModelFormatError, ParameterError
 # the names' index: the table's unkeyed name hash and its probe, names compared byte by byte
-from .table import EMPTY, home_slot, init_hash_bytes, rebuild_index, same_bytes
+from .table import EMPTY, home_slot, init_hash_bytes, same_bytes
 
 W, WN, WZ, VN = ftrl.W, ftrl.WN, ftrl.WZ, ftrl.VN
 
@@ -54,17 +54,17 @@ _OK, _ERR_BASE_N, _ERR_BELOW_BASE = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
-def _join(slots, hashes, arena, name_off, meta, src_arena, src_off, src_n, insert, rows):
-    """rows[r] = the index's row named as source row r (row 0, the bias, is row 0).
+def _join(slots, hashes, arena, name_off, meta, src_arena, src_off, src_start, src_n, insert, rows):
+    """rows[r] = the index's row named as source row r, for src_start <= r < src_n.
 
     A name the index lacks is appended when ``insert`` (the caller reserved
-    room), else gets -1. Returns the first source row whose name is already
-    taken by an earlier source row (a name held twice), or -1.
+    room, and the index holds every row), else gets -1. Returns the first
+    source row whose name is already taken by an earlier source row (a name
+    held twice), or -1.
     """
     mask = slots.shape[0] - 1
     n_before = meta[0]
-    rows[0] = 0
-    for r in range(1, src_n):
+    for r in range(max(src_start, 1), src_n):
         a = src_off[r]
         b = src_off[r + 1]
         h = init_hash_bytes(src_arena, a, b)
@@ -94,8 +94,40 @@ def _join(slots, hashes, arena, name_off, meta, src_arena, src_off, src_n, inser
     return -1
 
 
+@njit(cache=True, nogil=True)
+def _same_prefix(arena, name_off, n_rows, src_arena, src_off, src_n):
+    """How many leading rows two name lists share byte for byte (row 0, the bias, always)."""
+    m = min(n_rows, src_n)
+    r = 1
+    while r < m and same_bytes(arena, name_off[r], name_off[r + 1], src_arena, src_off[r], src_off[r + 1]):
+        r += 1
+    return min(r, m)
+
+
+@njit(cache=True, nogil=True)
+def _append(arena, name_off, meta, src_arena, src_off, r0, r1):
+    """Append source rows r0..r1-1, names the set does not hold (the caller reserved room)."""
+    n = meta[0]
+    pos = meta[1]
+    for r in range(r0, r1):
+        for t in range(src_off[r], src_off[r + 1]):
+            arena[pos] = src_arena[t]
+            pos += 1
+        n += 1
+        name_off[n] = pos
+    meta[0] = n
+    meta[1] = pos
+
+
 class _Names:
-    """A growable set of names (row 0 = the bias, never looked up) with its index."""
+    """A growable set of names (row 0 = the bias, never looked up) with its index.
+
+    The index (hashes and slots) is built only when a join needs it: models
+    continued from one base list their shared features in the same order, so
+    a join mostly finds the set's names as a prefix of the source's (compared
+    byte for byte) and appends the rest, which are new. Names held twice are
+    found when the index is built; a merged model's own table checks again.
+    """
 
     def __init__(self, arena, name_off, n_rows, extra_rows=0, extra_bytes=0):
         used = int(name_off[n_rows])
@@ -104,12 +136,9 @@ class _Names:
         self.name_off = np.zeros(n_rows + extra_rows + 1, np.int64)
         self.name_off[: n_rows + 1] = name_off[: n_rows + 1]
         self.hashes = np.zeros(n_rows + extra_rows, np.uint64)
-        _hash_names(self.arena, self.name_off, self.hashes, n_rows)
         self.meta = np.array([n_rows, used], np.int64)
-        self.slots = np.full(_slots_for(n_rows + extra_rows), EMPTY, np.int64)
-        dup = _find_dup(self.slots, self.hashes, self.arena, self.name_off, n_rows)
-        if dup >= 0:
-            raise ModelFormatError("feature %r appears twice" % self.name(dup))
+        self.slots = None
+        self.indexed = 1  # rows 1..indexed-1 are in the index
 
     @property
     def n_rows(self):
@@ -126,20 +155,43 @@ class _Names:
             self.name_off = _grown(self.name_off, cap + 1, n + 1)
         if used + nbytes > self.arena.shape[0]:
             self.arena = _grown(self.arena, max(used + nbytes, 2 * self.arena.shape[0]), used)
-        if 2 * (n + rows) > self.slots.shape[0]:
-            self.slots = np.full(_slots_for(max(n + rows, 2 * n)), EMPTY, np.int64)
-            rebuild_index(self.slots, self.hashes, n)
+
+    def _index(self):
+        """Bring the index up to every row, with room for the reserved ones."""
+        n = self.n_rows
+        if self.slots is None or 2 * self.hashes.shape[0] > self.slots.shape[0]:
+            self.slots = np.full(_slots_for(self.hashes.shape[0]), EMPTY, np.int64)
+            self.indexed = 1
+        dup = _index_rows(self.slots, self.hashes, self.arena, self.name_off, self.indexed, n)
+        if dup >= 0:
+            raise ModelFormatError("feature %r appears twice" % self.name(dup))
+        self.indexed = n
 
     def join(self, arena, name_off, n_rows, insert):
-        """Rows (in this set) of the names ``arena[name_off[r]:name_off[r+1]]``, r < n_rows."""
+        """Rows (in this set) of the names ``arena[name_off[r]:name_off[r+1]]``, r < n_rows;
+        a name the set lacks is added when ``insert``, else gets row -1."""
+        n = self.n_rows
         if insert:
             self.reserve(n_rows, int(name_off[n_rows]))
         rows = np.empty(n_rows, np.int64)
-        dup = _join(self.slots, self.hashes, self.arena, self.name_off, self.meta, arena, name_off,
+        p = _same_prefix(self.arena, self.name_off, n, arena, name_off, n_rows)
+        rows[:p] = np.arange(p)
+        if p == n_rows:
+            return rows
+        if p == n:  # the source continues this set: its other names are new here
+            if insert:
+                _append(self.arena, self.name_off, self.meta, arena, name_off, p, n_rows)
+                rows[p:] = np.arange(n, n + n_rows - p)
+            else:
+                rows[p:] = -1
+            return rows
+        self._index()
+        dup = _join(self.slots, self.hashes, self.arena, self.name_off, self.meta, arena, name_off, p,
                     n_rows, insert, rows)
         if dup >= 0:
             raise ModelFormatError("feature %r appears twice"
                                    % bytes(arena[name_off[dup]:name_off[dup + 1]]).decode("utf-8", "replace"))
+        self.indexed = self.n_rows
         return rows
 
     def names(self):
@@ -161,16 +213,13 @@ def _grown(a, cap, keep):
 
 
 @njit(cache=True, nogil=True)
-def _hash_names(arena, name_off, hashes, n_rows):
-    for r in range(1, n_rows):
-        hashes[r] = init_hash_bytes(arena, name_off[r], name_off[r + 1])
-
-
-@njit(cache=True, nogil=True)
-def _find_dup(slots, hashes, arena, name_off, n_rows):
+def _index_rows(slots, hashes, arena, name_off, r0, n_rows):
+    """Hash rows r0..n_rows-1 and put them in the index; returns a row whose
+    name an earlier row holds (-1: none)."""
     mask = slots.shape[0] - 1
-    for r in range(1, n_rows):
-        h = hashes[r]
+    for r in range(max(r0, 1), n_rows):
+        h = init_hash_bytes(arena, name_off[r], name_off[r + 1])
+        hashes[r] = h
         i = home_slot(h, mask)
         while True:
             o = slots[i]
@@ -237,9 +286,10 @@ class State:
     logloss times samples).
 
     A partition's State holds its trained rows. A merged State also holds,
-    per coordinate, ``cnt`` (the partitions that trained it) and ``acc``
-    (their sums, ``ACC_*``); its ``params`` are exact where cnt <= 1 and
-    are computed from the sums by ``finished_params`` (``Base.apply``).
+    per coordinate, ``cnt`` (the partitions that trained it) and, where
+    cnt >= 2, ``acc`` (their sums, ``ACC_*``; merged by its ``rule``); its
+    ``params`` are exact where cnt <= 1 and are computed from the sums by
+    ``finished_params`` (``Base.apply``).
     Keeping sums rather than results is what makes merging associative.
     States pickle compactly (numpy arrays and numbers).
     """
@@ -284,8 +334,8 @@ class State:
         if self.acc is None:
             return self.params
         out = self.params.copy()
-        _finish(self.n_rows, self.k, self.hp, RULES[self.rule], COUPLING, out, self.n0, self.z0, self.cnt,
-                self.acc)
+        jit.over_rows(lambda o0, o1: _finish(o0, o1, self.k, self.hp, RULES[self.rule], COUPLING, out, self.n0,
+                                             self.z0, self.cnt, self.acc), self.n_rows)
         return out
 
     def __repr__(self):
@@ -339,23 +389,38 @@ def z_for_weight(theta, n, z_hint, alpha, beta, l1, l2):
     return -theta * d - (l1 if theta > 0.0 else -l1)
 
 
+@njit(inline="always")
+def _add_trained(acc, o, c, n, z, bn, bz, alpha, beta, l1, l2, each):
+    """Add one partition's training of coordinate c of out row o (its n, z; the base's bn, bz) to the sums."""
+    theta = ftrl.weight_from_state(z, n, alpha, beta, l1, l2)
+    dn = n - bn
+    acc[o, c, ACC_DN] += dn
+    acc[o, c, ACC_MEAN] += dn * theta
+    acc[o, c, ACC_ZSUM] += z - (bz if bn > 0.0 else 0.0)
+    if each:
+        acc[o, c, ACC_K] += dn * contraction(bn, n, alpha, beta, l2)
+    acc[o, c, ACC_Z] += dn * z
+
+
 @njit(cache=True, nogil=True)
-def _accumulate(rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, seen, out_params, out_n0, out_z0,
-                cnt, acc):
-    """Add one state's rows (row r goes to out row rows[r]) to a running merge.
+def _accumulate(r0, r1, rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, each, seen, out_params, out_n0,
+                out_z0, cnt, acc):
+    """Add one state's rows r0..r1-1 (row r goes to out row rows[r]) to a running merge.
 
     Per coordinate c (0: w, 1+f: v_f) of out row o: cnt (partitions that
-    trained it: dn = n - n0 > 0) and acc, the sums over them of dn, of
-    dn theta, of z - z0, of dn K(n0, n) and of dn z. A merged
-    state (``has_acc``) brings its own counts and sums. The first partition
-    to train a coordinate leaves its raw (n, z) (and w) in out_params, so a
-    coordinate one partition trained keeps its numbers exactly; one no
-    partition trained holds the element-wise maximum of the states' values
-    (they are equal but for -fvs re-draws of an untrained v). Returns
-    (code, row): _ERR_BASE_N when two states disagree on a base (n, z),
-    _ERR_BELOW_BASE when a state's n is below the base's.
+    trained it: dn = n - n0 > 0) and, once two have, acc: the sums over them
+    of dn, of dn theta, of z - z0, of dn K(n0, n) (``each``: the blend-each
+    rule needs it) and of dn z. While one partition has, out_params holds its
+    raw (n, z) (and w), so a coordinate one partition trained keeps its
+    numbers exactly and costs nothing more; the second one adds both to the
+    sums. A merged state (``has_acc``) brings its own counts and sums (raw
+    numbers where its count is 1). One no partition trained holds the
+    element-wise maximum of the states' values (they are equal but for -fvs
+    re-draws of an untrained v). Returns (code, row): _ERR_BASE_N when two
+    states disagree on a base (n, z), _ERR_BELOW_BASE when a state's n is
+    below the base's.
     """
-    for r in range(rows.shape[0]):
+    for r in range(r0, r1):
         o = rows[r]
         first = not seen[o]
         for c in range(k + 1):
@@ -377,22 +442,22 @@ def _accumulate(rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, seen, out_pa
             else:
                 sc = 1 if dn > 0.0 else 0
             if sc > 0:
-                if cnt[o, c] == 0 and sc == 1:
+                had = cnt[o, c]
+                if had == 0 and sc == 1:
                     out_params[o, ncol] = params[r, ncol]
                     out_params[o, zcol] = params[r, zcol]
                     if c == 0:
                         out_params[o, W] = params[r, W]
-                if has_acc:
-                    for j in range(N_ACC):
-                        acc[o, c, j] += s_acc[r, c, j]
                 else:
-                    theta = ftrl.weight_from_state(z, n, alpha, beta, l1, l2)
-                    acc[o, c, ACC_DN] += dn
-                    acc[o, c, ACC_MEAN] += dn * theta
-                    acc[o, c, ACC_ZSUM] += z - (bz if bn > 0.0 else 0.0)
-                    acc[o, c, ACC_K] += dn * contraction(bn, n, alpha, beta, l2)
-                    acc[o, c, ACC_Z] += dn * z
-                cnt[o, c] += sc
+                    if had == 1:  # the partition that trained it so far joins the sums first
+                        _add_trained(acc, o, c, np.float64(out_params[o, ncol]), np.float64(out_params[o, zcol]),
+                                     bn, bz, alpha, beta, l1, l2, each)
+                    if sc == 1:
+                        _add_trained(acc, o, c, n, z, bn, bz, alpha, beta, l1, l2, each)
+                    else:
+                        for j in range(N_ACC):
+                            acc[o, c, j] += s_acc[r, c, j]
+                cnt[o, c] = had + sc
             elif cnt[o, c] == 0:
                 if first:
                     out_params[o, ncol] = params[r, ncol]
@@ -408,8 +473,8 @@ def _accumulate(rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, seen, out_pa
 
 
 @njit(cache=True, nogil=True)
-def _finish(n_rows, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc):
-    """The merged coordinates (trained by two or more partitions): n = n0 + sum dn,
+def _finish(o0, o1, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc):
+    """The merged coordinates of rows o0..o1-1 (trained by two or more partitions): n = n0 + sum dn,
     the rule's weight theta, and the z that FTRL's closed form maps to theta.
 
     blend: theta = (1 - lam) theta_sum + lam theta_mean, lam = 1 - exp(-coupling K),
@@ -419,7 +484,7 @@ def _finish(n_rows, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc)
     theta_mean = sum dn_p theta_p / sum dn_p (= theta0 + the mean move; summed
     as weights, not moves, so partitions that all reached 0 give exactly 0).
     """
-    for o in range(n_rows):
+    for o in range(o0, o1):
         for c in range(k + 1):
             if cnt[o, c] < 2:
                 continue
@@ -491,10 +556,16 @@ class Merger:
         self._fit(self.names.n_rows)
         params = state.params.astype(self.params.dtype, copy=False)
         has_acc = state.acc is not None
+        if has_acc and state.rule != self.rule:
+            raise ParameterError("a state merged by rule %r cannot join a merge by rule %r" % (state.rule, self.rule))
         s_cnt = state.cnt if has_acc else np.zeros((0, 0), np.int32)
         s_acc = state.acc if has_acc else np.zeros((0, 0, 0))
-        code, r = _accumulate(rows, params, state.n0, state.z0, has_acc, s_cnt, s_acc, state.k, state.hp,
-                              self.seen, self.params, self.n0, self.z0, self.cnt, self.acc)
+        each = self.rule == "blend-each"
+        # the rows of one state go to distinct merged rows: its row ranges merge in parallel
+        done = jit.over_rows(lambda r0, r1: _accumulate(r0, r1, rows, params, state.n0, state.z0, has_acc, s_cnt,
+                                                        s_acc, state.k, state.hp, each, self.seen, self.params,
+                                                        self.n0, self.z0, self.cnt, self.acc), rows.shape[0])
+        code, r = next((d for d in done if d[0] != _OK), (_OK, -1))
         if code == _ERR_BASE_N:
             raise ModelFormatError("cannot merge: the models were not trained from the same base "
                                    "(feature %r starts from different n, z)" % state.name(r))

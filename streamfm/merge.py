@@ -138,7 +138,7 @@ class _Names:
         self.hashes = np.zeros(n_rows + extra_rows, np.uint64)
         self.meta = np.array([n_rows, used], np.int64)
         self.slots = None
-        self.indexed = 1  # rows 1..indexed-1 are in the index
+        self.index_lo = self.indexed = 1  # rows index_lo..indexed-1 are in the index
 
     @property
     def n_rows(self):
@@ -156,12 +156,12 @@ class _Names:
         if used + nbytes > self.arena.shape[0]:
             self.arena = _grown(self.arena, max(used + nbytes, 2 * self.arena.shape[0]), used)
 
-    def _index(self):
-        """Bring the index up to every row, with room for the reserved ones."""
+    def _index(self, lo):
+        """Bring the index up to every row from ``lo`` on, with room for the reserved ones."""
         n = self.n_rows
-        if self.slots is None or 2 * self.hashes.shape[0] > self.slots.shape[0]:
+        if self.slots is None or 2 * self.hashes.shape[0] > self.slots.shape[0] or lo < self.index_lo:
             self.slots = np.full(_slots_for(self.hashes.shape[0]), EMPTY, np.int64)
-            self.indexed = 1
+            self.index_lo = self.indexed = max(lo, 1)
         dup = _index_rows(self.slots, self.hashes, self.arena, self.name_off, self.indexed, n)
         if dup >= 0:
             raise ModelFormatError("feature %r appears twice" % self.name(dup))
@@ -185,7 +185,9 @@ class _Names:
             else:
                 rows[p:] = -1
             return rows
-        self._index()
+        # the source's names past the shared prefix differ from its names before it, so
+        # they can only be among this set's rows from p on: only those need the index
+        self._index(p)
         dup = _join(self.slots, self.hashes, self.arena, self.name_off, self.meta, arena, name_off, p,
                     n_rows, insert, rows)
         if dup >= 0:
@@ -253,16 +255,6 @@ def _take_names(arena, name_off, idx):
 
 # ---------------------------------------------------------------------------
 # States and the merge rule
-
-
-def _n_columns(k):
-    """The params columns of the n of w, v_1..v_k (a State's n0 columns)."""
-    return np.array([WN] + [VN + f for f in range(k)], np.int64)
-
-
-def _z_columns(k):
-    """The params columns of the z of w, v_1..v_k (a State's z0 columns)."""
-    return np.array([WZ] + [VN + k + f for f in range(k)], np.int64)
 
 
 # the sums a merge keeps per coordinate, over the states that trained it
@@ -542,7 +534,9 @@ class Merger:
             k = state.k
             self.names = _Names(np.frombuffer(b"bias", np.uint8), np.array([0, 4], np.int64), 1,
                                 extra_rows=state.n_rows, extra_bytes=int(state.name_off[-1]))
-            cap = max(state.n_rows, 1)
+            # twice the first state's rows: room for the others' new features without a copy
+            # (zeros are only address space until a merge writes them)
+            cap = max(2 * state.n_rows, 1)
             self.params = np.zeros((cap, ftrl.n_cols(k)), state.dtype)
             self.n0 = np.zeros((cap, k + 1))
             self.z0 = np.zeros((cap, k + 1))
@@ -671,6 +665,20 @@ def _changed_rows(params, base_params, n_base, n_rows, out):
 
 
 @njit(cache=True, nogil=True)
+def _base_n_z(params, rows, k, n0, z0):
+    """n0[r], z0[r] = the (n, z) of w, v_1..v_k in base row rows[r] (-1: not in the base, left 0)."""
+    for r in range(rows.shape[0]):
+        b = rows[r]
+        if b < 0:
+            continue
+        n0[r, 0] = params[b, WN]
+        z0[r, 0] = params[b, WZ]
+        for f in range(k):
+            n0[r, 1 + f] = params[b, VN + f]
+            z0[r, 1 + f] = params[b, VN + k + f]
+
+
+@njit(cache=True, nogil=True)
 def _copy_rows(src, rows, dst):
     for i in range(rows.shape[0]):
         for c in range(src.shape[1]):
@@ -756,10 +764,7 @@ class Base:
         sub_arena, sub_off = _take_names(arena, off, idx)
         n0 = np.zeros((m, k + 1))
         z0 = np.zeros((m, k + 1))
-        old = idx < nb
-        base_rows = self.params[idx[old]]
-        n0[old] = base_rows[:, _n_columns(k)]
-        z0[old] = base_rows[:, _z_columns(k)]
+        _base_n_z(self.params, np.where(idx < nb, idx, -1), k, n0, z0)
         return State(sub_arena, sub_off, p[idx], n0, z0, k, model.hp, model.fvs, model.seed, lines=lines,
                      samples=samples, bad=bad, loss_sum=loss_sum)
 
@@ -773,10 +778,7 @@ class Base:
         z0 = np.zeros((n, self.k + 1))
         if self.n_rows > 1:
             rows = _Names(self.arena, self.name_off, self.n_rows).join(arena, off, n, insert=False)
-            known = rows >= 0
-            base_rows = self.params[rows[known]]
-            n0[known] = base_rows[:, _n_columns(self.k)]
-            z0[known] = base_rows[:, _z_columns(self.k)]
+            _base_n_z(self.params, rows, self.k, n0, z0)
         samples = int(arrays.info.get("samples_seen", 0)) - int(self.info.get("samples_seen", 0))
         return State(arena, off, arrays.file_params, n0, z0, arrays.k, hp, fvs, self.hyper["seed"],
                      samples=max(samples, 0))

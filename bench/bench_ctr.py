@@ -85,9 +85,9 @@ OUT = os.path.join(HERE, "out")
 REQUIREMENTS = os.path.join(HERE, "requirements-ctr.txt")
 BIN = os.path.dirname(sys.executable)
 
-GRID = "w_alpha=0.05,0.1 v_alpha=0.02,0.05,0.1 w_l2=1,5"
-VW_ALPHA = (0.01, 0.03, 0.1, 0.3)
-VW_L2 = (0.0, 1.0, 5.0)
+# 12 settings each; the ranges were set by looking at validation logloss (never test)
+GRID = "w_alpha=0.01,0.05 v_alpha=0.01,0.02,0.05 v_beta=0.1,1"
+VW_GRID = {"ftrl_alpha": (0.003, 0.01, 0.03), "ftrl_beta": (0.1, 1.0), "l2": (0.0, 10.0)}
 XL_GRID = {"lr": (0.05, 0.2), "lambda": (2e-5, 2e-4, 2e-3), "k": (4, 8)}
 HOLDOUT = 10
 SEED = 1
@@ -346,27 +346,85 @@ def score_in_process(model, path, pred_out):
         return fm_predict(model, path, pred_out)
 
 
-def parse_grid_table(err):
-    """{setting: held-out logloss of the last pass} from fm_train --grid's stderr table."""
+def parse_grid(grid):
+    """'w_alpha=0.01,0.05 v_beta=0.1,1' -> {'w_alpha': [0.01, 0.05], 'v_beta': [0.1, 1.0]}."""
     out = {}
-    lines = err.splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith("setting "):
-            for row in lines[i + 1:]:
-                parts = row.replace("*", " ").split()
-                if len(parts) < 3 or "=" not in parts[0]:
-                    break
-                out[parts[0]] = float(parts[-2])
+    for part in grid.split():
+        k, v = part.split("=")
+        out[k] = [float(x) for x in v.split(",")]
     return out
 
 
-def setting_flags(setting):
-    """'v_alpha=0.02,w_l2=1.0' -> ['-v_alpha', '0.02', '-w_l2', '1.0']."""
+def grid_settings(grid):
+    """Every combination of a parsed grid, the first name varying slowest (fm_train's order)."""
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+def setting_name(st):
+    return ",".join("%s=%g" % kv for kv in st.items())
+
+
+def setting_flags(st):
+    """{'v_alpha': 0.02} -> ['-v_alpha', '0.02'] (fm_train's flags)."""
     flags = []
-    for kv in setting.split(","):
-        k, v = kv.split("=")
-        flags += ["-" + k, v]
+    for k, v in st.items():
+        flags += ["-" + k, repr(v)]
     return flags
+
+
+def fm_kwargs(extra):
+    """streamfm.FM keyword arguments of fm_train arguments (-dim, --model, --field-sep, --max-fields, -NAME V)."""
+    kw = {}
+    it = iter(extra)
+    for flag in it:
+        val = next(it)
+        if flag == "-dim":
+            k0, k1, k = val.split(",")
+            kw.update(k0=k0 == "1", k1=k1 == "1", k=int(k))
+        elif flag == "--model":
+            kw["model"] = val
+        elif flag == "--field-sep":
+            kw["field_sep"] = val
+        elif flag == "--max-fields":
+            kw["max_fields"] = int(val)
+        elif flag.startswith("-") and not flag.startswith("--"):
+            kw[flag[1:]] = float(val)
+        else:
+            raise SystemExit("--streamfm-row: %s is not a flag this bench maps to streamfm.FM" % flag)
+    return kw
+
+
+def tune_in_process(ds, kw, grid, passes):
+    """[(held-out logloss, validation logloss, passes, setting)] of every setting after every pass.
+
+    The model of a setting is trained pass by pass in this process
+    (``FM.partial_fit(train, holdout_every=HOLDOUT)`` once per pass: the
+    same models as ``fm_train --passes P --holdout-every 10`` with -core 1;
+    ``grid_fit`` for pass 1 when the model kind offers it) and, after each
+    pass, scores the validation split."""
+    from streamfm import FM
+
+    base = dict(kw, seed=SEED)
+    settings = grid_settings(grid)
+    try:
+        res = FM(**base).grid_fit(ds.files["train"], grid, holdout_every=HOLDOUT)
+        if [{k: float(s[k]) for k in grid} for s in res.settings] != settings:
+            raise ValueError("grid_fit's order is not this bench's")
+        models, reports = res.fms, res.reports
+    except Exception:  # e.g. a model kind without grid_fit: one model a setting
+        models, reports = [], []
+        for st in settings:
+            fm = FM(**dict(base, **st))
+            reports.append(fm.partial_fit(ds.files["train"], holdout_every=HOLDOUT))
+            models.append(fm)
+    out = []
+    for p in range(1, passes + 1):
+        for i, st in enumerate(settings):
+            if p > 1:
+                reports[i] = models[i].partial_fit(ds.files["train"], holdout_every=HOLDOUT)
+            pv = models[i].predict_proba(ds.files["val"])
+            out.append((reports[i].holdout_logloss, logloss(ds.y["val"], pv), p, st))
+    return out
 
 
 def streamfm_rows(ds, label, extra, args, work):
@@ -385,30 +443,22 @@ def streamfm_rows(ds, label, extra, args, work):
                     score_in_process(m, ds.files["val"], m + ".val"), fm_predict(m, ds.files["test"], m + ".test"),
                     done_seconds(err), wall, ds))
 
-    # grid x passes, every run with a hold-out of the training lines
+    # grid x passes, each model with a hold-out of every 10th training line
     t0 = time.time()
-    cand = []  # (holdout ll, val ll, P, setting)
-    for p in range(1, args.passes + 1):
-        g = os.path.join(d, "grid%d" % p)
-        _, err = run(base + ["-m", os.path.join(d, "best%d.bin" % p), "--grid", args.grid, "--passes", str(p),
-                             "--holdout-every", str(HOLDOUT), "--grid-out", g], "fm_train --grid")
-        held = parse_grid_table(err)
-        for f in sorted(os.listdir(g)):
-            setting = f[:-4]
-            pv = score_in_process(os.path.join(g, f), ds.files["val"], os.path.join(g, f + ".val"))
-            cand.append((held.get(setting, float("inf")), logloss(ds.y["val"], pv), p, setting))
+    cand = tune_in_process(ds, fm_kwargs(extra), parse_grid(args.grid), args.passes)
     choices = {"auto (holdout)": min(cand, key=lambda c: (c[0], c[2])),
                "tuned on validation": min(cand, key=lambda c: (c[1], c[2]))}
     search_s = time.time() - t0
     done = {}
-    for how, (hl, vl, p, setting) in choices.items():
-        if (p, setting) not in done:
-            m = os.path.join(d, "chosen_%d_%s.bin" % (p, setting))
-            wall, err = run(base + ["-m", m, "--passes", str(p)] + setting_flags(setting), "fm_train")
-            done[(p, setting)] = (score_in_process(m, ds.files["val"], m + ".val"),
-                                  fm_predict(m, ds.files["test"], m + ".test"), done_seconds(err), wall)
-        pv, pt, secs, wall = done[(p, setting)]
-        rows.append(Row("streamfm %s, %s" % (label, how), "%s, passes %d (held-out ll %.4f)" % (setting, p, hl),
+    for how, (hl, vl, p, st) in choices.items():
+        key = (p, setting_name(st))
+        if key not in done:  # the chosen setting again, on the whole training split, by the commands
+            m = os.path.join(d, "chosen_%d_%s.bin" % key)
+            wall, err = run(base + ["-m", m, "--passes", str(p)] + setting_flags(st), "fm_train")
+            done[key] = (score_in_process(m, ds.files["val"], m + ".val"),
+                         fm_predict(m, ds.files["test"], m + ".test"), done_seconds(err), wall)
+        pv, pt, secs, wall = done[key]
+        rows.append(Row("streamfm %s, %s" % (label, how), "%s, passes %d (held-out ll %.4f)" % (key[1], p, hl),
                         pv, pt, secs, search_s + wall, ds))
     return rows
 
@@ -420,7 +470,7 @@ def streamfm_variants(ds, args):
     except OSError:
         h = ""
     if "--model" in h:
-        out.append(("ffm", ["--model", "ffm", "--field-sep", "=", "--max-fields", str(len(ds.fields))]))
+        out.append(("ffm", ["--model", "ffm", "--field-sep", "=", "--max-fields", str(len(ds.fields)), "-dim", "1,1,4"]))
     for spec in args.streamfm_row or []:
         label, _, rest = spec.partition("::")
         out.append((label.strip(), rest.replace("{fields}", str(len(ds.fields))).split()))
@@ -450,8 +500,8 @@ def vw_rows(ds, args):
     tr, va, te = vw_lines(ds, ds.train), vw_lines(ds, ds.val), vw_lines(ds, ds.test)
     t0 = time.time()
     best = None
-    for alpha, l2 in itertools.product(VW_ALPHA, VW_L2):
-        setting = "--ftrl_alpha %g --l2 %g" % (alpha, l2)
+    for values in itertools.product(*VW_GRID.values()):
+        setting = " ".join("--%s %g" % kv for kv in zip(VW_GRID, values))
         ws = vowpalwabbit.Workspace("--ftrl %s -q :: --loss_function logistic --link logistic -b 22 --quiet "
                                     "--random_seed %d" % (setting, SEED))
         learn_s = 0.0
@@ -572,7 +622,7 @@ def main():
     ap.add_argument("--sets", default="adult,ml100k,criteo", help="data sets, comma-separated (default: all)")
     ap.add_argument("--skip", default="", help="learners to leave out: vw, xlearn, streamfm (comma-separated)")
     ap.add_argument("--grid", default=GRID, help="streamfm's fm_train --grid (default %r)" % GRID)
-    ap.add_argument("--passes", type=int, default=3, help="most passes of streamfm and VW (default 3)")
+    ap.add_argument("--passes", type=int, default=5, help="most passes of streamfm and VW (default 5)")
     ap.add_argument("--xlearn-epochs", type=int, default=10, help="most xLearn epochs, early stop on validation")
     ap.add_argument("--streamfm-row", action="append", metavar="'LABEL::ARGS'",
                     help="another streamfm variant: extra fm_train arguments ({fields}: the field count)")
@@ -586,8 +636,8 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     say("# CTR bench on public data (%s; %s)" % (time.strftime("%Y-%m-%d %H:%M"), " ".join(sys.argv)))
     say()
-    say("streamfm grid %r x passes 1..%d; VW --ftrl_alpha %s x --l2 %s x passes 1..%d; xLearn FFM %s, epochs <= %d"
-        % (args.grid, args.passes, ",".join("%g" % a for a in VW_ALPHA), ",".join("%g" % a for a in VW_L2),
+    say("streamfm grid %r x passes 1..%d; VW %s x passes 1..%d; xLearn FFM %s, epochs <= %d"
+        % (args.grid, args.passes, " x ".join("--%s %s" % (k, ",".join("%g" % x for x in v)) for k, v in VW_GRID.items()),
            args.passes, " x ".join("%s %s" % (k, ",".join("%g" % x for x in v)) for k, v in XL_GRID.items()),
            args.xlearn_epochs))
     summary = []

@@ -277,9 +277,13 @@ class DataSet:
 # metrics (one code for every learner)
 
 
-def logloss(y, p):
+def losses(y, p):
     p = np.clip(np.asarray(p, float), 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def logloss(y, p):
+    return float(np.mean(losses(y, p)))
 
 
 def auc(y, p):
@@ -306,6 +310,8 @@ class Row:
         self.learner, self.setting, self.kind, self.note = learner, setting, kind, note
         self.val_ll = logloss(ds.y["val"], val_pred)
         self.test_ll = logloss(ds.y["test"], test_pred)
+        self.test_losses = losses(ds.y["test"], test_pred)
+        self.variant = None  # the streamfm variant's label
         self.test_auc = auc(ds.y["test"], test_pred)
         self.train_s, self.tune_s = train_s, tune_s
 
@@ -665,7 +671,10 @@ def main():
         if "streamfm" not in skip:
             for label, extra in streamfm_variants(ds, args):
                 try:
-                    add(streamfm_rows(ds, label, extra, args, d))
+                    new_rows = streamfm_rows(ds, label, extra, args, d)
+                    for r in new_rows:
+                        r.variant = label
+                    add(new_rows)
                 except RuntimeError as e:
                     say("| streamfm %s | failed: %s | | | | | |" % (label, str(e).splitlines()[0][:200]))
         for key, fn in (("vw", lambda: vw_rows(ds, args)), ("xlearn", lambda: xl_rows(ds, args, d))):
@@ -678,15 +687,21 @@ def main():
         auto = [r for r in rows if r.learner.startswith("streamfm") and "one pass" not in r.learner]
         peers = [r for r in rows if not r.learner.startswith("streamfm") and r.kind == "streaming"]
         if auto and peers:
-            a = min(auto, key=lambda r: r.val_ll)
             p = min(peers, key=lambda r: r.test_ll)
-            line = ("%s: streamfm best automatic (%s, chosen by validation logloss) test logloss %.4f vs the best "
-                    "streaming peer's (%s) "
-                    "%.4f: ratio %.3f, difference %+.4f" % (ds.name, a.learner, a.test_ll, p.learner, p.test_ll,
-                                                            a.test_ll / p.test_ll, a.test_ll - p.test_ll))
+            groups = [("all streamfm rows", auto)]
+            variants = sorted({r.variant for r in auto})
+            if len(variants) > 1:
+                groups += [(v, [r for r in auto if r.variant == v]) for v in variants]
             say()
-            say(line)
-            summary.append(line)
+            for what, group in groups:
+                a = min(group, key=lambda r: r.val_ll)
+                d = a.test_losses - p.test_losses  # paired: the same test lines
+                line = ("%s: streamfm best automatic of %s (%s, chosen by validation logloss) test logloss %.4f vs "
+                        "the best streaming peer's (%s) %.4f: ratio %.3f, difference %+.4f (paired standard error "
+                        "%.4f)" % (ds.name, what, a.learner, a.test_ll, p.learner, p.test_ll, a.test_ll / p.test_ll,
+                                   a.test_ll - p.test_ll, d.std(ddof=1) / np.sqrt(len(d))))
+                say(line)
+                summary.append(line)
     if summary:
         say()
         say("## summary")

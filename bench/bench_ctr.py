@@ -420,7 +420,8 @@ def tune_in_process(ds, kw, grid, passes):
         if [{k: float(s[k]) for k in grid} for s in res.settings] != settings:
             raise ValueError("grid_fit's order is not this bench's")
         models, reports = res.fms, res.reports
-    except Exception:  # e.g. a model kind without grid_fit: one model a setting
+    except Exception as e:  # e.g. a model kind without grid_fit: one model a setting (the same models)
+        print("bench_ctr: grid_fit not used (%s): one model a setting" % str(e).splitlines()[0], file=sys.stderr)
         models, reports = [], []
         for st in settings:
             fm = FM(**dict(base, **st))

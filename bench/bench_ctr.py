@@ -316,7 +316,8 @@ class Row:
         self.train_s, self.tune_s = train_s, tune_s
 
     def json(self, ds):
-        return {"data": ds.name, "learner": self.learner, "kind": self.kind, "setting": self.setting,
+        return {"data": ds.name, "learner": self.learner, "variant": self.variant, "kind": self.kind,
+                "setting": self.setting,
                 "val_logloss": self.val_ll, "test_logloss": self.test_ll, "test_auc": self.test_auc,
                 "train_s": self.train_s, "tune_s": self.tune_s, "note": self.note,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -794,6 +794,7 @@ def _as_base(m, hyper):
     from .model import read_model
 
     if isinstance(m, FM):
+        m.require_fm("merging")
         return Base.of(m)
     arrays = read_model(str(m), state=True)
     info = arrays.info

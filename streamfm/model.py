@@ -40,7 +40,9 @@ MAGIC = b"\x89SFMBIN\n"
 FORMAT_NAME = "streamfm-bin"
 FORMAT_VERSION = 1
 FFM_VERSION = 2  # an FFM's binary file says version 2: a streamfm without FFMs refuses it
-KIND = container.Kind(MAGIC, FORMAT_NAME, FFM_VERSION, reserve=1 << 16, what="binary model", error=ModelError)
+KIND = container.Kind(MAGIC, FORMAT_NAME, FORMAT_VERSION, reserve=1 << 16, what="binary model", error=ModelError)
+# what this streamfm reads (versions up to 2), and writes for an FFM
+FFM_KIND = container.Kind(MAGIC, FORMAT_NAME, FFM_VERSION, reserve=1 << 16, what="binary model", error=ModelError)
 # the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
 PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
@@ -908,10 +910,10 @@ def write_bin(src, path, state=True):
         arrays.append(container.Array("weights", src.dtype, (n, 1 + k),
                                       lambda: (c[2] for c in src.chunks(weights=True, state=False))))
     header = dict(src.meta())
-    header.update({"format": FORMAT_NAME, "version": FFM_VERSION if is_ffm(header) else FORMAT_VERSION, "k": k,
+    header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
                    "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
                    "params_columns": PARAMS_COLUMNS})
-    container.write(KIND, path, header, arrays)
+    container.write(FFM_KIND if is_ffm(header) else KIND, path, header, arrays)
 
 
 def read_bin_header(path):
@@ -921,7 +923,7 @@ def read_bin_header(path):
 
 def _read_bin_header(path):
     """(header, {name: container.Spec}) of a binary model, checked."""
-    header, size = container.read_header(KIND, path)
+    header, size = container.read_header(FFM_KIND, path)
     return header, _check_bin_header(path, header, size)
 
 

@@ -23,7 +23,7 @@ from .errors import ParameterError, StreamFMError
 from .ftrl import HP_NAMES
 from .metrics import fmt_int, fmt_metric
 from .model import (ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
-                    model_has_state, read_model, write_model)
+                    model_has_state, read_ffm_header, read_model, write_model)
 from .output import OutputError, open_output
 from .parse import VALUE_CLIP
 
@@ -457,7 +457,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     stream = _open_input(input_path)
     try:
         fmt = detect_format(model_path)
-        warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path))
+        warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path),
+                field_aware=read_ffm_header(model_path) is not None)
         # the kernels are loaded: LLVM's pages go before the model's come in
         jit.release_compiler_memory()
         t0 = time.time()

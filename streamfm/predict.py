@@ -236,12 +236,13 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     return summary
 
 
-def warm_up(fmt, dtype, log, quiet, stripped=False):
+def warm_up(fmt, dtype, log, quiet, stripped=False, field_aware=False):
     """Compile or load the kernels that loading a ``fmt`` model and predicting
     need, on a tiny model, so that the real model is then loaded at disk speed.
 
     ``stripped``: the model holds (w, v) only; a mapped binary one is then
     scored from read-only arrays (kernels of their own).
+    ``field_aware``: a field-aware FM's kernels (ffm.py) too.
     """
     import io
     import os
@@ -273,3 +274,15 @@ def warm_up(fmt, dtype, log, quiet, stripped=False):
         model = ServingModel.load(path, mmap=True)
     predict_stream(model, io.BytesIO(b"1 a:1 b\n"), io.BytesIO(), Options(quiet=True), log,
                    metrics=True)
+    if field_aware:
+        jit.compile_notice([ffm.fields_of_rows, ffm.score_block, ffm.phi_block], log, quiet)
+        with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+            path = os.path.join(d, "tiny.txt")
+            with open_output(path) as f:
+                f.write(b"ffm k=1 max_fields=2 field_sep== fields a b\nbias 0.1 0 0\n"
+                        b"a=1 0.2 0.3 0.1 0 0 0 0 0 0\nb=1 0.2 0.3 0.1 0 0 0 0 0 0\n")
+            model = ServingModel.from_arrays(read_model(path, state=False, ffm=True))
+        p = parse.parse(np.frombuffer(b"1 a=1 b=1:2 c\n", np.uint8), 1, parse.ParseBuffers(0), model.table)
+        out = np.empty(max(p.nnz, 1))
+        model.scores(p, out)
+        model.phi(p, out)

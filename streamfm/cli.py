@@ -145,6 +145,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
       cat hour.txt  | fm_train -im model.txt -m model.new.txt
       fm_train --input train.txt -m model.txt --passes 3 --holdout-every 10
       fm_train --input train.txt -m best.txt --grid 'v_alpha=0.02,0.05,0.1 w_l2=1,5'
+      fm_train --input train.txt -m ffm.txt --model ffm --max-fields 8 -dim 1,1,4
     """
     from .cache import check_cache_path
     from .fm import FM, setting_name

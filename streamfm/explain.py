@@ -46,7 +46,7 @@ def phi_block(indptr, rows, vals, n_samples, weights, k, phi):
 def block_phi(model, parsed, phi):
     """phi[j] = the attribution of feature j of a parsed block under ``model``
     (a ServingModel: an FM's phi_block, an FFM's own)."""
-    if model.kind == "ffm":
+    if getattr(model, "kind", "fm") == "ffm":
         model.phi(parsed, phi)
     else:
         phi_block(parsed.indptr, parsed.rows, parsed.vals, parsed.n_samples, model.weights, model.k, phi)

@@ -625,7 +625,9 @@ class Base:
 
     @classmethod
     def of(cls, fm):
-        """The Base of an FM (a copy of its rows; ``fm`` is not changed)."""
+        """The Base of an FM (a copy of its rows; ``fm`` is not changed); a
+        field-aware FM is refused (ModelFormatError: the merge is an FM's)."""
+        fm.require_fm("merging models (and distributed training)")
         m = fm.training_model()
         arena, off = m.names()
         n = m.n_rows
@@ -794,7 +796,6 @@ def _as_base(m, hyper):
     from .model import read_model
 
     if isinstance(m, FM):
-        m.require_fm("merging")
         return Base.of(m)
     arrays = read_model(str(m), state=True)
     info = arrays.info

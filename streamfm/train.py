@@ -185,13 +185,13 @@ def _train_block(models, w, indptr, rows, vals, ys, n, lines, holdout, k0, k1):
         indptr, rows, vals, ys, n, hi, hr, hv, hy, nh = split_holdout(indptr, rows, vals, ys, lines, n, holdout)
         if nh:
             for m, (st, hh) in zip(models, w.hacc):
-                if m.kind == "ffm":
+                if getattr(m, "kind", "fm") == "ffm":
                     ffm.score_state_block(hi, hr, hv, hy, nh, m.params, m.row_field, m.hp, m.field_k,
                                           m.fields.capacity, st, hh)
                     continue
                 ftrl.score_state_block(hi, hr, hv, hy, nh, m.params, m.hp, m.k, m.fvs, st, hh)
     for m, (st, hh) in zip(models, w.acc):
-        if m.kind == "ffm":
+        if getattr(m, "kind", "fm") == "ffm":
             ffm.train_block(indptr, rows, vals, ys, n, m.params, m.row_field, m.hp, m.field_k,
                             m.fields.capacity, k0, k1, st, hh)
             continue
@@ -232,7 +232,7 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
     workers = [_Worker(len(models), bool(holdout)) for _ in range(opts.cores)]
     k = model.k
     flags = (opts.k0, opts.k1, model.fvs)
-    fields = model.kind == "ffm"  # new names get their fields (and a line may be bad) first
+    fields = getattr(model, "kind", "fm") == "ffm"  # new names get their fields (and a line may be bad) first
     t0 = time.time()
 
     def add_unknown(p, data):

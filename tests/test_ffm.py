@@ -293,10 +293,54 @@ def test_two_cores_give_about_the_logloss_of_one():
     from streamfm.train import Options, train_stream
 
     data = synth(4000, seed=17)
-    res = []
+    res, models = [], []
     for cores in (1, 2):
-        m = FFMModel(3, hp=HP, fields=ffm.Fields("=", 6))
+        # tiny arrays: they grow while the workers train (row_field with them)
+        m = FFMModel(3, hp=HP, fields=ffm.Fields("=", 6), row_capacity=8, arena_capacity=32)
         s = train_stream(m, io.BytesIO(data), Options(cores=cores, quiet=True, block_size=4096), print)
         res.append((s.samples, s.logloss))
+        models.append(m)
     assert res[0][0] == res[1][0] == 4000
     assert abs(res[0][1] - res[1][1]) < 0.01, res
+    one, two = models
+    assert one.n_rows == two.n_rows and sorted(one.fields.names) == sorted(two.fields.names)
+    for r in range(1, two.n_rows):  # every row's field is its name's, whichever thread made it
+        name = two.table.name_bytes(r)
+        assert two.fields.names[two.row_field[r]] == ffm.field_of(name, b"=")
+
+
+def test_importance_and_the_merge_api_with_an_ffm(tmp_path):
+    data = synth(200, seed=18)
+    fm, _ = train_ffm(data)
+    path = tmp_path / "m.bin"
+    fm.save(path)
+    (tmp_path / "d").write_bytes(data)
+    p = fm_dump("importance", "-m", path, "--input", tmp_path / "d", "--by-field", "=", "-q")
+    assert_ok(p)
+    fields = {ln.split(b" ")[0] for ln in p.stdout.splitlines()}
+    assert {b"user", b"item", b"ctx", b"price"} <= fields
+    rows = fm.importance(data)
+    # the mean phi of a feature over the data is the mean of its explain() phis
+    ex = fm.explain(data, top=100)
+    phis = [x for r in ex for n, x in r if n == rows[0][0].decode()]
+    assert rows[0][2] == pytest.approx(np.mean(phis), rel=1e-12)
+    from streamfm.merge import merge_models
+    with pytest.raises(ModelFormatError, match="field-aware FM"):
+        merge_models([fm, fm])
+
+
+def test_a_model_file_whose_fields_disagree_with_its_names_is_refused(tmp_path):
+    fm, _ = train_ffm(synth(100, seed=19))
+    path = tmp_path / "m.txt"
+    fm.save(path, "txt")
+    head, rest = path.read_bytes().split(b"\n", 1)
+    (tmp_path / "bad.txt").write_bytes(head.replace(b" user", b" usr") + b"\n" + rest)
+    with pytest.raises(ModelFormatError, match="field of feature 'user=.*' is not in the model's field list"):
+        streamfm.FM.load(tmp_path / "bad.txt").predict_proba([b"1 user=1"])
+    (tmp_path / "k.txt").write_bytes(head.replace(b"k=3", b"k=2") + b"\n" + rest)
+    with pytest.raises(ModelFormatError, match="k=2 x max_fields=6"):
+        streamfm.FM.load(tmp_path / "k.txt")
+    with pytest.raises(ModelFormatError, match="3 factors per field"):
+        streamfm.FM.load(path, k=4)
+    p = fm_train("-dim", "1,1,3", "-im", path, "--max-fields", "7", "-m", tmp_path / "x.txt", input=b"1 a=1\n")
+    assert p.returncode == 2 and b"--max-fields 7 differs from the -im model's 6" in p.stderr

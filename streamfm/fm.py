@@ -495,9 +495,11 @@ class FM:
     >>> _ = ffm.partial_fit([b"1 user=1 item=7 ctx=a", b"0 user=2 item=7 ctx=b"] * 50)
     >>> ffm.fields
     ['user', 'item', 'ctx']
-    >>> (name, phi), = ffm.explain([b"1 user=1 item=7"], top=1)[0]
     >>> p = ffm.predict_proba([b"1 user=1 item=7", b"0 user=2 item=7"])
     >>> bool(p[0] > p[1])
+    True
+    >>> raw = ffm.bias + sum(phi for _, phi in ffm.explain([b"1 user=1 item=7"])[0])
+    >>> bool(abs(1 / (1 + math.exp(-raw)) - p[0]) < 1e-12)
     True
     """
 

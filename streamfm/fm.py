@@ -32,7 +32,8 @@ from .inputs import as_stream
 from .metrics import MetricSummary
 from .ffm import DEFAULT_MAX_FIELDS, DEFAULT_SEP, Fields
 from .ffm import train_block as ffm_train_block
-from .model import MAX_FIELDS, MAX_K, FFMModel, Model, dtype_name, read_model, refuse_ffm, write_model
+from .model import (MAX_FIELDS, MAX_K, FFMModel, Model, dtype_name, fields_of_info, read_model, refuse_ffm,
+                    write_model)
 from .predict import FFMServingModel, PredictSummary, ServingModel, predict_stream
 from .cache import input_fingerprint
 from .train import CachePlan, Options, Summary, train_passes, train_stream
@@ -603,7 +604,7 @@ class FM:
     def _field_list(self):
         if self._model is not None:
             return self._model.fields
-        return self.serving_model().fields
+        return fields_of_info(self._arrays.info)
 
     def require_fm(self, what):
         """ModelFormatError unless this is an FM (``what`` needs one: recall, embeddings)."""
@@ -1280,6 +1281,7 @@ class FM:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_kind", "fm")  # pickled before field-aware FMs
         self.__dict__.update(state)
         self._bufs = parse.ParseBuffers(0)
 

@@ -216,7 +216,8 @@ class FFMModel(Model):
         parsed.tok_field = tok
 
     def add_unknown(self, parsed, data, pause=contextlib.nullcontext):
-        if parsed.tok_field is None or parsed.tok_field.shape[0] != parsed.nnz:
+        tok = getattr(parsed, "tok_field", None)
+        if tok is None or tok.shape[0] != parsed.nnz:
             self.screen(parsed, data)
         new_bytes = int(parsed.name_len[parsed.rows < 0].sum())
         if self.table.needs_growth(parsed.n_unknown, new_bytes):

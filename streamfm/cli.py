@@ -23,7 +23,7 @@ from .errors import ParameterError, StreamFMError
 from .ftrl import HP_NAMES
 from .metrics import fmt_int, fmt_metric
 from .model import (ModelArrays, ModelError, detect_format, dtype_name, dtype_of, file_dtype,
-                    model_has_state, read_model, write_model)
+                    model_has_state, read_ffm_header, read_model, write_model)
 from .output import OutputError, open_output
 from .parse import VALUE_CLIP
 
@@ -109,6 +109,21 @@ def _open_input(path):
 @click.option("--grid-out", "grid_out", metavar="DIR", default=None,
               help="With --grid: also write every setting's model to DIR (made if missing), named by "
                    "its setting, e.g. DIR/v_alpha=0.02,w_l2=1.0.txt.")
+@click.option("--model", "model_kind", type=click.Choice(["fm", "ffm"]), default=None,
+              help="fm: y = w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j (the default, or the -im "
+                   "model's kind). ffm: a field-aware FM, y = w0 + sum_i w_i x_i + sum_{i<j} "
+                   "<v_{i,f(j)}, v_{j,f(i)}> x_i x_j: each feature has one K-vector per field, f(i) the "
+                   "field of feature i (see --field-sep); the same FTRL step on every coordinate, "
+                   "O(n^2 K) per line. Not with -fvs, --grid or --cache-reuse.")
+@click.option("--field-sep", "field_sep", default=None, metavar="SEP",
+              help="ffm: a feature's field is its name up to the first SEP (1 to 8 bytes); a name "
+                   "without SEP is a field of its own (price:3.5). Default '=' (age_b=3 -> age_b, "
+                   "city=sh -> city); with -im, the model's.")
+@click.option("--max-fields", "max_fields", type=click.IntRange(1, 1 << 12), default=None, metavar="F",
+              help="ffm: the field capacity F; each feature holds F x K factors, so memory and model "
+                   "size grow with F (float64: 8 (3 + 2 F K) bytes a feature). A line that would "
+                   "bring field F+1 is a bad line (skipped and counted). Default 64; with -im, the "
+                   "model's.")
 @click.option("--progress-every", type=FiniteFloat(0.1), default=5.0, show_default=True,
               metavar="SECONDS", help="Seconds between progress lines on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr (errors still show).")
@@ -116,7 +131,7 @@ def _open_input(path):
 def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2,
              init_stdev, cores, init_model, init_model_format, fvs, mnt, input_path, seed, on_error,
              max_bad_fraction, bad_lines, save_on_interrupt, allow_empty, passes, holdout_every, cache_path,
-             cache_reuse, grid_spec, grid_out, progress_every, quiet):
+             cache_reuse, grid_spec, grid_out, model_kind, field_sep, max_fields, progress_every, quiet):
     """Train an FM with FTRL on libsvm-style lines from standard input.
 
     Each line is 'LABEL NAME:VALUE NAME:VALUE ...' (label > 0 is a click).
@@ -130,6 +145,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
       cat hour.txt  | fm_train -im model.txt -m model.new.txt
       fm_train --input train.txt -m model.txt --passes 3 --holdout-every 10
       fm_train --input train.txt -m best.txt --grid 'v_alpha=0.02,0.05,0.1 w_l2=1,5'
+      fm_train --input train.txt -m ffm.txt --model ffm --max-fields 8 -dim 1,1,4
     """
     from .cache import check_cache_path
     from .fm import FM, setting_name
@@ -169,14 +185,19 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     stream = _open_input(input_path)
     try:
         continue_fmt = detect_format(init_model) if init_model else None
+        fields = _ffm_fields(cmd, init_model, model_kind, field_sep, max_fields, k)
     except ModelError as e:
         fail(cmd, str(e))
+    if fields is not None:
+        for flag, given in (("-fvs 1", fvs), ("--grid", grid), ("--cache-reuse", cache_reuse)):
+            if given:
+                raise click.UsageError("%s is not offered with --model ffm" % flag)
     # every kernel first: the compiler's memory goes before the model comes
     warm_up(k, dtype, hp, bool(fvs), 0 if seed is None else seed, model_format, log, quiet,
-            continue_fmt, many=bool(grid or passes > 1 or holdout_every or cache_path))
+            continue_fmt, many=bool(grid or passes > 1 or holdout_every or cache_path), fields=fields)
     jit.release_compiler_memory()
     t_load = time.time()
-    spare = spare_rows(k, dtype)
+    spare = spare_rows(k if fields is None else k * fields.capacity, dtype)
     hyper = dict(zip(HP_NAMES, hp), fvs=bool(fvs))
     try:
         if init_model:
@@ -188,7 +209,10 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
                     cmd, init_model, fmt_int(fm.n_features), fmt_int(fm.samples_seen),
                     fmt_seconds(time.time() - t_load)))
         else:
-            fm = FM(k0=k0, k1=k1, k=k, dtype=dtype_name(dtype), seed=0 if seed is None else seed, **hyper)
+            ffm_args = {} if fields is None else dict(model="ffm", field_sep=fields.sep,
+                                                      max_fields=fields.capacity)
+            fm = FM(k0=k0, k1=k1, k=k, dtype=dtype_name(dtype), seed=0 if seed is None else seed, **hyper,
+                    **ffm_args)
             fm.reserve(spare, 1 << 25)
     except StreamFMError as e:
         fail(cmd, str(e))
@@ -246,6 +270,38 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         _train_report(cmd, rep, interrupted, model_path, model_format, t_write)
         if res is not None:
             _grid_report(cmd, res, grid_out)
+
+
+def _ffm_fields(cmd, init_model, model_kind, field_sep, max_fields, k):
+    """The ffm.Fields of a field-aware run (None: an FM): from the flags, or the -im model's
+    (whose kind wins unless --model says otherwise; the flags must then agree with it)."""
+    from .ffm import Fields
+    from .model import MAX_K, read_ffm_header
+
+    head = read_ffm_header(init_model) if init_model else None
+    if init_model:
+        kind = "ffm" if head is not None else "fm"
+        if model_kind is not None and model_kind != kind:
+            fail(cmd, "-im %s holds an %s model, not --model %s" % (init_model, kind, model_kind), EXIT_USAGE)
+        model_kind = kind
+    if model_kind != "ffm":
+        for flag, given in (("--field-sep", field_sep), ("--max-fields", max_fields)):
+            if given is not None:
+                raise click.UsageError("%s goes with --model ffm" % flag)
+        return None
+    if head is not None:
+        for flag, given, have in (("--field-sep", field_sep, head["field_sep"]),
+                                  ("--max-fields", max_fields, head["max_fields"])):
+            if given is not None and (given.encode() if isinstance(given, str) else given) != have:
+                fail(cmd, "%s %s differs from the -im model's %s" % (flag, given, have), EXIT_USAGE)
+        field_sep, max_fields = head["field_sep"], head["max_fields"]
+    try:
+        fields = Fields("=" if field_sep is None else field_sep, 64 if max_fields is None else max_fields)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--field-sep")
+    if k * fields.capacity > MAX_K:
+        raise click.UsageError("-dim K x --max-fields must be at most %d, not %d" % (MAX_K, k * fields.capacity))
+    return fields
 
 
 def _cache_dir(model_path):
@@ -402,7 +458,8 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
     stream = _open_input(input_path)
     try:
         fmt = detect_format(model_path)
-        warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path))
+        warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path),
+                field_aware=read_ffm_header(model_path) is not None)
         # the kernels are loaded: LLVM's pages go before the model's come in
         jit.release_compiler_memory()
         t0 = time.time()
@@ -445,9 +502,11 @@ def fm_dump():
     """Inspect and convert FM model files."""
 
 
-def _load_for_dump(path, state=True):
+def _load_for_dump(path, state=True, ffm=False):
+    """The model for a dump subcommand; ``ffm``: a field-aware FM's file is
+    fine (else it is refused: the subcommand needs an FM)."""
     try:
-        return read_model(path, state=state, table=True)
+        return read_model(path, state=state, table=True, ffm=ffm)
     except ModelError as e:
         fail("fm_dump", str(e))
 
@@ -460,7 +519,7 @@ def dump_info(model_path):
     """Print a model's shape, sparsity and hyper-parameters."""
     try:
         fmt = detect_format(model_path)
-        arrays = read_model(model_path, state=None, table=True)
+        arrays = read_model(model_path, state=None, table=True, ffm=True)
     except ModelError as e:
         fail("fm_dump", str(e))
     w = arrays.weights
@@ -468,9 +527,17 @@ def dump_info(model_path):
     n = arrays.n_rows - 1
     nz_w = int(np.count_nonzero(w[1:, 0]))
     nz_v = int(np.count_nonzero(np.any(w[1:, 1:] != 0, axis=1))) if k else 0
+    info = arrays.info
     print("file          %s" % model_path)
     print("format        %s%s" % (fmt, "" if arrays.has_state else " (stripped: w and v only)"))
-    print("dim           %d factors" % k)
+    if info.get("model") == "ffm":
+        print("model         ffm (field-aware FM)")
+        print("dim           %d factors per field, %d fields of %d (field separator %r)" % (
+            info["field_k"], len(info["fields"]), info["max_fields"],
+            info["field_sep"].decode("utf-8", "backslashreplace")))
+        print("fields        %s" % " ".join(f.decode("utf-8", "backslashreplace") for f in info["fields"]))
+    else:
+        print("dim           %d factors" % k)
     print("dtype         %s" % arrays.info.get("dtype"))
     print("features      %s" % fmt_int(n))
     print("non-zero w    %s" % fmt_int(nz_w))
@@ -540,7 +607,7 @@ def _rewrite(src_path, dst_path, nonzero, state, to_fmt, dtype=None):
         fmt = detect_format(src_path)
     except ModelError as e:
         fail("fm_dump", str(e))
-    arrays = _load_for_dump(src_path, state=state)
+    arrays = _load_for_dump(src_path, state=state, ffm=True)
     if nonzero:
         arrays = arrays.select(_nonzero_rows(arrays))
     if dtype is not None:

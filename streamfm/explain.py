@@ -43,6 +43,15 @@ def phi_block(indptr, rows, vals, n_samples, weights, k, phi):
     return 0
 
 
+def block_phi(model, parsed, phi):
+    """phi[j] = the attribution of feature j of a parsed block under ``model``
+    (a ServingModel: an FM's phi_block, an FFM's own)."""
+    if getattr(model, "kind", "fm") == "ffm":
+        model.phi(parsed, phi)
+    else:
+        phi_block(parsed.indptr, parsed.rows, parsed.vals, parsed.n_samples, model.weights, model.k, phi)
+
+
 @njit(cache=True, nogil=True)
 def format_explained(ys, raw, indptr, phi, src, name_start, name_len, n_samples, topn, out):
     """'label prob<TAB>name:phi ...' lines with each sample's top-N |phi|."""
@@ -132,7 +141,7 @@ class Explainer:
             if state["phi"].shape[0] < p.nnz:
                 state["phi"] = np.empty(max(p.nnz, 2 * state["phi"].shape[0]))
             phi = state["phi"]
-            phi_block(p.indptr, p.rows, p.vals, p.n_samples, m.weights, m.k, phi)
+            block_phi(m, p, phi)
             if self.importance:
                 if state["acc"] is None:
                     state["acc"] = self.accumulators()

@@ -27,11 +27,14 @@ from numba import njit
 from . import ftrl, parse
 from .badlines import BadLineLog, RunSummary
 from .errors import BadInputError, ModelFormatError, ParameterError
-from .explain import Explainer, phi_block
+from .explain import Explainer, block_phi
 from .inputs import as_stream
 from .metrics import MetricSummary
-from .model import Model, dtype_name, read_model, write_model
-from .predict import PredictSummary, ServingModel, predict_stream
+from .ffm import DEFAULT_MAX_FIELDS, DEFAULT_SEP, Fields
+from .ffm import train_block as ffm_train_block
+from .model import (MAX_FIELDS, MAX_K, FFMModel, Model, dtype_name, fields_of_info, read_model, refuse_ffm,
+                    write_model)
+from .predict import FFMServingModel, PredictSummary, ServingModel, predict_stream
 from .cache import input_fingerprint
 from .train import CachePlan, Options, Summary, train_passes, train_stream
 
@@ -445,6 +448,27 @@ class FM:
         ``"float64"`` (alphaFM's double) or ``"float32"`` (half the memory).
     seed : int
         Seed of the initial factors.
+    model : "fm" or "ffm"
+        "ffm": a field-aware FM (Juan et al. 2016, as libffm and xLearn),
+
+        .. math::
+
+            \hat{y}(x) = w_0 + \sum_i w_i x_i
+                       + \sum_{i<j} \langle v_{i,f(j)}, v_{j,f(i)} \rangle x_i x_j,
+
+        where each feature has one k-vector per field and :math:`f(i)` is the
+        field of feature i: its name up to the first ``field_sep`` (``age_b=3``
+        is in field ``age_b``; a name without it is a field of its own). Every
+        coordinate takes the same FTRL step; the gradient of
+        :math:`v_{i,f,d}` is :math:`g \sum_{j: f(j) = f} v_{j,f(i),d} x_i x_j`.
+        O(n^2 k) per sample. Not with ``fvs``; not for ``grid_fit``,
+        ``embeddings`` or recall (they need an FM).
+    field_sep : str
+        The field separator of an FFM (1 to 8 bytes, no white space).
+    max_fields : int
+        An FFM's field capacity F: each feature holds F * k factors (memory
+        8 (3 + 2 F k) bytes a feature in float64). A line whose new feature
+        would bring a field beyond F is a bad line (skipped, counted).
 
     Hyper-parameters are attributes; ``k`` and ``dtype`` are fixed once the
     object exists, the others may be changed between calls (as fm_train's
@@ -464,12 +488,40 @@ class FM:
     (True, True)
     >>> fm.last_report.bad_lines
     [BadLine(line=3, reason='feature value is not a number', column=3, text='1 oops:x')]
+
+    A field-aware FM: fields are the name parts before ``=``; the phis of
+    ``explain`` add up to the raw score with the bias.
+
+    >>> ffm = streamfm.FM(k=2, model="ffm", max_fields=4, seed=1)
+    >>> _ = ffm.partial_fit([b"1 user=1 item=7 ctx=a", b"0 user=2 item=7 ctx=b"] * 50)
+    >>> ffm.fields
+    ['user', 'item', 'ctx']
+    >>> p = ffm.predict_proba([b"1 user=1 item=7", b"0 user=2 item=7"])
+    >>> bool(p[0] > p[1])
+    True
+    >>> raw = ffm.bias + sum(phi for _, phi in ffm.explain([b"1 user=1 item=7"])[0])
+    >>> bool(abs(1 / (1 + math.exp(-raw)) - p[0]) < 1e-12)
+    True
     """
 
     def __init__(self, k0=True, k1=True, k=8, init_stdev=0.1, w_alpha=0.05, w_beta=1.0, w_l1=0.1,
                  w_l2=5.0, v_alpha=0.05, v_beta=1.0, v_l1=0.1, v_l2=5.0, fvs=False, dtype="float64",
-                 seed=0):
+                 seed=0, model="fm", field_sep=DEFAULT_SEP, max_fields=DEFAULT_MAX_FIELDS):
         self._k = _check_int("k", k, 0, 1 << 16)
+        if model not in ("fm", "ffm"):
+            raise ParameterError("model must be 'fm' or 'ffm', not %r" % (model,))
+        self._kind = model
+        if model == "ffm":
+            max_fields = _check_int("max_fields", max_fields, 1, MAX_FIELDS)
+            if self._k * max_fields > MAX_K:
+                raise ParameterError("k * max_fields must be at most %d (the factors of a row), not %d"
+                                     % (MAX_K, self._k * max_fields))
+            if fvs:
+                raise ParameterError("fvs is not offered for a field-aware FM (model='ffm')")
+            try:
+                self._fields = Fields(field_sep, max_fields)
+            except ValueError as e:
+                raise ParameterError("field_sep: %s" % e) from None
         self._dtype = _check_dtype(dtype)
         given = {"init_stdev": init_stdev, "w_alpha": w_alpha, "w_beta": w_beta, "w_l1": w_l1, "w_l2": w_l2,
                  "v_alpha": v_alpha, "v_beta": v_beta, "v_l1": v_l1, "v_l2": v_l2}
@@ -478,7 +530,9 @@ class FM:
         self.k1 = k1
         self.fvs = fvs
         self.seed = seed
-        self._model = Model(self._k, self._dtype, hp=self._hp, fvs=self._fvs, seed=self._seed)
+        self._model = (Model(self._k, self._dtype, hp=self._hp, fvs=self._fvs, seed=self._seed)
+                       if model == "fm" else FFMModel(self._k, self._dtype, hp=self._hp, seed=self._seed,
+                                                      fields=self._fields))
         self._arrays = None      # a loaded model file, until it is trained on
         self._reserve_rows = 0   # FM.load's reserve_rows, for the Model made of the file
         self._loaded_info = {}
@@ -520,8 +574,42 @@ class FM:
 
     @fvs.setter
     def fvs(self, value):
+        if value and getattr(self, "_kind", "fm") == "ffm":
+            raise ParameterError("fvs is not offered for a field-aware FM (model='ffm')")
         self._fvs = bool(value)
         self._serving = None
+
+    @property
+    def model(self):
+        """"fm", or "ffm" for a field-aware FM."""
+        return self._kind
+
+    @property
+    def field_sep(self):
+        """An FFM's field separator (None for an FM)."""
+        return None if self._kind == "fm" else self._field_list().sep.decode("utf-8", "surrogateescape")
+
+    @property
+    def max_fields(self):
+        """An FFM's field capacity (None for an FM)."""
+        return None if self._kind == "fm" else self._field_list().capacity
+
+    @property
+    def fields(self):
+        """An FFM's field names in id order (first appearance); None for an FM."""
+        if self._kind == "fm":
+            return None
+        return [n.decode("utf-8", "backslashreplace") for n in self._field_list().names]
+
+    def _field_list(self):
+        if self._model is not None:
+            return self._model.fields
+        return fields_of_info(self._arrays.info)
+
+    def require_fm(self, what):
+        """ModelFormatError unless this is an FM (``what`` needs one: recall, embeddings)."""
+        if self._kind != "fm":
+            refuse_ffm({"model": self._kind}, getattr(self._arrays, "path", "model"), what)
 
     @property
     def seed(self):
@@ -536,6 +624,8 @@ class FM:
         out = {"k0": self.k0, "k1": self.k1, "k": self.k}
         out.update({n: float(v) for n, v in zip(ftrl.HP_NAMES, self._hp)})
         out.update({"fvs": self.fvs, "dtype": self.dtype, "seed": self.seed})
+        if self._kind == "ffm":
+            out.update({"model": "ffm", "field_sep": self.field_sep, "max_fields": self.max_fields})
         return out
 
     def __repr__(self):
@@ -567,8 +657,9 @@ class FM:
             if not a.has_state:
                 raise ModelFormatError("%s: stripped model (w and v only) has no training state; it "
                                        "can be used for prediction, not trained" % getattr(a, "path", "model"))
-            self._model = Model.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype,
-                                            extra_rows=self._reserve_rows or 1 << 16)
+            cls = FFMModel if self._kind == "ffm" else Model
+            self._model = cls.from_arrays(a, self._hp, self._fvs, self._seed, dtype=self._dtype,
+                                          extra_rows=self._reserve_rows or 1 << 16)
             self._arrays = None
         if getattr(self, "_shares_table", False):
             # a grid's FMs share one table; one that trains on gets its own
@@ -594,7 +685,11 @@ class FM:
                 m = self._model
                 w = np.empty((m.n_rows, 1 + m.k), dtype=m.dtype)
                 ftrl.serving_weights(m.params, m.n_rows, m.k, self._hp, self._fvs, w)
-                self._serving = ServingModel(m.table, w, m.k)
+                if self._kind == "ffm":
+                    self._serving = FFMServingModel(m.table, w, m.field_k, m.fields.copy(),
+                                                    m.row_field[: m.n_rows].copy())
+                else:
+                    self._serving = ServingModel(m.table, w, m.k)
         return self._serving
 
     # -- training --------------------------------------------------------------
@@ -659,6 +754,8 @@ class FM:
         """
         opts = run_options(self.k0, self.k1, cores, on_error, max_bad_fraction, bad_lines)
         passes, holdout = _check_passes(passes, holdout_every, cache, reuse_cache)
+        if reuse_cache and self._kind == "ffm":
+            raise ParameterError("reuse_cache is not offered for a field-aware FM (model='ffm')")
         model = self.training_model()
         bad = _BadLines(opts)
         report = Report("partial_fit")
@@ -724,6 +821,8 @@ class FM:
         >>> res.best == min(range(4), key=lambda i: res.reports[i].logloss)
         True
         """
+        if self._kind == "ffm":
+            raise ParameterError("grid_fit is not offered for a field-aware FM (model='ffm')")
         settings = expand_grid(grid)
         opts = run_options(self.k0, self.k1, cores, on_error, max_bad_fraction, bad_lines)
         passes, holdout = _check_passes(passes, holdout_every, cache, reuse_cache)
@@ -779,6 +878,10 @@ class FM:
         """
         model = self.training_model()
         p, buf = self._parse_one(_one_line(x, y), model.table)
+        if p.n_unknown and self._kind == "ffm":
+            model.screen(p, buf)
+            if len(p.bad_line):
+                raise BadInputError("sample %r: %s" % (x, parse.REASONS[int(p.bad_reason[0])]))
         if p.n_unknown:
             model.add_unknown(p, buf)
         if self._acc is None:
@@ -786,8 +889,12 @@ class FM:
 
             self._acc = new_accumulators(ftrl.N_STATS - 4)
         self._serving = None
-        ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_init,
-                         model.hp, model.k, self._k0, self._k1, model.fvs, model.seed, *self._acc)
+        if self._kind == "ffm":
+            ffm_train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.row_field, model.hp,
+                            model.field_k, model.fields.capacity, self._k0, self._k1, *self._acc)
+        else:
+            ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_init,
+                             model.hp, model.k, self._k0, self._k1, model.fvs, model.seed, *self._acc)
         model.samples_seen += p.n_samples
 
     def _parse_one(self, line, table):
@@ -808,9 +915,13 @@ class FM:
         >>> fm.predict_proba_one({"user": 1})
         0.5
         """
-        if self._model is None:
+        if self._model is None or self._kind == "ffm":
             sm = self.serving_model()
             p, _ = self._parse_one(_one_line(x), sm.table)
+            if self._kind == "ffm":
+                raw = np.empty(1)
+                sm.scores(p, raw)
+                return float(1.0 / (1.0 + math.exp(-raw[0])))
             w, rows = sm.weights, p.rows
         else:
             m = self._model
@@ -951,7 +1062,7 @@ class FM:
 
         def pick(p, raw):
             phi = np.empty(max(p.nnz, 1))
-            phi_block(p.indptr, p.rows, p.vals, p.n_samples, sm.weights, sm.k, phi)
+            block_phi(sm, p, phi)
             out = []
             for s in range(p.n_samples):
                 a, b = int(p.indptr[s]), int(p.indptr[s + 1])
@@ -1050,6 +1161,7 @@ class FM:
         >>> names, V.shape
         (['a'], (1, 3))
         """
+        self.require_fm("embeddings")
         sm = self.serving_model()
         arena, off = sm.table.names_view()
         names = [bytes(arena[off[r]:off[r + 1]]).decode("utf-8", "backslashreplace")
@@ -1114,14 +1226,20 @@ class FM:
             raise TypeError("unknown hyper-parameter(s): %s" % ", ".join(sorted(unknown)))
         arrays = read_model(str(path), k=k, state=state, mmap=bool(mmap),
                             dtype=None if dtype is None else _check_dtype(dtype),
-                            extra_rows=_check_int("reserve_rows", reserve_rows, 0))
+                            extra_rows=_check_int("reserve_rows", reserve_rows, 0), ffm=True)
         info = arrays.info
         args = dict(HYPER_PARAMETERS)
         args.update(info.get("hyper") or {})
         args["fvs"] = bool(info.get("fvs", False))
         args["seed"] = int(info.get("seed", 0) or 0)
         args.update(hyper)
-        fm = cls(k0=k0, k1=k1, k=arrays.k, dtype=arrays.dtype, **args)
+        k = arrays.k
+        if info.get("model") == "ffm":
+            if args["fvs"]:
+                raise ParameterError("fvs is not offered for a field-aware FM (model='ffm')")
+            k = int(info["field_k"])
+            args.update(model="ffm", field_sep=info["field_sep"], max_fields=int(info["max_fields"]))
+        fm = cls(k0=k0, k1=k1, k=k, dtype=arrays.dtype, **args)
         fm._model = None
         fm._arrays = arrays
         fm._reserve_rows = int(reserve_rows)
@@ -1163,6 +1281,7 @@ class FM:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_kind", "fm")  # pickled before field-aware FMs
         self.__dict__.update(state)
         self._bufs = parse.ParseBuffers(0)
 

@@ -704,7 +704,9 @@ class Base:
 
     @classmethod
     def of(cls, fm):
-        """The Base of an FM (a copy of its rows; ``fm`` is not changed)."""
+        """The Base of an FM (a copy of its rows; ``fm`` is not changed); a
+        field-aware FM is refused (ModelFormatError: the merge is an FM's)."""
+        fm.require_fm("merging models (and distributed training)")
         m = fm.training_model()
         arena, off = m.names()
         n = m.n_rows

@@ -30,7 +30,7 @@ import re
 import numpy as np
 from numba import njit
 
-from . import container, floatfmt, ftrl
+from . import container, ffm, floatfmt, ftrl
 from .errors import ModelFormatError as ModelError  # one class; the commands' name for it
 from .output import open_output
 from .table import (KEY_BYTES, DuplicateName, FeatureTable, init_hash_bytes, key_from_bytes, lookup_one,
@@ -39,7 +39,10 @@ from .table import (KEY_BYTES, DuplicateName, FeatureTable, init_hash_bytes, key
 MAGIC = b"\x89SFMBIN\n"
 FORMAT_NAME = "streamfm-bin"
 FORMAT_VERSION = 1
+FFM_VERSION = 2  # an FFM's binary file says version 2: a streamfm without FFMs refuses it
 KIND = container.Kind(MAGIC, FORMAT_NAME, FORMAT_VERSION, reserve=1 << 16, what="binary model", error=ModelError)
+# what this streamfm reads (versions up to 2), and writes for an FFM
+FFM_KIND = container.Kind(MAGIC, FORMAT_NAME, FFM_VERSION, reserve=1 << 16, what="binary model", error=ModelError)
 # the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
 PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
@@ -84,6 +87,7 @@ class Model:
         return self.table.n_rows
 
     has_state = True
+    kind = "fm"
 
     def hyper(self):
         return {name: float(v) for name, v in zip(ftrl.HP_NAMES, self.hp)}
@@ -147,6 +151,116 @@ class Model:
         add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
                      parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
                      self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV])
+
+
+class FFMModel(Model):
+    """A trainable field-aware FM (ffm.py): an FM row of K = F * k factors per
+    feature, the field list (``fields``, an ffm.Fields) and each row's field id
+    (``row_field``), written when the row is made. ``k`` is K, the file
+    machinery's factor count; ``field_k`` the factors per field."""
+
+    kind = "ffm"
+
+    def __init__(self, k, dtype=np.float64, hp=None, seed=0, fields=None,
+                 row_capacity=1 << 16, arena_capacity=1 << 20, hash_key=None):
+        self.field_k = int(k)
+        self.fields = ffm.Fields() if fields is None else fields
+        Model.__init__(self, self.field_k * self.fields.capacity, dtype, hp=hp, fvs=False, seed=seed,
+                       row_capacity=row_capacity, arena_capacity=arena_capacity, hash_key=hash_key)
+        self.row_field = np.zeros(self.table.row_capacity, dtype=np.int64)
+
+    def reserve(self, new_rows, new_bytes):
+        Model.reserve(self, new_rows, new_bytes)
+        cap = self.table.row_capacity
+        if cap > self.row_field.shape[0]:
+            rf = np.zeros(cap, dtype=np.int64)
+            rf[: self.n_rows] = self.row_field[: self.n_rows]
+            self.row_field = rf
+
+    def meta(self):
+        out = Model.meta(self)
+        out.update(ffm_info(self.field_k, self.fields))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, hp, fvs=False, seed=0, dtype=None, extra_rows=1 << 16):
+        info = arrays.info
+        m = Model.from_arrays.__func__(cls, arrays, hp, False, seed, dtype=dtype, extra_rows=extra_rows)
+        m.field_k = int(info["field_k"])
+        m.fields = fields_of_info(info)
+        m.row_field = np.zeros(m.table.row_capacity, dtype=np.int64)
+        row_fields(arrays, m.fields, m.row_field)
+        return m
+
+    def screen(self, parsed, data):
+        """Give each new name of a parsed block its field (``parsed.tok_field``), adding
+        the block's new fields to the list; a line that would need more than the field
+        capacity becomes a bad line (rolled back). Callers serialise calls (insert lock)."""
+        f = self.fields
+        nnz = parsed.nnz
+        tok = np.full(nnz, -1, dtype=np.int64)
+        n = parsed.n_samples
+        new_start = np.empty(f.capacity + 1, dtype=np.int64)
+        new_len = np.empty(f.capacity + 1, dtype=np.int64)
+        bad = np.zeros(n, dtype=np.int64)
+        bad_pos = np.zeros(n, dtype=np.int64)
+        nn = ffm.screen_block(parsed.buf, parsed.indptr, parsed.rows, parsed.name_start, parsed.name_len, n,
+                              f.sep_arr, f.arena, f.off, len(f), f.capacity, tok, new_start, new_len, bad, bad_pos)
+        for t in range(nn):
+            f.add(bytes(parsed.buf[new_start[t]:new_start[t] + new_len[t]]))
+        if bad.any():
+            from .parse import FIELD_CAPACITY, remove
+
+            which = {int(s): (FIELD_CAPACITY, int(bad_pos[s])) for s in np.flatnonzero(bad)}
+            tok = tok[remove(parsed, [], which, bytes(parsed.buf))]
+        parsed.tok_field = tok
+
+    def add_unknown(self, parsed, data, pause=contextlib.nullcontext):
+        tok = getattr(parsed, "tok_field", None)
+        if tok is None or tok.shape[0] != parsed.nnz:
+            self.screen(parsed, data)
+        new_bytes = int(parsed.name_len[parsed.rows < 0].sum())
+        if self.table.needs_growth(parsed.n_unknown, new_bytes):
+            with pause():
+                self.reserve(parsed.n_unknown, new_bytes)
+        t = self.table
+        ffm.add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
+                         parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
+                         self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV], parsed.tok_field, self.row_field)
+
+
+def ffm_info(field_k, fields):
+    """What an FFM's files say of it besides an FM's (header entries, text header line)."""
+    return {"model": "ffm", "field_k": int(field_k), "max_fields": int(fields.capacity),
+            "field_sep": bytes(fields.sep), "fields": [bytes(n) for n in fields.names]}
+
+
+def is_ffm(info):
+    return info.get("model", "fm") == "ffm"
+
+
+def fields_of_info(info):
+    return ffm.Fields(info["field_sep"], info["max_fields"], info["fields"])
+
+
+def row_fields(arrays, fields, out):
+    """out[r] = the field id of every row of a model file (ModelError if one is not in its list)."""
+    path = getattr(arrays, "path", "model")
+    n = arrays.n_rows
+    bad = ffm.fields_of_rows(arrays.arena, arrays.name_off, 1, n, fields.sep_arr, fields.arena, fields.off,
+                             len(fields), out)
+    out[0] = -1
+    if bad >= 0:
+        raise ModelError("%s: corrupted: the field of feature %r is not in the model's field list"
+                         % (path, arrays.name(bad)))
+    return out
+
+
+def refuse_ffm(info, path, what="this command"):
+    """ModelError when ``info`` is an FFM's: ``what`` needs an FM."""
+    if is_ffm(info):
+        raise ModelError("%s: holds a field-aware FM (ffm) model; %s needs an FM model (fm_train --model fm)"
+                         % (path, what))
 
 
 @njit(cache=True, nogil=True)
@@ -395,7 +509,10 @@ def write_txt(src, path, state=True, threads=2):
         assert i == r1 - r0
         return out[:nb]
 
+    head = ffm_header_line(src.meta())
     with open_output(path) as f, ThreadPoolExecutor(threads) as pool:
+        if head:
+            f.write(head)
         pending = []
         for job in src.chunks(state=state and src.has_state, rows=CHUNK_ROWS // 2):
             pending.append(pool.submit(fmt, job))
@@ -521,10 +638,9 @@ def _parse_model_text(buf, n, first_line, k, full, want_state, arena, name_off, 
     return r - row0, a, nslow, _TXT_OK, line, 0, 0
 
 
-def _read_blocks(f, size=8 << 20):
+def _read_blocks(f, size=8 << 20, line_no=1):
     """(first line number, uint8 block of complete lines) over a binary file."""
     carry = b""
-    line_no = 1
     while True:
         chunk = f.read(size)
         if not chunk:
@@ -551,9 +667,11 @@ def _fields(line):
     return [t for t in re.split(rb"[ \t]+", line) if t]
 
 
-def _txt_shape(path):
-    """(k or None, full, lines) from the bias line and the first feature line."""
+def _txt_shape(path, skip=0):
+    """(k or None, full, lines) from the bias line and the first feature line
+    (``skip``: bytes before the bias line, an FFM's header line)."""
     with open(path, "rb") as f:
+        f.seek(skip)
         first = f.readline(1 << 16)
         second = f.readline()
         lines = first.count(b"\n") + second.count(b"\n")
@@ -592,6 +710,57 @@ def _field_desc(k, full, is_bias):
     return "name w v_1..v_%d" % k
 
 
+FFM_TXT = b"ffm"  # the first word of an FFM's text model
+
+
+def ffm_header_line(meta):
+    """An FFM's text models start with this line (b"" for an FM)::
+
+        ffm k=K max_fields=F field_sep=SEP fields NAME_1 .. NAME_n
+    """
+    if not is_ffm(meta):
+        return b""
+    return b"%s k=%d max_fields=%d field_sep=%s fields%s\n" % (
+        FFM_TXT, meta["field_k"], meta["max_fields"], meta["field_sep"],
+        b"".join(b" " + n for n in meta["fields"]))
+
+
+def _txt_ffm_header(path):
+    """(the FFM entries of a text model's header line, its length in bytes), or (None, 0) for an FM."""
+    with open(path, "rb") as f:
+        line = f.readline(1 << 20)
+    words = _fields(line)
+    if not words or words[0] != FFM_TXT:
+        return None, 0
+    if not line.endswith(b"\n"):
+        raise ModelError("%s line 1: the ffm header line is cut off" % path)
+    info = {"model": "ffm"}
+    try:
+        i = 1
+        while i < len(words) and words[i] != b"fields":
+            key, eq, val = words[i].partition(b"=")
+            if not eq:
+                raise ValueError(words[i])
+            info[key.decode()] = val
+            i += 1
+        if i == len(words):
+            raise ValueError("no 'fields'")
+        info["fields"] = words[i + 1:]
+        info["field_k"] = int(info["k"])
+        del info["k"]
+        info["max_fields"] = int(info["max_fields"])
+        fields = fields_of_info(info)
+    except (KeyError, ValueError, UnicodeDecodeError) as e:
+        raise ModelError("%s line 1: not an ffm header line 'ffm k=K max_fields=F field_sep=SEP fields "
+                         "NAME...' (%s)" % (path, e)) from None
+    if not 0 <= info["field_k"] <= MAX_K or not 1 <= info["max_fields"] <= MAX_FIELDS or (
+            info["field_k"] * info["max_fields"] > MAX_K):
+        raise ModelError("%s line 1: ffm k=%d max_fields=%d out of range" % (path, info["field_k"],
+                                                                             info["max_fields"]))
+    info["field_sep"] = fields.sep
+    return info, len(line)
+
+
 def read_txt(path, k=None, state=True, dtype=None):
     """Read an alphaFM/streamfm text model into ModelArrays.
 
@@ -599,7 +768,14 @@ def read_txt(path, k=None, state=True, dtype=None):
     ``state``: True requires the FTRL columns, False skips them (enough for
     prediction), None reads them when the file has them.
     """
-    fk, full, n_lines = _txt_shape(path)
+    head, skip = _txt_ffm_header(path)
+    fk, full, n_lines = _txt_shape(path, skip)
+    if head is not None:
+        want = head["field_k"] * head["max_fields"]
+        if fk is not None and fk != want:
+            raise ModelError("%s line 2: %d factors per line, but the ffm header says k=%d x max_fields=%d"
+                             % (path, fk, head["field_k"], head["max_fields"]))
+        fk = want
     if fk is None:
         fk = 0 if k is None else int(k)
     if k is not None and int(k) != fk:
@@ -619,7 +795,8 @@ def read_txt(path, k=None, state=True, dtype=None):
     a = 0
     with open(path, "rb") as f:
         first = True
-        for line_no, block in _read_blocks(f):
+        f.seek(skip)
+        for line_no, block in _read_blocks(f, line_no=2 if skip else 1):
             nb = block.shape[0]
             slow = [np.empty(nb // 2 + 2, np.int64) for _ in range(5)]
             got, a, nslow, err, eline, efield, found = _parse_model_text(
@@ -649,6 +826,8 @@ def read_txt(path, k=None, state=True, dtype=None):
     if rows == 0:
         raise ModelError("%s: no bias line" % path)
     meta = {"k": fk, "dtype": dtype_name(dtype), "n_rows": rows, "format": "txt", "full": full}
+    if head is not None:
+        meta.update(head)
     return ModelArrays(arena[:a], name_off[: rows + 1], weights[:rows],
                        st[:rows] if want_state else None, meta)
 
@@ -735,7 +914,7 @@ def write_bin(src, path, state=True):
     header.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "k": k,
                    "dtype": dtype_name(src.dtype), "n_rows": n, "has_state": has_state,
                    "params_columns": PARAMS_COLUMNS})
-    container.write(KIND, path, header, arrays)
+    container.write(FFM_KIND if is_ffm(header) else KIND, path, header, arrays)
 
 
 def read_bin_header(path):
@@ -745,7 +924,7 @@ def read_bin_header(path):
 
 def _read_bin_header(path):
     """(header, {name: container.Spec}) of a binary model, checked."""
-    header, size = container.read_header(KIND, path)
+    header, size = container.read_header(FFM_KIND, path)
     return header, _check_bin_header(path, header, size)
 
 
@@ -754,6 +933,7 @@ def _read_bin_header(path):
 # crafted file would make numpy read pointers from the file.
 _FLOAT_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 MAX_K = 1 << 16  # factors a model may have (-dim checks it too)
+MAX_FIELDS = 1 << 12  # an FFM's field capacity (--max-fields checks it too)
 
 
 def _check_bin_header(path, header, size):
@@ -793,6 +973,19 @@ def _check_bin_header(path, header, size):
     seen = header.get("samples_seen")
     if seen is not None and not (container.is_int(seen) and seen >= 0):
         raise ModelError("%s: corrupted header: samples_seen %r" % (path, seen))
+    if header.get("model", "fm") not in ("fm", "ffm"):
+        raise ModelError("%s: corrupted header: model %r (fm or ffm)" % (path, header.get("model")))
+    if is_ffm(header):
+        fk, nf, names = header.get("field_k"), header.get("max_fields"), header.get("fields")
+        if not (container.is_int(fk) and container.is_int(nf) and 1 <= nf <= MAX_FIELDS and fk * nf == k
+                and isinstance(names, list) and len(names) <= nf and all(isinstance(x, bytes) for x in names)
+                and isinstance(header.get("field_sep"), bytes)):
+            raise ModelError("%s: corrupted header: ffm field_k %r, max_fields %r, fields or field_sep"
+                             % (path, fk, nf))
+        try:
+            fields_of_info(header)
+        except ValueError as e:
+            raise ModelError("%s: corrupted header: %s" % (path, e)) from None
     return specs
 
 
@@ -864,7 +1057,14 @@ def detect_format(path):
     return "bin" if MAGIC.startswith(head) else "txt"
 
 
-def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, table=False, mmap=False):
+def read_ffm_header(path):
+    """The FFM entries of a model file's header (field_k, max_fields, field_sep, fields), or None for an FM."""
+    info = _txt_ffm_header(path)[0] if detect_format(path) == "txt" else read_bin_header(path)
+    return info if info is not None and is_ffm(info) else None
+
+
+def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, table=False, mmap=False,
+               ffm=False):
     """ModelArrays from a txt or bin model file (format detected from its bytes).
 
     ``fmt`` (the -mf/-imf flag) is accepted for alphaFM compatibility; the
@@ -875,8 +1075,18 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
     pass False and get the same error from ``table_for``.
     ``mmap``: memory-map a binary model's arrays (``read_bin``; prediction
     only); text models are read as usual.
+    ``ffm``: a field-aware FM's file is read too (``k`` is then its factors
+    per field); without it, such a file raises ModelError (the caller needs an FM).
     """
     real = detect_format(path)
+    kind = read_ffm_header(path)
+    if kind is not None:
+        if not ffm:
+            refuse_ffm(kind, path)
+        if k is not None and int(k) != kind["field_k"]:
+            raise ModelError("%s: ffm model has %d factors per field (-dim ...,%d) but %d were asked for"
+                             % (path, kind["field_k"], kind["field_k"], int(k)))
+        k = None
     if real == "txt":
         arrays = read_txt(path, k=k, state=state, dtype=dtype)
     else:

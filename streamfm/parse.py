@@ -31,6 +31,7 @@ EMPTY_NAME = 5
 EMPTY_VALUE = 6
 CONTROL_BYTE = 7
 BAD_CLICK = 8
+FIELD_CAPACITY = 9  # a field-aware FM's line (ffm.py), found when its new names get rows
 
 # What the first token of a line is (docs/design.md, "Input lines").
 LABELED = 0   # LABEL NAME:VALUE ...
@@ -46,6 +47,7 @@ REASONS = {
     EMPTY_VALUE: "empty feature value after ':'",
     CONTROL_BYTE: "control byte (binary data?) in line",
     BAD_CLICK: "click line must be 'USER_KEY NAME:VALUE ... | ITEM_KEY'",
+    FIELD_CAPACITY: "a new field beyond the model's field capacity (--max-fields)",
 }
 
 # |value| above this is clipped (and counted). Real feature values (counts,
@@ -420,7 +422,7 @@ class Parsed:
 
     __slots__ = ("ys", "indptr", "sample_line", "keys", "hashes", "rows", "vals", "name_start", "name_len",
                  "n_samples", "nnz", "n_lines", "bad_line", "bad_reason", "bad_col",
-                 "n_clipped", "n_unknown", "buf")
+                 "n_clipped", "n_unknown", "buf", "tok_field")
 
 
 _NO_SLOTS = np.full(1, -1, dtype=np.int32)
@@ -463,6 +465,7 @@ def parse(buf, n_lines_hint, bufs, table=None, mode=LABELED):
     p.bad_col = bufs.bad_col[:nbad]
     p.n_clipped = nclip
     p.n_unknown = nmiss
+    p.tok_field = None
     if nslow:
         _settle_slow(p, bufs, nslow)
     return p
@@ -509,6 +512,13 @@ def _settle_slow(p, bufs, nslow):
             p.vals[idx] = x
     if not drop_feat and not bad:
         return
+    remove(p, drop_feat, bad, data)
+
+
+def remove(p, drop_feat, bad, data):
+    """Drop the features ``drop_feat`` (indices) and the samples of ``bad``
+    ({sample: (reason, byte where the problem is)}) from the parsed block ``p``;
+    the samples' lines join its bad lines. Returns the features kept (a mask)."""
     keep_f = np.ones(p.nnz, dtype=bool)
     keep_f[drop_feat] = False
     keep_s = np.ones(p.n_samples, dtype=bool)
@@ -536,3 +546,4 @@ def _settle_slow(p, bufs, nslow):
     p.indptr = indptr
     p.n_samples = len(p.ys)
     p.nnz = len(p.vals)
+    return keep_f

@@ -10,16 +10,18 @@ import time
 import numpy as np
 from numba import njit
 
-from . import floatfmt, ftrl, parse
+from . import ffm, floatfmt, ftrl, parse
 from .badlines import BadLineLog, RunSummary
 from .metrics import MetricSummary, add_prediction, new_accumulators
-from .model import read_model, table_for
+from .model import fields_of_info, is_ffm, read_model, row_fields, table_for
 from .pipeline import run_workers
 from .reader import BlockReader
 
 
 class ServingModel:
     """What prediction needs: the feature table and (w, v_1..v_k) per row."""
+
+    kind = "fm"
 
     def __init__(self, table, weights, k, info=None):
         self.table = table
@@ -40,6 +42,9 @@ class ServingModel:
         else:
             weights = arrays.weights
         table = table_for(arrays, share=mapped is not None)
+        if is_ffm(arrays.info):
+            fields = fields_of_info(arrays.info)
+            row_field = row_fields(arrays, fields, np.zeros(arrays.n_rows, dtype=np.int64))
         if mapped is not None:
             # a mapped model: the names were needed to build the table (lookups
             # use its hashes) and full FTRL rows to derive (w, v); give their
@@ -48,6 +53,8 @@ class ServingModel:
             mapped.drop(arrays.name_off)
             if arrays.params is not None:
                 mapped.drop(arrays.params)
+        if is_ffm(arrays.info):
+            return FFMServingModel(table, weights, int(arrays.info["field_k"]), fields, row_field, arrays.info)
         return cls(table, weights, arrays.k, arrays.info)
 
     @classmethod
@@ -64,6 +71,27 @@ class ServingModel:
         """out[s] = raw FM score of each sample of a block parsed against self.table."""
         ftrl.score_block(parsed.indptr, parsed.rows, parsed.vals, parsed.n_samples, self.weights,
                          self.k, out)
+
+
+class FFMServingModel(ServingModel):
+    """A field-aware FM's serving model: ``k`` factors per field, (w, v_{f,d}) per row
+    (v_{f,d} in column 1 + f * k + d), the field list and each row's field."""
+
+    kind = "ffm"
+
+    def __init__(self, table, weights, k, fields, row_field, info=None):
+        ServingModel.__init__(self, table, weights, k, info)
+        self.fields = fields
+        self.row_field = row_field
+
+    def scores(self, parsed, out):
+        ffm.score_block(parsed.indptr, parsed.rows, parsed.vals, parsed.n_samples, self.weights,
+                        self.row_field, self.k, self.fields.capacity, out)
+
+    def phi(self, parsed, out):
+        """out[j] = the exact attribution of feature j of the block (ffm.phi_block)."""
+        ffm.phi_block(parsed.indptr, parsed.rows, parsed.vals, parsed.n_samples, self.weights,
+                      self.row_field, self.k, self.fields.capacity, out)
 
 
 @njit(inline="always")
@@ -208,12 +236,13 @@ def predict_stream(model, stream, out, opts, log, make_on_block=None, metrics=Fa
     return summary
 
 
-def warm_up(fmt, dtype, log, quiet, stripped=False):
+def warm_up(fmt, dtype, log, quiet, stripped=False, field_aware=False):
     """Compile or load the kernels that loading a ``fmt`` model and predicting
     need, on a tiny model, so that the real model is then loaded at disk speed.
 
     ``stripped``: the model holds (w, v) only; a mapped binary one is then
     scored from read-only arrays (kernels of their own).
+    ``field_aware``: a field-aware FM's kernels (ffm.py) too.
     """
     import io
     import os
@@ -245,3 +274,15 @@ def warm_up(fmt, dtype, log, quiet, stripped=False):
         model = ServingModel.load(path, mmap=True)
     predict_stream(model, io.BytesIO(b"1 a:1 b\n"), io.BytesIO(), Options(quiet=True), log,
                    metrics=True)
+    if field_aware:
+        jit.compile_notice([ffm.fields_of_rows, ffm.score_block, ffm.phi_block], log, quiet)
+        with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+            path = os.path.join(d, "tiny.txt")
+            with open_output(path) as f:
+                f.write(b"ffm k=1 max_fields=2 field_sep== fields a b\nbias 0.1 0 0\n"
+                        b"a=1 0.2 0.3 0.1 0 0 0 0 0 0\nb=1 0.2 0.3 0.1 0 0 0 0 0 0\n")
+            model = ServingModel.from_arrays(read_model(path, state=False, ffm=True))
+        p = parse.parse(np.frombuffer(b"1 a=1 b=1:2 c\n", np.uint8), 1, parse.ParseBuffers(0), model.table)
+        out = np.empty(max(p.nnz, 1))
+        model.scores(p, out)
+        model.phi(p, out)

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import cache as block_cache
-from . import ftrl, parse
+from . import ffm, ftrl, parse
 from .badlines import BadLineLog, RunSummary
 from .metrics import M_SAMPLES, N_METRICS, MetricSummary, new_accumulators
 from .pipeline import run_workers
@@ -185,8 +185,16 @@ def _train_block(models, w, indptr, rows, vals, ys, n, lines, holdout, k0, k1):
         indptr, rows, vals, ys, n, hi, hr, hv, hy, nh = split_holdout(indptr, rows, vals, ys, lines, n, holdout)
         if nh:
             for m, (st, hh) in zip(models, w.hacc):
+                if getattr(m, "kind", "fm") == "ffm":
+                    ffm.score_state_block(hi, hr, hv, hy, nh, m.params, m.row_field, m.hp, m.field_k,
+                                          m.fields.capacity, st, hh)
+                    continue
                 ftrl.score_state_block(hi, hr, hv, hy, nh, m.params, m.hp, m.k, m.fvs, st, hh)
     for m, (st, hh) in zip(models, w.acc):
+        if getattr(m, "kind", "fm") == "ffm":
+            ffm.train_block(indptr, rows, vals, ys, n, m.params, m.row_field, m.hp, m.field_k,
+                            m.fields.capacity, k0, k1, st, hh)
+            continue
         ftrl.train_block(indptr, rows, vals, ys, n, m.params, m.table.row_init, m.hp, m.k,
                          k0, k1, m.fvs, m.seed, st, hh)
 
@@ -224,6 +232,7 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
     workers = [_Worker(len(models), bool(holdout)) for _ in range(opts.cores)]
     k = model.k
     flags = (opts.k0, opts.k1, model.fvs)
+    fields = getattr(model, "kind", "fm") == "ffm"  # new names get their fields (and a line may be bad) first
     t0 = time.time()
 
     def add_unknown(p, data):
@@ -245,10 +254,22 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
                 rw.release_read()
             w.lines += p.n_lines
             w.clipped += p.n_clipped
+            if fields and p.n_unknown:
+                with insert_lock:
+                    model.screen(p, blk.data)
             bad.check(blk, p, sum(x.lines for x in workers), NO_MODEL)
             if p.n_unknown:
                 with insert_lock:
                     add_unknown(p, blk.data)
+            if fields and cache is None and not holdout and not others:
+                rw.acquire_read()
+                try:
+                    ffm.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.row_field,
+                                    model.hp, model.field_k, model.fields.capacity, flags[0], flags[1],
+                                    w.stats, w.hist)
+                finally:
+                    rw.release_read()
+                return
             if cache is None and not holdout and not others:
                 rw.acquire_read()
                 try:
@@ -481,10 +502,11 @@ def _collect(summary, workers, model):
     summary.clipped = sum(w.clipped for w in workers)
 
 
-def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=False):
+def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=False, fields=None):
     """Compile or load every kernel a training run needs, on a tiny model.
 
     ``many``: also those of passes, held-out samples and grids.
+    ``fields``: a field-aware FM's (an ffm.Fields): its kernels instead.
 
     Trains it, writes it in ``fmt`` and, for a run that continues a model of
     format ``continue_fmt``, reads it back as -im does. Loading the kernels
@@ -499,6 +521,8 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=Fa
     from .model import add_features as model_add_features
     from .table import hash_arena, index_names
 
+    if fields is not None:
+        return _warm_up_ffm(k, dtype, hp, seed, fmt, log, quiet, continue_fmt, many, fields)
     kernels = [parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights, ftrl.file_state,
                hash_arena, index_names]
     if many:
@@ -521,3 +545,35 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=Fa
             if f == continue_fmt:
                 Model.from_arrays(read_model(path, k=k, state=True, dtype=dtype), hp, fvs, seed,
                                   dtype=dtype, extra_rows=16)
+
+
+def _warm_up_ffm(k, dtype, hp, seed, fmt, log, quiet, continue_fmt, many, fields):
+    """warm_up for a field-aware FM (FFMModel): its kernels, on a tiny model."""
+    import io
+    import tempfile
+
+    from . import jit
+    from .model import FFMModel, read_model, write_model
+    from .table import hash_arena, index_names
+
+    kernels = [parse.parse_block, ffm.screen_block, ffm.add_features, ffm.train_block, ffm.fields_of_rows,
+               ftrl.serving_weights, ftrl.file_state, hash_arena, index_names]
+    if many:
+        kernels += [split_holdout, ffm.score_state_block, block_cache.block_ok]
+    jit.compile_notice(kernels, log, quiet)
+    tiny = FFMModel(k, dtype, hp=hp, seed=seed, fields=type(fields)(fields.sep, 2), row_capacity=16,
+                    arena_capacity=64)
+    data = b"1 a=1 b=2:0.5 c\n0 a=2 c\n"
+    if many:
+        with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+            train_passes(tiny, io.BytesIO(data), Options(quiet=True), log, passes=2, holdout=2,
+                         plan=CachePlan(os.path.join(d, "c")))
+    train_stream(tiny, io.BytesIO(data), Options(quiet=True), log)
+    tiny.reserve(2000, 0)
+    with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
+        for f in {fmt, continue_fmt} - {None}:
+            path = os.path.join(d, "tiny." + f)
+            write_model(tiny, path, f)
+            if f == continue_fmt:
+                FFMModel.from_arrays(read_model(path, state=True, dtype=dtype, ffm=True), hp, False, seed,
+                                     dtype=dtype, extra_rows=16)

@@ -98,6 +98,7 @@ class Recall:
     def __init__(self, fm):
         if not isinstance(fm, FM):
             raise TypeError("Recall wraps a streamfm.FM, not a %s" % type(fm).__name__)
+        fm.require_fm("Recall")
         self.fm = fm
         self.report = None
 
@@ -113,6 +114,7 @@ class Recall:
         (``reader.lines``, ``reader.bad.count``). Give the result to ``train``
         as its ``items``, e.g. to report on the catalog before training.
         """
+        fm.require_fm("Recall.read_catalog")
         opts = run_options(fm.k0, fm.k1, 1, on_error, max_bad_fraction, bad_lines)
         recs, _ = _records(items, parse.KEYED, opts, source, model=fm.training_model(), progress=progress)
         return Catalog(recs)
@@ -164,6 +166,9 @@ class Recall:
                                  "(max_sampled)")
         if hard_neg_model is not None and not hard_neg:
             raise ParameterError("hard_neg_model scores the hard_neg candidates: give hard_neg too")
+        fm.require_fm("Recall.train")
+        if hard_neg_model is not None:
+            hard_neg_model.require_fm("Recall.train (hard_neg_model)")
         opts = run_options(fm.k0, fm.k1, cores, on_error, max_bad_fraction, bad_lines)
         model = fm.training_model()
         try:

@@ -70,7 +70,9 @@ def _load(path, cmd):
     from ..fm import FM
 
     try:
-        return FM.load(path, state=False)
+        fm = FM.load(path, state=False)
+        fm.require_fm(cmd)
+        return fm
     except StreamFMError as e:
         fail(cmd, str(e))
 
@@ -286,6 +288,7 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
         if init_model:
             fm = FM.load(init_model, k=k, state=True, dtype=dtype, reserve_rows=spare_rows(k, dtype, 1 << 16),
                          k0=k0, k1=k1, **hyper)
+            fm.require_fm(cmd)
             fm.seed = continue_seed(cmd, fm.info, seed, fvs, quiet)
             fm.training_model()
             if not quiet:
@@ -294,6 +297,8 @@ def train_cmd(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alph
             fm = FM(k0=k0, k1=k1, k=k, dtype=dtype_name(dtype), seed=0 if seed is None else seed, **hyper)
             fm.reserve(spare_rows(k, dtype, 1 << 18), 1 << 22)
         hard = FM.load(hard_neg_model, state=False) if hard_neg_model else None
+        if hard is not None:
+            hard.require_fm(cmd)
     except StreamFMError as e:
         fail(cmd, str(e))
     try:

@@ -133,6 +133,17 @@ class _Worker:
         self.clipped = 0
 
 
+@njit(inline="always")
+def _copy_sample(indptr, rows, vals, ys, s, d_indptr, d_rows, d_vals, d_ys, d):
+    """Sample s of a CSR block becomes sample d of another (whose samples before d are in place)."""
+    o = d_indptr[d]
+    for j in range(indptr[s], indptr[s + 1]):
+        d_rows[o + j - indptr[s]] = rows[j]
+        d_vals[o + j - indptr[s]] = vals[j]
+    d_ys[d] = ys[s]
+    d_indptr[d + 1] = o + indptr[s + 1] - indptr[s]
+
+
 @njit(cache=True, nogil=True)
 def split_holdout(indptr, rows, vals, ys, lines, n, every):
     """Split a CSR block into the samples to train (line % every != 0) and
@@ -162,18 +173,10 @@ def split_holdout(indptr, rows, vals, ys, lines, n, every):
     b = 0
     for s in range(n):
         if lines[s] % every == 0:
-            for j in range(indptr[s], indptr[s + 1]):
-                hr[hi[b] + j - indptr[s]] = rows[j]
-                hv[hi[b] + j - indptr[s]] = vals[j]
-            hy[b] = ys[s]
-            hi[b + 1] = hi[b] + indptr[s + 1] - indptr[s]
+            _copy_sample(indptr, rows, vals, ys, s, hi, hr, hv, hy, b)
             b += 1
         else:
-            for j in range(indptr[s], indptr[s + 1]):
-                tr[ti[a] + j - indptr[s]] = rows[j]
-                tv[ti[a] + j - indptr[s]] = vals[j]
-            ty[a] = ys[s]
-            ti[a + 1] = ti[a] + indptr[s + 1] - indptr[s]
+            _copy_sample(indptr, rows, vals, ys, s, ti, tr, tv, ty, a)
             a += 1
     return ti, tr, tv, ty, n_t, hi, hr, hv, hy, n_h
 

@@ -942,11 +942,14 @@ class FM:
         return float(out[0])
 
     def _score(self, data, cores, on_error, feature_names, kind, on_block=None, out=None, explain=0,
-               metrics=None, max_bad_fraction=None, bad_lines=None, progress=None, progress_every=1.0):
+               metrics=None, max_bad_fraction=None, bad_lines=None, progress=None, progress_every=1.0,
+               make_on_block=None):
         """Run the predict pipeline over data; (per-line results, Report).
 
         ``on_block(parsed, raw)``: a result per block, collected by block;
-        else the 'label prob' lines (``explain``: with the top features) go to ``out``."""
+        else the 'label prob' lines (``explain``: with the top features) go to ``out``.
+        ``make_on_block``: the pipeline's per-worker block handler factory
+        (``predict.predict_stream``), e.g. an Explainer's."""
         opts = run_options(True, True, cores, on_error, max_bad_fraction, bad_lines)
         sm = self.serving_model()
         bad = _BadLines(opts)
@@ -958,7 +961,7 @@ class FM:
         def on_scores(blk, p, raw):
             blocks[blk.seq] = (blk.first_line, p.sample_line.copy(), on_block(p, raw))
 
-        make = Explainer(sm, topn=explain).on_block_factory if explain else None
+        make = make_on_block or (Explainer(sm, topn=explain).on_block_factory if explain else None)
         src = as_stream(data, feature_names=feature_names, need_labels=False)
         try:
             with src:
@@ -1108,21 +1111,8 @@ class FM:
             raise ParameterError("by_field must be a single byte such as '_', not %r" % (by_field,))
         sm = self.serving_model()
         ex = Explainer(sm, importance=True)
-        opts = run_options(True, True, cores, on_error, None)
-        bad = _BadLines(opts)
-        summary = PredictSummary()
-        report = Report("importance")
-        self.last_report = report
-        src = as_stream(data, feature_names=feature_names, need_labels=False)
-        try:
-            with src:
-                predict_stream(sm, src.stream, None, opts, logger.warning, make_on_block=ex.on_block_factory,
-                               bad=bad, summary=summary)
-        except BadInputError as e:
-            _for_the_api(e, report)
-            raise
-        finally:
-            report._fill(summary, bad, 0)
+        _, report = self._score(data, cores, on_error, feature_names, "importance", metrics=False,
+                                make_on_block=ex.on_block_factory)
         count, sum_phi, sum_abs = ex.totals()
         arena, name_off = sm.table.names_view()
         report.n_features = int((count[1:] > 0).sum())

@@ -28,7 +28,7 @@ from numba import njit
 
 from . import ftrl
 from .metrics import add_prediction
-from .table import init_hash_bytes, lookup_one, place, same_bytes
+from .table import same_bytes
 
 DEFAULT_SEP = "="
 DEFAULT_MAX_FIELDS = 64
@@ -171,37 +171,6 @@ def fields_of_rows(arena, name_off, r0, r1, sep, f_arena, f_off, n_fields, out):
         if f < 0:
             return r
     return -1
-
-
-@njit(cache=True, nogil=True)
-def add_features(slots, row_hash, row_init, name_off, arena, meta, hashes, rows, src, name_start,
-                 name_len, n, params, kk, seed, stdev, tok_field, row_field):
-    """model.add_features for an FFM: the same rows, and each new row's field
-    (tok_field[j]) written into row_field before the row is published."""
-    for j in range(n):
-        if rows[j] >= 0:
-            continue
-        h = hashes[j]
-        ln = name_len[j]
-        s = name_start[j]
-        r = lookup_one(slots, row_hash, h)
-        if r < 0:
-            r = meta[0]
-            a = meta[1]
-            for t in range(ln):
-                arena[a + t] = src[s + t]
-            name_off[r + 1] = a + ln
-            meta[1] = a + ln
-            row_hash[r] = h
-            row_init[r] = init_hash_bytes(src, s, s + ln)
-            row_field[r] = tok_field[j]
-            ftrl.init_row(params, r, row_init[r], kk, seed, stdev)
-            meta[0] = r + 1
-            place(slots, row_hash, r)
-        elif not same_bytes(arena, name_off[r], name_off[r + 1], src, s, s + ln):
-            meta[2] += 1
-        rows[j] = r
-    return 0
 
 
 # ----------------------------------------------------------------------------

@@ -46,6 +46,7 @@ FFM_KIND = container.Kind(MAGIC, FORMAT_NAME, FFM_VERSION, reserve=1 << 16, what
 # the binary format's FTRL rows: ftrl.py's layout (v is kept while v_n == 0)
 PARAMS_COLUMNS = "w w_n w_z v_n[k] v_z[k]"
 CHUNK_ROWS = 1 << 13  # rows converted per step when writing: bounded extra memory
+_NO_FIELDS = np.zeros(0, dtype=np.int64)  # an FM's add_features: no row fields to write
 
 
 def dtype_of(mnt):
@@ -150,7 +151,7 @@ class Model:
         t = self.table
         add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
                      parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
-                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV])
+                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV], _NO_FIELDS, _NO_FIELDS)
 
 
 class FFMModel(Model):
@@ -224,9 +225,9 @@ class FFMModel(Model):
             with pause():
                 self.reserve(parsed.n_unknown, new_bytes)
         t = self.table
-        ffm.add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
-                         parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
-                         self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV], parsed.tok_field, self.row_field)
+        add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
+                     parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
+                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV], parsed.tok_field, self.row_field)
 
 
 def ffm_info(field_k, fields):
@@ -265,10 +266,11 @@ def refuse_ffm(info, path, what="this command"):
 
 @njit(cache=True, nogil=True)
 def add_features(slots, row_hash, row_init, name_off, arena, meta, hashes, rows, src, name_start,
-                 name_len, n, params, k, seed, stdev):
+                 name_len, n, params, k, seed, stdev, tok_field, row_field):
     """Rows for the entries with rows[j] == -1, creating rows for new names.
 
-    A new row's name, hashes and initial state are written before the row is
+    A new row's name, hashes, initial state and, for a field-aware FM
+    (``row_field`` not empty), its field (tok_field[j]) are written before the row is
     published in the index, so a concurrent lookup never sees it half made.
     Its initial factors come from the name's unkeyed init hash (table.py).
     A name whose table hash is already indexed under a different name (a
@@ -291,6 +293,8 @@ def add_features(slots, row_hash, row_init, name_off, arena, meta, hashes, rows,
             meta[1] = a + ln
             row_hash[r] = h
             row_init[r] = init_hash_bytes(src, s, s + ln)
+            if row_field.shape[0] > 0:
+                row_field[r] = tok_field[j]
             ftrl.init_row(params, r, row_init[r], k, seed, stdev)
             meta[0] = r + 1
             place(slots, row_hash, r)

@@ -556,10 +556,10 @@ def _warm_up_ffm(k, dtype, hp, seed, fmt, log, quiet, continue_fmt, many, fields
     import tempfile
 
     from . import jit
-    from .model import FFMModel, read_model, write_model
+    from .model import FFMModel, add_features, read_model, write_model
     from .table import hash_arena, index_names
 
-    kernels = [parse.parse_block, ffm.screen_block, ffm.add_features, ffm.train_block, ffm.fields_of_rows,
+    kernels = [parse.parse_block, ffm.screen_block, add_features, ffm.train_block, ffm.fields_of_rows,
                ftrl.serving_weights, ftrl.file_state, hash_arena, index_names]
     if many:
         kernels += [split_holdout, ffm.score_state_block, block_cache.block_ok]

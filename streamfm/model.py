@@ -89,6 +89,7 @@ class Model:
 
     has_state = True
     kind = "fm"
+    row_field = _NO_FIELDS  # a field-aware FM's rows' fields (FFMModel); an FM has none
 
     def hyper(self):
         return {name: float(v) for name, v in zip(ftrl.HP_NAMES, self.hp)}
@@ -144,6 +145,11 @@ class Model:
         entered around growing the arrays (trainers in other threads must be
         out of their kernels then). Callers serialise calls.
         """
+        self._add_rows(parsed, data, pause, _NO_FIELDS)
+
+    def _add_rows(self, parsed, data, pause, tok_field):
+        """add_unknown's rows; ``tok_field``: the new names' fields (a field-aware FM's; else
+        empty). Its ``row_field`` is read after ``reserve``, which may grow it."""
         new_bytes = int(parsed.name_len[parsed.rows < 0].sum())
         if self.table.needs_growth(parsed.n_unknown, new_bytes):
             with pause():
@@ -151,7 +157,7 @@ class Model:
         t = self.table
         add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
                      parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
-                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV], _NO_FIELDS, _NO_FIELDS)
+                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV], tok_field, self.row_field)
 
 
 class FFMModel(Model):
@@ -220,14 +226,7 @@ class FFMModel(Model):
         tok = getattr(parsed, "tok_field", None)
         if tok is None or tok.shape[0] != parsed.nnz:
             self.screen(parsed, data)
-        new_bytes = int(parsed.name_len[parsed.rows < 0].sum())
-        if self.table.needs_growth(parsed.n_unknown, new_bytes):
-            with pause():
-                self.reserve(parsed.n_unknown, new_bytes)
-        t = self.table
-        add_features(t.slots, t.row_hash, t.row_init, t.name_off, t.arena, t.meta, parsed.hashes,
-                     parsed.rows, data, parsed.name_start, parsed.name_len, parsed.nnz, self.params,
-                     self.k, self.seed, self.hp[ftrl.HP_INIT_STDEV], parsed.tok_field, self.row_field)
+        self._add_rows(parsed, data, pause, parsed.tok_field)
 
 
 def ffm_info(field_k, fields):

@@ -13,12 +13,11 @@ import time
 import click
 import numpy as np
 
-from . import jit
 from .badlines import BadInputStop
 from .command import (CONTEXT, EXIT_BAD_INPUT, EXIT_USAGE, SEED, FiniteFloat, Terminated, check_distinct_or_fail,
                       check_writable_or_fail, continue_seed, fail, flag_message, fmt_seconds, hp_options,
                       interruptible, library_messages, log, output_failed, parse_dim, progress_printer, report,
-                      sigint_raises, spare_rows, to_output)
+                      settle_after_warm_up, sigint_raises, spare_rows, to_output)
 from .errors import ParameterError, StreamFMError
 from .ftrl import HP_NAMES
 from .metrics import fmt_int, fmt_metric
@@ -195,7 +194,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     # every kernel first: the compiler's memory goes before the model comes
     warm_up(k, dtype, hp, bool(fvs), 0 if seed is None else seed, model_format, log, quiet,
             continue_fmt, many=bool(grid or passes > 1 or holdout_every or cache_path), fields=fields)
-    jit.release_compiler_memory()
+    settle_after_warm_up()
     t_load = time.time()
     spare = spare_rows(k if fields is None else k * fields.capacity, dtype)
     hyper = dict(zip(HP_NAMES, hp), fvs=bool(fvs))
@@ -461,7 +460,7 @@ def fm_predict(model_path, model_format, dim, cores, out_path, mnt, input_path, 
         warm_up(fmt, file_dtype(model_path), log, quiet, stripped=fmt == "bin" and not model_has_state(model_path),
                 field_aware=read_ffm_header(model_path) is not None)
         # the kernels are loaded: LLVM's pages go before the model's come in
-        jit.release_compiler_memory()
+        settle_after_warm_up()
         t0 = time.time()
         # a binary model is mapped, not read: its pages are the page cache's
         fm = FM.load(model_path, k=k, state=False, mmap=True)

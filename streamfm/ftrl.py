@@ -331,11 +331,13 @@ def v_state_after(n, zs, g, v, n_seen, sq_seen, inv_alpha, big):
 
 @njit(cache=True, nogil=True)
 def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
-                k0, k1, fvs, seed, stats, hist):
+                k0, k1, fvs, seed, stats, hist, hot, n_hot):
     """Progressive-validate then update on samples 0..n_samples-1 (CSR rows).
 
     ``row_init``: each row's init hash (FeatureTable.row_init), which keys
-    the -fvs re-draws.
+    the -fvs re-draws. Rows r < ``n_hot`` are read and written in ``hot``
+    (a thread's private copy of the hottest rows, see ``hot_copy``), the
+    others in ``params``; with n_hot = 0 every row is in ``params``.
 
     For each sample, in alphaFM's order: weights from state, predict, the
     gradient multiplier, then the w and v states. ``stats`` and ``hist``
@@ -366,16 +368,21 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
             # the next sample's rows load while this one computes
             for i in range(indptr[s + 1], indptr[s + 2]):
                 r = rows[i]
-                for c in range(0, ncols, line):
-                    prefetch(params, r, c)
+                if r >= n_hot:
+                    for c in range(0, ncols, line):
+                        prefetch(params, r, c)
         # weights from state (the bias's n, sqrt(n) go to slot m)
-        w0 = refresh_w(params, 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, m)
+        w0 = refresh_w(hot if n_hot > 0 else params, 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2,
+                       wseen, m)
         for i in range(m):
             r = rows[a + i]
             key = init_key(row_init[r], seed) if fvs else no_key
-            wloc[i] = refresh_w(params, r, k1, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2, wseen, i)
+            wloc[i] = refresh_w(hot if r < n_hot else params, r, k1, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2,
+                                wseen, i)
         for i in range(m):
-            refresh_v(params, rows[a + i], k, wloc[i], fvs, v_alpha, v_beta, v_l1, v_l2, vloc, vseen, i * k)
+            r = rows[a + i]
+            refresh_v(hot if r < n_hot else params, r, k, wloc[i], fvs, v_alpha, v_beta, v_l1, v_l2, vloc, vseen,
+                      i * k)
         p = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
         if not (math.fabs(p) < np.inf):
             stats[ST_SKIPPED_OVERFLOW] += 1
@@ -384,28 +391,116 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
         mult = y * (1.0 / (1.0 + math.exp(-p * y)) - 1.0)
         over = 0
         if k0:
-            over += update_w(params, 0, mult, w0, wseen[0, m], wseen[1, m], inv_w_alpha, big)
+            over += update_w(hot if n_hot > 0 else params, 0, mult, w0, wseen[0, m], wseen[1, m], inv_w_alpha, big)
         if k1:
             for i in range(m):
-                over += update_w(params, rows[a + i], mult * vals[a + i], wloc[i],
+                r = rows[a + i]
+                over += update_w(hot if r < n_hot else params, r, mult * vals[a + i], wloc[i],
                                  wseen[0, i], wseen[1, i], inv_w_alpha, big)
         vz = VN + k
         for i in range(m):
             r = rows[a + i]
             x = vals[a + i]
             w = wloc[i]
+            st = hot if r < n_hot else params
             for f in range(k):
                 j = i * k + f
-                n = params[r, VN + f]
+                n = st[r, VN + f]
                 v = v_used(n, vloc[j], w, fvs)
                 g = mult * (vsum[f] * x - v * x * x)
-                n, zs, o = v_state_after(n, params[r, vz + f], g, v, vseen[0, j], vseen[1, j],
+                n, zs, o = v_state_after(n, st[r, vz + f], g, v, vseen[0, j], vseen[1, j],
                                          inv_v_alpha, big)
-                params[r, VN + f] = n
-                params[r, vz + f] = zs
+                st[r, VN + f] = n
+                st[r, vz + f] = zs
                 over += o
         stats[ST_COORD_OVERFLOW] += over
     return 0
+
+
+# --- Hogwild's hottest rows, private to each thread -------------------------
+#
+# With several trainer threads, the rows every block touches (the bias, a
+# field's few common values) are written by all of them, sample after
+# sample: each write takes the cache line from the other cores (bench/README.md,
+# "Hogwild": 20-30% more CPU at -core 2). So each thread trains rows
+# r < n_hot in a copy of its own (hot_copy, when a block starts) and adds
+# what it changed to the shared rows when the block ends (hot_merge, one
+# thread at a time): FTRL's n and z are sums of per-sample terms, so the
+# change of each is the sum of the thread's terms, computed on a state at
+# most one block behind the other threads' (as Hogwild's reads may be).
+# Row ids follow first appearance, so the low ones are the frequent ones.
+
+
+def no_hot(params):
+    """The (hot, n_hot) arguments of a train_block that keeps every row in params."""
+    return np.empty((0, params.shape[1]), dtype=params.dtype), 0
+
+
+@njit(cache=True, nogil=True)
+def hot_copy(params, hot, base, n_hot):
+    """hot[:n_hot] = base[:n_hot] = params[:n_hot] (rows' FTRL state, every column)."""
+    for r in range(n_hot):
+        for c in range(params.shape[1]):
+            x = params[r, c]
+            hot[r, c] = x
+            base[r, c] = x
+
+
+@njit(inline="always")
+def _true_z(n, zs):
+    # the VZ column holds v, not z, while n == 0 (module doc); z is 0 there
+    return zs if n > 0.0 else 0.0
+
+
+@njit(inline="always")
+def _plus_change(shared, now, was):
+    # a coordinate no other thread moved takes the thread's value as it is,
+    # so one thread alone gets plain training's numbers, bit for bit
+    if shared == was:
+        return now
+    return shared + (now - was)
+
+
+@njit(cache=True, nogil=True)
+def hot_merge(params, hot, base, n_hot, k):
+    """Add what a thread's block changed in its copies (hot - base) to params' rows 0..n_hot-1.
+
+    n and z of w and of each factor become params + (hot - base), z as
+    FTRL's z (0 while the VZ column holds v); where params still equals
+    base, no other thread moved it and it becomes hot as it is. W (the w
+    last computed) is taken from hot where the thread changed it. A sum
+    that would overflow the dtype is not applied; returns how many were not
+    (the trainer's overflow count).
+    """
+    big = np.finfo(params.dtype).max
+    vz = VN + k
+    over = 0
+    for r in range(n_hot):
+        if hot[r, W] != base[r, W]:
+            params[r, W] = hot[r, W]
+        if hot[r, WN] != base[r, WN] or hot[r, WZ] != base[r, WZ]:
+            n = _plus_change(params[r, WN], hot[r, WN], base[r, WN])
+            z = _plus_change(params[r, WZ], hot[r, WZ], base[r, WZ])
+            if n <= big and math.fabs(z) <= big:
+                params[r, WN] = n
+                params[r, WZ] = z
+            else:
+                over += 1
+        for f in range(k):
+            hn = hot[r, VN + f]
+            bn = base[r, VN + f]
+            if hn == bn and hot[r, vz + f] == base[r, vz + f]:
+                continue
+            sn = params[r, VN + f]
+            n = _plus_change(sn, hn, bn)
+            z = _plus_change(_true_z(sn, params[r, vz + f]), _true_z(hn, hot[r, vz + f]),
+                             _true_z(bn, base[r, vz + f]))
+            if not (n <= big and math.fabs(z) <= big):
+                over += 1
+            elif n > 0.0:
+                params[r, VN + f] = n
+                params[r, vz + f] = z
+    return over
 
 
 @njit(cache=True, nogil=True)

@@ -123,9 +123,67 @@ class Summary(RunSummary, MetricSummary):
         return None if self.hacc is None else MetricSummary(*self.hacc[g])
 
 
+# Rows each trainer thread keeps a private copy of (ftrl.py, "Hogwild's
+# hottest rows"): up to HOT_ROWS, and at most HOT_BYTES of them, so a
+# thread's copy and its base fit in its core's L2 beside the block's rows.
+HOT_ROWS = 1024
+HOT_BYTES = 1 << 18
+
+
+def hot_rows(model, cores):
+    """How many of ``model``'s first rows each of ``cores`` trainer threads trains in a copy
+    of its own: none with one thread (the run stays alphaFM's, bit for bit), with
+    -fvs (its re-draws read w as the shared row holds it) or for a field-aware FM."""
+    if cores < 2 or model.fvs or getattr(model, "kind", "fm") != "fm":
+        return 0
+    row_bytes = model.params.shape[1] * model.params.itemsize
+    return int(min(HOT_ROWS, HOT_BYTES // row_bytes))
+
+
+class _Hot:
+    """One trainer thread's copy of one model's hottest rows; ``train`` runs
+    ftrl.train_block on a block with them. ``lock`` (one per model, shared
+    by its threads) lets one thread at a time add its changes."""
+
+    def __init__(self, model, n, lock):
+        self.model = model
+        self.n = n
+        self.lock = lock
+        cols, dtype = model.params.shape[1], model.params.dtype
+        self.hot = np.empty((n, cols), dtype=dtype)
+        self.base = np.empty((n, cols), dtype=dtype)
+
+    def train(self, indptr, rows, vals, ys, n_samples, k0, k1, stats, hist):
+        m = self.model
+        n = min(self.n, m.n_rows)
+        if n:
+            # unlocked: a copy taken while another thread merges is a base
+            # like any other, since only the difference hot - base is added
+            ftrl.hot_copy(m.params, self.hot, self.base, n)
+        ftrl.train_block(indptr, rows, vals, ys, n_samples, m.params, m.table.row_init, m.hp, m.k,
+                         k0, k1, m.fvs, m.seed, stats, hist, self.hot, n)
+        if n:
+            with self.lock:
+                stats[ftrl.ST_COORD_OVERFLOW] += ftrl.hot_merge(m.params, self.hot, self.base, n, m.k)
+
+
+# one sample (label 1) on the bias and row 1: warm_up's block for the hot-row kernels
+_TINY_BLOCK = (np.array([0, 1], dtype=np.int64), np.array([1], dtype=np.int64), np.array([1.0]),
+               np.array([1.0]), 1)
+
+
+def _give_hot_rows(workers, models):
+    """Each worker gets its _Hot of each model (a model's workers share one lock)."""
+    for m in models:
+        n, lock = hot_rows(m, len(workers)), threading.Lock()
+        for w in workers:
+            w.hot.append(_Hot(m, n, lock))
+
+
 class _Worker:
     def __init__(self, n_models=1, holdout=False):
         self.bufs = parse.ParseBuffers(0)
+        self.hot = []  # per model, this thread's _Hot (_give_hot_rows)
         self.acc = [new_accumulators(ftrl.N_STATS - N_METRICS) for _ in range(n_models)]
         self.hacc = [new_accumulators() for _ in range(n_models)] if holdout else None
         self.stats, self.hist = self.acc[0]
@@ -182,24 +240,28 @@ def split_holdout(indptr, rows, vals, ys, lines, n, every):
 
 
 def _train_block(models, w, indptr, rows, vals, ys, n, lines, holdout, k0, k1):
-    """One block through every model: held-out samples scored, the others trained
-    (the caller holds the read lock)."""
+    """One block through every model: its samples trained, then its held-out samples
+    scored (the caller holds the read lock).
+
+    Scoring after the block's training lets a held-out sample see every
+    training sample of its block (never itself): on a file of one block, a
+    pass's held-out metric is the model of that pass, not of the one before.
+    """
     if holdout:
         indptr, rows, vals, ys, n, hi, hr, hv, hy, nh = split_holdout(indptr, rows, vals, ys, lines, n, holdout)
-        if nh:
-            for m, (st, hh) in zip(models, w.hacc):
-                if getattr(m, "kind", "fm") == "ffm":
-                    ffm.score_state_block(hi, hr, hv, hy, nh, m.params, m.row_field, m.hp, m.field_k,
-                                          m.fields.capacity, st, hh)
-                    continue
-                ftrl.score_state_block(hi, hr, hv, hy, nh, m.params, m.hp, m.k, m.fvs, st, hh)
-    for m, (st, hh) in zip(models, w.acc):
+    for m, hot, (st, hh) in zip(models, w.hot, w.acc):
         if getattr(m, "kind", "fm") == "ffm":
             ffm.train_block(indptr, rows, vals, ys, n, m.params, m.row_field, m.hp, m.field_k,
                             m.fields.capacity, k0, k1, st, hh)
             continue
-        ftrl.train_block(indptr, rows, vals, ys, n, m.params, m.table.row_init, m.hp, m.k,
-                         k0, k1, m.fvs, m.seed, st, hh)
+        hot.train(indptr, rows, vals, ys, n, k0, k1, st, hh)
+    if holdout and nh:
+        for m, (st, hh) in zip(models, w.hacc):
+            if getattr(m, "kind", "fm") == "ffm":
+                ffm.score_state_block(hi, hr, hv, hy, nh, m.params, m.row_field, m.hp, m.field_k,
+                                      m.fields.capacity, st, hh)
+                continue
+            ftrl.score_state_block(hi, hr, hv, hy, nh, m.params, m.hp, m.k, m.fvs, st, hh)
 
 
 def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None, others=(), cache=None,
@@ -233,8 +295,8 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
     if bad is None:
         bad = BadLineLog(opts, log)
     workers = [_Worker(len(models), bool(holdout)) for _ in range(opts.cores)]
-    k = model.k
-    flags = (opts.k0, opts.k1, model.fvs)
+    _give_hot_rows(workers, models)
+    flags = (opts.k0, opts.k1)
     fields = getattr(model, "kind", "fm") == "ffm"  # new names get their fields (and a line may be bad) first
     t0 = time.time()
 
@@ -276,9 +338,7 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
             if cache is None and not holdout and not others:
                 rw.acquire_read()
                 try:
-                    ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params,
-                                     model.table.row_init, model.hp, k, flags[0], flags[1], flags[2],
-                                     model.seed, w.stats, w.hist)
+                    w.hot[0].train(p.indptr, p.rows, p.vals, p.ys, p.n_samples, flags[0], flags[1], w.stats, w.hist)
                 finally:
                     rw.release_read()
                 return
@@ -334,6 +394,7 @@ def train_cached(model, reader, opts, progress=None, summary=None, others=(), ho
     models = [model] + list(others)
     summary = Summary(len(models), bool(holdout)) if summary is None else summary
     workers = [_Worker(len(models), bool(holdout)) for _ in range(opts.cores)]
+    _give_hot_rows(workers, models)
     t0 = time.time()
 
     def handler(w):
@@ -526,8 +587,8 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=Fa
 
     if fields is not None:
         return _warm_up_ffm(k, dtype, hp, seed, fmt, log, quiet, continue_fmt, many, fields)
-    kernels = [parse.parse_block, model_add_features, ftrl.train_block, ftrl.serving_weights, ftrl.file_state,
-               hash_arena, index_names]
+    kernels = [parse.parse_block, model_add_features, ftrl.train_block, ftrl.hot_copy, ftrl.hot_merge,
+               ftrl.serving_weights, ftrl.file_state, hash_arena, index_names]
     if many:
         kernels += [split_holdout, ftrl.score_state_block, ftrl.init_rows, block_cache.block_ok]
     jit.compile_notice(kernels, log, quiet)
@@ -540,6 +601,7 @@ def warm_up(k, dtype, hp, fvs, seed, fmt, log, quiet, continue_fmt=None, many=Fa
                          plan=CachePlan(os.path.join(d, "c")), others=[other])
         tiny = Model(k, dtype, hp=hp, fvs=fvs, seed=seed, row_capacity=16, arena_capacity=64)
     train_stream(tiny, io.BytesIO(b"1 a:1 b\n0 c:0.5\n"), Options(quiet=True), log)
+    _Hot(tiny, 1, threading.Lock()).train(*_TINY_BLOCK, True, True, *new_accumulators(ftrl.N_STATS - N_METRICS))
     tiny.reserve(2000, 0)  # table growth has kernels of its own
     with tempfile.TemporaryDirectory(prefix="streamfm-warm-") as d:
         for f in {fmt, continue_fmt} - {None}:

@@ -280,3 +280,120 @@ def test_float32_close_to_float64(fvs):
     assert abs(s32.logloss - s64.logloss) < 1e-3
     assert s64.logloss < 0.6  # learned: the 1e-3 is not between two base rates
     assert m32.n_rows == m64.n_rows
+
+
+# ---------------------------------------------------------------------------
+# Hogwild's private hot rows (train.hot_rows, ftrl.hot_copy / hot_merge)
+
+
+@pytest.mark.parametrize("k", [4, 0])
+def test_hot_rows_alone_are_plain_training(monkeypatch, k):
+    """One thread training its first rows in a private copy, merged every block,
+    gets the reference's numbers exactly: a coordinate no other thread moved
+    takes the copy's value as it is (ftrl._plus_change)."""
+    from streamfm import train
+
+    monkeypatch.setattr(train, "hot_rows", lambda model, cores: 6)
+    text = data(41, n_lines=3000, n_names=40)
+    m, s, ref = train_both(text, k, HP_SETS["l1_zero"], block_size=1 << 11)
+    assert m.n_rows > 6 and s.samples == 3000
+    check_same(m, s, ref, k)
+    monkeypatch.setattr(train, "hot_rows", lambda model, cores: 0)
+    plain, _ = run_trainer(text, k, HP_SETS["l1_zero"], seed=SEED, block_size=1 << 11)
+    np.testing.assert_array_equal(m.params[: m.n_rows], plain.params[: plain.n_rows])
+
+
+def _true_z(n, zs):
+    return np.where(n > 0, zs, 0.0)
+
+
+def _merge_reference(shared, hot, base, k):
+    """ftrl.hot_merge by the rule in its docstring, column by column in numpy."""
+    out = shared.copy()
+    W_, WN_, WZ_, VN_ = 0, 1, 2, 3
+
+    def plus(s, h, b):
+        return np.where(s == b, h, s + (h - b))
+
+    moved_w = (hot[:, WN_] != base[:, WN_]) | (hot[:, WZ_] != base[:, WZ_])
+    out[:, W_] = np.where(hot[:, W_] != base[:, W_], hot[:, W_], shared[:, W_])
+    out[:, WN_] = np.where(moved_w, plus(shared[:, WN_], hot[:, WN_], base[:, WN_]), shared[:, WN_])
+    out[:, WZ_] = np.where(moved_w, plus(shared[:, WZ_], hot[:, WZ_], base[:, WZ_]), shared[:, WZ_])
+    for f in range(k):
+        cn, cz = VN_ + f, VN_ + k + f
+        moved = (hot[:, cn] != base[:, cn]) | (hot[:, cz] != base[:, cz])
+        n = plus(shared[:, cn], hot[:, cn], base[:, cn])
+        z = plus(_true_z(shared[:, cn], shared[:, cz]), _true_z(hot[:, cn], hot[:, cz]),
+                 _true_z(base[:, cn], base[:, cz]))
+        take = moved & (n > 0)
+        out[:, cn] = np.where(take, n, shared[:, cn])
+        out[:, cz] = np.where(take, z, shared[:, cz])
+    return out
+
+
+def test_hot_merge_adds_both_threads_changes():
+    """Two threads' changes to the same rows both land: n and z as sums of
+    each thread's increments, z taken as 0 where the column still holds the
+    initial v (n = 0), rows and factors nobody touched left alone."""
+    from streamfm import ftrl
+
+    rng = np.random.default_rng(5)
+    k, n_rows = 3, 40
+    base = rng.normal(size=(n_rows, ftrl.n_cols(k)))
+    base[:, ftrl.WN] = rng.uniform(0, 2, n_rows)
+    base[:, ftrl.VN:ftrl.VN + k] = np.where(rng.random((n_rows, k)) < 0.4, 0.0, rng.uniform(0, 2, (n_rows, k)))
+    mine, other = base.copy(), base.copy()
+
+    def move(a, p):
+        """A thread's block: n grows, z changes (a fresh factor's column turns from v into z)."""
+        rows = rng.random(n_rows) < p
+        a[rows, ftrl.W] = rng.normal(size=rows.sum())
+        a[rows, ftrl.WN] += rng.uniform(0.1, 1, rows.sum())
+        a[rows, ftrl.WZ] += rng.normal(size=rows.sum())
+        for f in range(k):
+            cols = rows & (rng.random(n_rows) < 0.7)
+            fresh = cols & (a[:, ftrl.VN + f] == 0)
+            a[fresh, ftrl.VN + k + f] = 0.0  # z starts from 0 where v sat
+            a[cols, ftrl.VN + f] += rng.uniform(0.1, 1, cols.sum())
+            a[cols, ftrl.VN + k + f] += rng.normal(size=cols.sum())
+        return rows
+
+    mine_rows, other_rows = move(mine, 0.6), move(other, 0.6)
+    assert (mine_rows & other_rows).any() and (mine_rows & ~other_rows).any() and (~mine_rows & ~other_rows).any()
+    shared = other.copy()  # the other thread merged first
+    got = shared.copy()
+    assert ftrl.hot_merge(got, mine, base, n_rows, k) == 0
+    np.testing.assert_array_equal(got, _merge_reference(shared, mine, base, k))
+    # the rule's meaning, on a factor both threads took from n = 0: z is the sum of their z
+    both = np.flatnonzero(mine_rows & other_rows)
+    r, f = next((r, f) for r in both for f in range(k) if base[r, ftrl.VN + f] == 0
+                and mine[r, ftrl.VN + f] > 0 and other[r, ftrl.VN + f] > 0)
+    assert got[r, ftrl.VN + k + f] == pytest.approx(mine[r, ftrl.VN + k + f] + other[r, ftrl.VN + k + f])
+    assert got[r, ftrl.VN + f] == pytest.approx(mine[r, ftrl.VN + f] + other[r, ftrl.VN + f] - 0.0)
+    # rows past n_hot are not the merge's
+    got2 = shared.copy()
+    ftrl.hot_merge(got2, mine, base, 10, k)
+    np.testing.assert_array_equal(got2[10:], shared[10:])
+
+
+def test_hot_merge_refuses_overflow():
+    from streamfm import ftrl
+
+    k = 1
+    base = np.zeros((2, ftrl.n_cols(k)), dtype=np.float32)
+    shared, hot = base.copy(), base.copy()
+    shared[1, ftrl.WN] = 3e38  # another thread's n, near float32's largest
+    hot[1, ftrl.WN] = 3e38
+    hot[1, ftrl.WZ] = 1.0
+    assert ftrl.hot_merge(shared, hot, base, 2, k) == 1
+    assert shared[1, ftrl.WN] == np.float32(3e38) and shared[1, ftrl.WZ] == 0.0
+
+
+def test_hot_rows_rule():
+    from streamfm.train import HOT_BYTES, HOT_ROWS, hot_rows
+
+    assert hot_rows(Model(8), 1) == 0  # one thread: alphaFM's run, untouched
+    assert hot_rows(Model(8), 2) == HOT_ROWS
+    assert hot_rows(Model(8, fvs=True), 2) == 0
+    big = Model(200)  # 403 columns of 8 bytes: as many rows as HOT_BYTES holds
+    assert hot_rows(big, 4) == HOT_BYTES // (403 * 8) < HOT_ROWS

@@ -138,6 +138,21 @@ def test_held_out_samples_never_update_the_model(small):
     assert all(np.isfinite(p.holdout_logloss) and 0.5 < p.holdout_auc < 1 for p in rep.passes)
 
 
+def test_held_out_samples_are_scored_after_their_block_trains():
+    """On input of one block, pass p's held-out metric is exactly what the model
+    after pass p predicts for those lines (they were scored once their block's
+    training samples were trained; never trained on themselves)."""
+    data = _data(n=400)
+    lines = data.splitlines(keepends=True)
+    held = b"".join(lines[4::5])  # input lines 5, 10, ...: --holdout-every 5
+    fm = FM(k=4, seed=1)
+    for p in (1, 2):
+        rep = fm.partial_fit(data, holdout_every=5)
+        want = fm.write_predictions(held, io.BytesIO(), metrics=True)
+        assert rep.holdout_samples == want.samples == 80
+        assert rep.holdout_logloss == pytest.approx(want.logloss, rel=1e-12), p
+
+
 def test_held_out_score_is_fm_predicts(small):
     """score_state_block scores from the training state as fm_predict scores the model file."""
     test = TEST.read_bytes()

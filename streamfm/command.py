@@ -50,7 +50,7 @@ def settle_after_warm_up():
     """A command's process, once its kernels are loaded: LLVM's pages given back, and every
     object alive now (numba's, the imports') moved out of the garbage collector's sight.
 
-    Those objects live until exit; numba makes hundreds of thousands of them,
+    Those objects live until exit; numba and the imports make over 100,000 of them,
     and every full collection walked them all, the one at exit too (0.4-0.5 s
     of every run on the bench machine). Only commands do this: a library
     call must not change how its caller's process collects garbage.

@@ -43,6 +43,12 @@ Learners, on the same splits (all single-threaded):
   chosen (setting, passes) is trained again by ``fm_train --passes P
   -SETTING ...`` on the whole training split (no hold-out), and fm_predict
   scores the test split with that model.
+- streamfm "auto (K-fold CV on train+validation)", only with ``--cv K``: the
+  same grid x passes, each scored by K-fold cross-validation over the
+  training and validation lines together (contiguous folds, no hold-out),
+  the lowest mean logloss chosen, then trained and scored as above. On a
+  tiny validation split (the criteo sample's 50 lines) this chooses on
+  every labelled line; it costs K times the search, so it is off by default.
 - Vowpal Wabbit FTRL (``--ftrl -q :: --loss_function logistic --link
   logistic -b 22``; one namespace per field, so ``-q ::`` makes every field
   cross): a grid of --ftrl_alpha x --ftrl_beta (as many settings as
@@ -438,6 +444,40 @@ def tune_in_process(ds, kw, grid, passes):
     return out
 
 
+def cv_in_process(ds, kw, grid, passes, folds, work):
+    """[(cross-validated logloss, passes, setting)] of every setting after every pass.
+
+    The training and validation lines together (train first, in file order)
+    are cut into ``folds`` contiguous folds; for each fold a model of each
+    setting is trained pass by pass on the other folds (``FM.partial_fit``
+    once a pass, no hold-out) and after each pass scores the fold. A
+    (setting, passes) is scored by the mean logloss over all the lines, each
+    scored by the model that did not train on it: on a tiny validation
+    split this chooses on every labelled line rather than on a few dozen.
+    Test lines are never read."""
+    from streamfm import FM
+
+    with open(ds.files["train"]) as f:
+        lines = f.read().splitlines()
+    with open(ds.files["val"]) as f:
+        lines += f.read().splitlines()
+    settings = grid_settings(grid)
+    parts = np.array_split(np.arange(len(lines)), folds)
+    lost = {}
+    for i, idx in enumerate(parts):
+        inside = set(idx.tolist())
+        tr, va = os.path.join(work, "cv%d.train" % i), os.path.join(work, "cv%d.val" % i)
+        write_lines(tr, (x for j, x in enumerate(lines) if j not in inside))
+        write_lines(va, (lines[j] for j in idx))
+        y = np.array([float(lines[j].split()[0]) for j in idx])
+        for s, st in enumerate(settings):
+            fm = FM(**dict(kw, seed=SEED, **st))
+            for p in range(1, passes + 1):
+                fm.partial_fit(tr)
+                lost.setdefault((s, p), []).append(losses(y, fm.predict_proba(va)))
+    return [(float(np.concatenate(v).mean()), p, settings[s]) for (s, p), v in lost.items()]
+
+
 def streamfm_rows(ds, label, extra, args, work):
     """One-pass default row and the two tuned rows of one streamfm variant."""
     ft = tool("fm_train")
@@ -459,7 +499,14 @@ def streamfm_rows(ds, label, extra, args, work):
     cand = tune_in_process(ds, fm_kwargs(extra), parse_grid(args.grid), args.passes)
     choices = {"auto (holdout)": min(cand, key=lambda c: (c[0], c[2])),
                "tuned on validation": min(cand, key=lambda c: (c[1], c[2]))}
-    search_s = time.time() - t0
+    search_s = {how: time.time() - t0 for how in choices}
+    if args.cv:
+        t0 = time.time()
+        cv = cv_in_process(ds, fm_kwargs(extra), parse_grid(args.grid), args.passes, args.cv, d)
+        cl, p, st = min(cv, key=lambda c: (c[0], c[1]))
+        how = "auto (%d-fold CV on train+validation)" % args.cv
+        choices[how] = (cl, float("nan"), p, st)
+        search_s[how] = time.time() - t0
     done = {}
     for how, (hl, vl, p, st) in choices.items():
         key = (p, setting_name(st))
@@ -469,8 +516,8 @@ def streamfm_rows(ds, label, extra, args, work):
             done[key] = (score_in_process(m, ds.files["val"], m + ".val"),
                          fm_predict(m, ds.files["test"], m + ".test"), done_seconds(err), wall)
         pv, pt, secs, wall = done[key]
-        rows.append(Row("streamfm %s, %s" % (label, how), "%s, passes %d (held-out ll %.4f)" % (key[1], p, hl),
-                        pv, pt, secs, search_s + wall, ds))
+        rows.append(Row("streamfm %s, %s" % (label, how), "%s, passes %d (%s ll %.4f)" % (
+            key[1], p, "CV" if "CV" in how else "held-out", hl), pv, pt, secs, search_s[how] + wall, ds))
     return rows
 
 
@@ -634,6 +681,9 @@ def main():
     ap.add_argument("--skip", default="", help="learners to leave out: vw, xlearn, streamfm (comma-separated)")
     ap.add_argument("--grid", default=GRID, help="streamfm's fm_train --grid (default %r)" % GRID)
     ap.add_argument("--passes", type=int, default=5, help="most passes of streamfm and VW (default 5)")
+    ap.add_argument("--cv", type=int, default=0, metavar="K",
+                    help="also choose streamfm's (setting, passes) by K-fold cross-validation over the training "
+                         "and validation lines together (an extra row; default 0: off)")
     ap.add_argument("--xlearn-epochs", type=int, default=10, help="most xLearn epochs, early stop on validation")
     ap.add_argument("--streamfm-row", action="append", metavar="'LABEL::ARGS'",
                     help="another streamfm variant: extra fm_train arguments ({fields}: the field count)")
@@ -695,13 +745,18 @@ def main():
             if len(variants) > 1:
                 groups += [(v, [r for r in auto if r.variant == v]) for v in variants]
             say()
+            cv_rows = [r for r in auto if "-fold CV" in r.learner]
+            if cv_rows:  # chosen on the CV logloss (in the setting column), not on validation
+                groups.append(("the CV rows", cv_rows))
             for what, group in groups:
-                a = min(group, key=lambda r: r.val_ll)
+                by_cv = what == "the CV rows"
+                a = min(group, key=lambda r: float(r.setting.rsplit(" ", 1)[1].rstrip(")")) if by_cv else r.val_ll)
                 d = a.test_losses - p.test_losses  # paired: the same test lines
-                line = ("%s: streamfm best automatic of %s (%s, chosen by validation logloss) test logloss %.4f vs "
+                line = ("%s: streamfm best automatic of %s (%s, chosen by %s logloss) test logloss %.4f vs "
                         "the best streaming peer's (%s) %.4f: ratio %.3f, difference %+.4f (paired standard error "
-                        "%.4f)" % (ds.name, what, a.learner, a.test_ll, p.learner, p.test_ll, a.test_ll / p.test_ll,
-                                   a.test_ll - p.test_ll, d.std(ddof=1) / np.sqrt(len(d))))
+                        "%.4f)" % (ds.name, what, a.learner, "CV" if by_cv else "validation", a.test_ll, p.learner,
+                                   p.test_ll, a.test_ll / p.test_ll, a.test_ll - p.test_ll,
+                                   d.std(ddof=1) / np.sqrt(len(d))))
                 say(line)
                 summary.append(line)
     if summary:

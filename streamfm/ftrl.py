@@ -422,7 +422,8 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
 # With several trainer threads, the rows every block touches (the bias, a
 # field's few common values) are written by all of them, sample after
 # sample: each write takes the cache line from the other cores (bench/README.md,
-# "Hogwild": 20-30% more CPU at -core 2). So each thread trains rows
+# "Hogwild across cache domains": 4-10% more CPU at -core 2 on the bench VM,
+# up to 20-30% in its bad placements). So each thread trains rows
 # r < n_hot in a copy of its own (hot_copy, when a block starts) and adds
 # what it changed to the shared rows when the block ends (hot_merge, one
 # thread at a time): FTRL's n and z are sums of per-sample terms, so the

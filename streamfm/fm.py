@@ -894,8 +894,7 @@ class FM:
                             model.field_k, model.fields.capacity, self._k0, self._k1, *self._acc)
         else:
             ftrl.train_block(p.indptr, p.rows, p.vals, p.ys, p.n_samples, model.params, model.table.row_init,
-                             model.hp, model.k, self._k0, self._k1, model.fvs, model.seed, *self._acc,
-                             *ftrl.no_hot(model.params))
+                             model.hp, model.k, self._k0, self._k1, model.fvs, model.seed, *self._acc, None, 0)
         model.samples_seen += p.n_samples
 
     def _parse_one(self, line, table):

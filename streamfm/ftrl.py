@@ -19,7 +19,8 @@ update lives; training, recall and the model writers all call it.
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .jit import prefetch
 from .metrics import N_METRICS, add_prediction
@@ -329,6 +330,20 @@ def v_state_after(n, zs, g, v, n_seen, sq_seen, inv_alpha, big):
     return n, zs, 0
 
 
+def rows_of(params, hot, n_hot, r):
+    """The array holding row r's state in train_block: ``hot`` (a thread's private
+    copy) for r < n_hot, else ``params``. Compiled per type: with hot = None it
+    is params itself, so -core 1's kernel is the one without private rows."""
+    return hot if hot is not None and r < n_hot else params
+
+
+@overload(rows_of)
+def _rows_of_typed(params, hot, n_hot, r):
+    if isinstance(hot, types.NoneType):
+        return lambda params, hot, n_hot, r: params
+    return lambda params, hot, n_hot, r: hot if r < n_hot else params
+
+
 @njit(cache=True, nogil=True)
 def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
                 k0, k1, fvs, seed, stats, hist, hot, n_hot):
@@ -337,7 +352,7 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
     ``row_init``: each row's init hash (FeatureTable.row_init), which keys
     the -fvs re-draws. Rows r < ``n_hot`` are read and written in ``hot``
     (a thread's private copy of the hottest rows, see ``hot_copy``), the
-    others in ``params``; with n_hot = 0 every row is in ``params``.
+    others in ``params``; with hot = None every row is in ``params``.
 
     For each sample, in alphaFM's order: weights from state, predict, the
     gradient multiplier, then the w and v states. ``stats`` and ``hist``
@@ -368,20 +383,20 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
             # the next sample's rows load while this one computes
             for i in range(indptr[s + 1], indptr[s + 2]):
                 r = rows[i]
-                if r >= n_hot:
+                if hot is None or r >= n_hot:
                     for c in range(0, ncols, line):
                         prefetch(params, r, c)
         # weights from state (the bias's n, sqrt(n) go to slot m)
-        w0 = refresh_w(hot if n_hot > 0 else params, 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2,
+        w0 = refresh_w(rows_of(params, hot, n_hot, 0), 0, k0, False, 0, no_key, stdev, w_alpha, w_beta, w_l1, w_l2,
                        wseen, m)
         for i in range(m):
             r = rows[a + i]
             key = init_key(row_init[r], seed) if fvs else no_key
-            wloc[i] = refresh_w(hot if r < n_hot else params, r, k1, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2,
+            wloc[i] = refresh_w(rows_of(params, hot, n_hot, r), r, k1, fvs, k, key, stdev, w_alpha, w_beta, w_l1, w_l2,
                                 wseen, i)
         for i in range(m):
             r = rows[a + i]
-            refresh_v(hot if r < n_hot else params, r, k, wloc[i], fvs, v_alpha, v_beta, v_l1, v_l2, vloc, vseen,
+            refresh_v(rows_of(params, hot, n_hot, r), r, k, wloc[i], fvs, v_alpha, v_beta, v_l1, v_l2, vloc, vseen,
                       i * k)
         p = fm_score(w0, wloc, vloc, vals, a, m, k, vsum, vsq)
         if not (math.fabs(p) < np.inf):
@@ -391,18 +406,18 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
         mult = y * (1.0 / (1.0 + math.exp(-p * y)) - 1.0)
         over = 0
         if k0:
-            over += update_w(hot if n_hot > 0 else params, 0, mult, w0, wseen[0, m], wseen[1, m], inv_w_alpha, big)
+            over += update_w(rows_of(params, hot, n_hot, 0), 0, mult, w0, wseen[0, m], wseen[1, m], inv_w_alpha, big)
         if k1:
             for i in range(m):
                 r = rows[a + i]
-                over += update_w(hot if r < n_hot else params, r, mult * vals[a + i], wloc[i],
+                over += update_w(rows_of(params, hot, n_hot, r), r, mult * vals[a + i], wloc[i],
                                  wseen[0, i], wseen[1, i], inv_w_alpha, big)
         vz = VN + k
         for i in range(m):
             r = rows[a + i]
             x = vals[a + i]
             w = wloc[i]
-            st = hot if r < n_hot else params
+            st = rows_of(params, hot, n_hot, r)
             for f in range(k):
                 j = i * k + f
                 n = st[r, VN + f]
@@ -430,11 +445,6 @@ def train_block(indptr, rows, vals, ys, n_samples, params, row_init, hp, k,
 # change of each is the sum of the thread's terms, computed on a state at
 # most one block behind the other threads' (as Hogwild's reads may be).
 # Row ids follow first appearance, so the low ones are the frequent ones.
-
-
-def no_hot(params):
-    """The (hot, n_hot) arguments of a train_block that keeps every row in params."""
-    return np.empty((0, params.shape[1]), dtype=params.dtype), 0
 
 
 @njit(cache=True, nogil=True)

@@ -161,7 +161,7 @@ class _Hot:
             # like any other, since only the difference hot - base is added
             ftrl.hot_copy(m.params, self.hot, self.base, n)
         ftrl.train_block(indptr, rows, vals, ys, n_samples, m.params, m.table.row_init, m.hp, m.k,
-                         k0, k1, m.fvs, m.seed, stats, hist, self.hot, n)
+                         k0, k1, m.fvs, m.seed, stats, hist, self.hot if n else None, n)
         if n:
             with self.lock:
                 stats[ftrl.ST_COORD_OVERFLOW] += ftrl.hot_merge(m.params, self.hot, self.base, n, m.k)

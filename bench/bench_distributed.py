@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from bench_train import ensure_data, machine, run, tool  # noqa: E402
+from bench_train import bench_data, machine, run, tool  # noqa: E402
 
 import streamfm  # noqa: E402
 from streamfm import distributed  # noqa: E402
@@ -216,10 +216,7 @@ def main():
     ap.add_argument("--dask-rounds", type=int, default=None)
     args = ap.parse_args()
 
-    train = os.path.join(args.data, "ctr_train_%d.txt" % args.lines)
-    test = os.path.join(args.data, "ctr_test_%d.txt" % args.test_lines)
-    ensure_data(train, args.lines, seed=1)
-    ensure_data(test, args.test_lines, seed=2)
+    train, test = bench_data(args.data, args.lines, args.test_lines)
     print("# streamfm distributed benchmark")
     print()
     print("machine: %s; %s" % (machine(), time.strftime("%Y-%m-%d %H:%M")))

@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from bench_train import ensure_data, grab, machine, run, test_metrics, tool  # noqa: E402
+from bench_train import bench_data, grab, machine, run, test_metrics, tool  # noqa: E402
 
 GRID = "v_alpha=0.02,0.05,0.1 w_l2=1,5"
 SETTINGS = [("0.02", "1"), ("0.02", "5"), ("0.05", "1"), ("0.05", "5"), ("0.1", "1"), ("0.1", "5")]
@@ -76,10 +76,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="runs of each grid/passes timing (default 3)")
     args = ap.parse_args()
 
-    train = os.path.join(args.data, "ctr_train_%d.txt" % args.lines)
-    test = os.path.join(args.data, "ctr_test_200000.txt")
-    ensure_data(train, args.lines, seed=1)
-    ensure_data(test, 200_000, seed=2)
+    train, test = bench_data(args.data, args.lines, 200_000)
     out = os.path.join(args.data, "out_grid")
     os.makedirs(out, exist_ok=True)
     ft = tool("fm_train")

@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from bench_train import ensure_data, machine, tool  # noqa: E402
+from bench_train import bench_data, machine, tool  # noqa: E402
 
 
 def start(cores, data, model):
@@ -70,8 +70,9 @@ def finish(run):
 def test_logloss(model, test):
     """Logloss of ``model`` on the labelled lines of ``test`` (fm_predict's 'label score' lines)."""
     with tempfile.NamedTemporaryFile(suffix=".txt") as out:
-        subprocess.run([tool("fm_predict"), "-m", model, "-out", out.name, "-q"], stdin=open(test, "rb"),
-                       check=True, stderr=subprocess.DEVNULL)
+        with open(test, "rb") as inp:
+            subprocess.run([tool("fm_predict"), "-m", model, "-out", out.name, "-q"], stdin=inp,
+                           check=True, stderr=subprocess.DEVNULL)
         y, p = np.loadtxt(out.name, unpack=True)
     p = np.clip(p, 1e-15, 1 - 1e-15)
     return float(-np.mean(np.where(y > 0, np.log(p), np.log(1 - p))))
@@ -96,10 +97,7 @@ def main():
     ap.add_argument("--test-lines", type=int, default=200_000, help="test set for the quality line (0: none)")
     ap.add_argument("--data", default=os.path.join(HERE, "data"), help="where the data file is (made if missing)")
     args = ap.parse_args()
-    data = os.path.join(args.data, "ctr_train_%d.txt" % args.lines)
-    test = os.path.join(args.data, "ctr_test_%d.txt" % args.test_lines)
-    ensure_data(data, args.lines, seed=1)
-    ensure_data(test, args.test_lines, seed=2)
+    data, test = bench_data(args.data, args.lines, args.test_lines)
     print("# -core 1 against -core 2, alternately, with a control")
     print()
     print("machine: %s; %s; load average %s" % (machine(), time.strftime("%Y-%m-%d %H:%M"),
@@ -123,14 +121,14 @@ def main():
             held = all(abs(c - c1_cpu) <= 0.1 * c1_cpu for c in ctl)
             rows.append(dict(c1_wall=c1_wall, c1_cpu=c1_cpu, c1_train=c1_train, c2_wall=c2_wall, c2_cpu=c2_cpu,
                              c2_train=c2_train, held=held))
-            if args.test_lines:
+            if test:
                 # -core 1 is deterministic, -core 2 is not: every round's -core 2 model is scored
                 quality.append(test_logloss(m[3], test))
             print("| %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2fx | %.2fx | %.2f / %.2f | %s |" % (
                 i, c1_wall, c1_cpu, c1_train, c2_wall, c2_cpu, c2_train, c2_cpu / c1_cpu, c1_wall / c2_wall,
                 c1_train / c2_train, ctl[0], ctl[1], "yes" if held else "no"))
             sys.stdout.flush()
-        base_ll = test_logloss(m[0], test) if args.test_lines else None
+        base_ll = test_logloss(m[0], test) if test else None
     print()
     print("| rounds | n | CPU ratio median | CPU ratio worst | wall speed-up median | worst "
           "| training speed-up median | worst |")

@@ -55,6 +55,19 @@ def ensure_data(path, lines, seed):
     os.replace(tmp, path)
 
 
+def bench_data(data_dir, lines, test_lines):
+    """(train, test) paths of the bench's generated data in ``data_dir``: ``lines``
+    training lines (seed 1) and ``test_lines`` test lines (seed 2), each made if
+    missing; test is None for 0 test lines."""
+    train = os.path.join(data_dir, "ctr_train_%d.txt" % lines)
+    ensure_data(train, lines, seed=1)
+    if not test_lines:
+        return train, None
+    test = os.path.join(data_dir, "ctr_test_%d.txt" % test_lines)
+    ensure_data(test, test_lines, seed=2)
+    return train, test
+
+
 def run(cmd, stdin_path=None):
     """(stderr text, wall seconds, peak RSS bytes) of a child; input piped through cat."""
     t0 = time.time()
@@ -93,10 +106,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="only -dim 1,1,8 (core 1 and 2) and LR core 1")
     args = ap.parse_args()
 
-    train = os.path.join(args.data, "ctr_train_%d.txt" % args.lines)
-    test = os.path.join(args.data, "ctr_test_%d.txt" % args.test_lines)
-    ensure_data(train, args.lines, seed=1)
-    ensure_data(test, args.test_lines, seed=2)
+    train, test = bench_data(args.data, args.lines, args.test_lines)
     out = os.path.join(args.data, "out")
     os.makedirs(out, exist_ok=True)
     size_mb = os.path.getsize(train) / 1e6

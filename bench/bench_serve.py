@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""Load test of fm_serve with a real HTTP client (aiohttp), on 127.0.0.1 only (issue 12 item 6).
+"""Load test of fm_serve with a real HTTP client (wrk, or aiohttp), on 127.0.0.1 only (issue 12 item 6).
 
 Starts ``fm_serve`` as a child process for each scenario, sends requests at a
-fixed rate (open loop: a request's latency counts from when it was due, so a
-slow server cannot hide its queue), and prints one table:
+fixed rate, and prints one table. The client is wrk (``apt-get install wrk``)
+when it is on PATH: a C client that costs the shared 2 cores ~0.05 ms a
+request, paced by a Lua schedule that counts every send it could not make on
+time, so a slow server cannot hide its queue. ``--client aiohttp`` is the pure
+Python open loop (a request's latency counts from when it was due); it costs
+~0.5 ms of CPU a request, so at 1,000/s it takes half of this machine's cores
+from the server it measures. The swap check reads every answer and always
+runs on aiohttp.
 
 - score: 100 candidates x 30 features a request, on the 1.1M-feature
   ``-dim 1,1,8`` bench model (``bench_train.py``'s data), float32 serving copy;
@@ -261,6 +267,133 @@ async def closed_loop(url, path, bodies, seconds, max_requests, connections=64):
         return done[0] / (time.perf_counter() - t0)
 
 
+# wrk's Lua: requests cycle through the bodies (one JSON document a line of a
+# file) and are paced to a schedule of `rate` a second for the whole thread:
+# delay() is asked before every request a connection sends, claims the next
+# slot and waits for it, so with enough connections the sends follow the
+# schedule whatever the answers' latency (an open loop); a send later than its
+# slot (every connection busy) is counted, so a queue cannot hide.
+WRK_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } sfm_timespec;
+int clock_gettime(int clk, sfm_timespec *ts);
+]]
+local ts = ffi.new("sfm_timespec")
+local function now()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+local bodies, n, i, path = {}, 0, 0, "/"
+local step, due = 0, nil
+late, late_max = 0, 0  -- globals: done() reads them from each thread
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
+local headers = {["Content-Type"] = "application/json"}
+function init(args)
+  for line in io.lines(args[1]) do n = n + 1; bodies[n] = line end
+  path = args[2]
+  step = 1.0 / tonumber(args[3])
+end
+function delay()
+  local t = now()
+  if due == nil then due = t end
+  due = due + step
+  local d = due - t
+  if d < -0.005 then
+    late = late + 1
+    if -d > late_max then late_max = -d end
+  end
+  if d <= 0 then return 0 end
+  return math.floor(d * 1000)
+end
+function request()
+  i = i % n + 1
+  return wrk.format("POST", path, headers, bodies[i])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  local nlate, late_ms = 0, 0
+  for _, t in ipairs(threads) do
+    nlate = nlate + t:get("late")
+    late_ms = math.max(late_ms, math.floor(t:get("late_max") * 1000))
+  end
+  io.write(string.format("SFM requests=%d duration_us=%d connect=%d read=%d write=%d status=%d timeout=%d "
+    .. "p50=%d p99=%d max=%d late=%d late_max_ms=%d\n", summary.requests, summary.duration, e.connect, e.read,
+    e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(99), latency.max, nlate, late_ms))
+end
+"""
+
+
+def have_wrk():
+    return shutil.which("wrk") is not None
+
+
+def wrk_load(url, path, bodies, rate, seconds, logdir, connections=32):
+    """Paced load with wrk (one thread): a Load.
+
+    wrk's latency counts from the send; the schedule keeps the sends on time
+    while a connection is free (see WRK_LUA), and the sends more than 5 ms
+    behind their slot are counted (``late``); wrk's own counters give the
+    failures: connect/read/write errors, time-outs and non-2xx answers.
+    """
+    script = os.path.join(logdir, "pace.lua")
+    with open(script, "w") as f:
+        f.write(WRK_LUA)
+    body_file = os.path.join(logdir, "bodies_%s.jsonl" % path.strip("/").replace("/", "_"))
+    with open(body_file, "wb") as f:
+        for b in bodies:
+            if b"\n" in b:
+                raise ValueError("a body holds an end of line")
+            f.write(b + b"\n")
+    out = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % max(1, round(seconds)), "--timeout", "10s",
+                          "-s", script, url, "--", body_file, path, repr(float(rate))],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=True).stdout.decode()
+    line = next((x for x in out.splitlines() if x.startswith("SFM ")), None)
+    if line is None:
+        raise SystemExit("wrk gave no summary:\n" + out)
+    v = dict(kv.split("=") for kv in line.split()[1:])
+    v = {k: int(x) for k, x in v.items()}
+    failed = v["connect"] + v["read"] + v["write"] + v["status"] + v["timeout"]
+    errors = [] if not failed else [("wrk", {k: v[k] for k in ("connect", "read", "write", "status", "timeout")})]
+    return Load(v["requests"], errors, v["p50"] / 1e3, v["p99"] / 1e3, v["max"] / 1e3, v["duration_us"] / 1e6,
+                v["late"], v["late_max_ms"])
+
+
+class Load:
+    """One scenario's result: requests, errors, latency p50/p99/max in ms, wall s,
+    and (wrk) the sends more than 5 ms behind their slot and the worst lateness."""
+
+    def __init__(self, n, errors, p50, p99, mx, wall, late=None, late_max_ms=None):
+        self.n, self.errors, self.p50, self.p99, self.max, self.wall = n, errors, p50, p99, mx, wall
+        self.late, self.late_max_ms = late, late_max_ms
+
+    @classmethod
+    def of_latencies(cls, lat, errors, wall):
+        ok = lat[np.isfinite(lat)]
+        p50, p99, mx = (np.percentile(ok, 50) * 1e3, np.percentile(ok, 99) * 1e3, ok.max() * 1e3) if ok.size \
+            else (float("nan"),) * 3
+        return cls(len(lat), errors, p50, p99, mx, wall)
+
+
+def load(args, srv, path, bodies, rate, logdir):
+    """Send ``bodies`` to ``srv`` at ``rate``/s for ``args.seconds`` with the chosen client;
+    (Load, server CPU s, client CPU s)."""
+    if args.client == "wrk":
+        import resource
+
+        c0 = srv.cpu_seconds()
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        res = wrk_load(srv.url, path, bodies, rate, args.seconds, logdir)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return res, srv.cpu_seconds() - c0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    (lat, errors, _, wall), scpu, ccpu = measured(srv, open_loop(srv.url, path, bodies, rate, args.seconds,
+                                                                  args.max_requests))
+    return Load.of_latencies(lat, errors, wall), scpu, ccpu
+
+
 def measured(srv, coro):
     """Run a load coroutine; (its result, server CPU s, this client's CPU s)."""
     import resource
@@ -278,14 +411,13 @@ def cpu_line(n, server_cpu, client_cpu):
         " ".join("%.1f" % x for x in os.getloadavg())))
 
 
-def summary(name, rate, lat, errors, wall, target):
-    ok = lat[np.isfinite(lat)]
-    p50, p99, mx = (np.percentile(ok, 50) * 1e3, np.percentile(ok, 99) * 1e3, ok.max() * 1e3) if ok.size else (
-        float("nan"),) * 3
+def summary(name, rate, res, target):
     print("| %s | %d | %.0f | %.0f | %d | %.2f | %.2f | %.2f | %s |" % (
-        name, len(lat), rate, len(lat) / wall, len(errors), p50, p99, mx, target))
+        name, res.n, rate, res.n / res.wall, len(res.errors), res.p50, res.p99, res.max, target))
+    if res.late is not None:
+        print("    sends more than 5 ms behind the schedule: %d (worst %d ms)" % (res.late, res.late_max_ms))
     sys.stdout.flush()
-    for e in errors[:5]:
+    for e in res.errors[:5]:
         print("    error:", e)
 
 
@@ -296,11 +428,9 @@ def scenario_score(args, model, train, logdir):
     srv = Server(["-m", model, "--workers", str(args.workers), "-q"], os.path.join(logdir, "score.log"))
     try:
         rss0 = srv.rss_mb()
-        (lat, errors, _, wall), scpu, ccpu = measured(srv, open_loop(srv.url, "/v1/score", bodies, args.rate,
-                                                                      args.seconds, args.max_requests))
-        summary("score, 100 x 30 features, %d worker(s)" % args.workers, args.rate, lat, errors, wall,
-                ">= 1,000/s, p99 <= 15 ms")
-        cpu_line(len(lat), scpu, ccpu)
+        res, scpu, ccpu = load(args, srv, "/v1/score", bodies, args.rate, logdir)
+        summary("score, 100 x 30 features, %d worker(s)" % args.workers, args.rate, res, ">= 1,000/s, p99 <= 15 ms")
+        cpu_line(res.n, scpu, ccpu)
         if args.max_rate:
             qps = asyncio.run(closed_loop(srv.url, "/v1/score", bodies, min(args.seconds, 10), args.max_requests))
             print("|   highest rate, 64 connections (closed loop) | | | %.0f | | | | | |" % qps)
@@ -318,11 +448,9 @@ def scenario_u2i(args, data, logdir):
                  os.path.join(logdir, "u2i.log"))
     try:
         rate = args.u2i_rate
-        (lat, errors, _, wall), scpu, ccpu = measured(srv, open_loop(srv.url, "/v1/recall", bodies, rate,
-                                                                      args.seconds, args.max_requests))
-        summary("u2i top-100 of 1M items, dim 16, exact, --cores %d" % args.cores, rate, lat, errors, wall,
-                "p99 <= 25 ms at 100/s")
-        cpu_line(len(lat), scpu, ccpu)
+        res, scpu, ccpu = load(args, srv, "/v1/recall", bodies, rate, logdir)
+        summary("u2i top-100 of 1M items, dim 16, exact, --cores %d" % args.cores, rate, res, "p99 <= 25 ms at 100/s")
+        cpu_line(res.n, scpu, ccpu)
         rss = srv.rss_mb()
         print("    fm_serve start-up %.2f s; RSS %.0f MB (peak %.0f MB)" % (srv.startup, rss[0], rss[1]))
     finally:
@@ -387,8 +515,8 @@ def scenario_swap(args, model, train, logdir):
         versions = [v for _, v in seen]  # in the order the answers came
         changes = sum(1 for x, y in zip(versions, versions[1:]) if x != y)
         reloads = metric_total(srv.url, "streamfm_reloads_total", 'result="ok"')
-        summary("score while the model is replaced every 2 s", args.swap_rate, lat, errors + [
-            ("wrong answer",)] * wrong, wall, "0 failed, new model after each swap")
+        summary("score while the model is replaced every 2 s", args.swap_rate,
+                Load.of_latencies(lat, errors + [("wrong answer",)] * wrong, wall), "0 failed, new model after each swap")
         print("    %d replacements, %d reloads swapped in, %d answers that did not match their model, "
               "%d changes of model in the order the answers came" % (th_result[0], reloads, wrong, changes))
     finally:
@@ -483,6 +611,9 @@ def main():
     ap.add_argument("--cores", type=int, default=2, help="fm_serve --cores for the u2i scenario")
     ap.add_argument("--max-requests", type=int, default=100_000, help="cap on requests per scenario")
     ap.add_argument("--max-rate", action="store_true", help="also measure the highest score rate (closed loop)")
+    ap.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk" if have_wrk() else "aiohttp",
+                    help="load client of the score and u2i scenarios (default: wrk when it is on PATH, "
+                         "`apt-get install wrk`; the swap check reads every answer, so it runs on aiohttp)")
     args = ap.parse_args()
     only = set(args.only or ["score", "u2i", "swap", "memory", "json"])
     logdir = os.path.join(args.data, "out", "serve_logs")
@@ -493,7 +624,11 @@ def main():
     print("# fm_serve load test")
     print()
     print("machine: %s; %s" % (machine(), time.strftime("%Y-%m-%d %H:%M")))
-    print("client: aiohttp, open loop (latency from when each request was due), 127.0.0.1")
+    if args.client == "wrk":
+        print("client: wrk (C), one thread, 32 connections, sends paced to the rate (Lua schedule), latency from "
+              "the send; swap check: aiohttp, open loop; 127.0.0.1")
+    else:
+        print("client: aiohttp, open loop (latency from when each request was due), 127.0.0.1")
     print()
     if "memory" in only:
         # first, while this process is small: a child's peak RSS (wait4) counts this process's

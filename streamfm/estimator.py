@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from .ffm import DEFAULT_MAX_FIELDS, DEFAULT_SEP
 from .fm import FM, HYPER_PARAMETERS
 
 
@@ -104,11 +105,18 @@ class FMClassifier:
         Passes over the data in ``fit`` (in order; FTRL is an online learner).
     cores : int
         Worker threads (Hogwild); with 1 (the default) ``fit`` is deterministic.
+    model, field_sep, max_fields
+        As ``streamfm.FM``: ``model="ffm"`` trains a field-aware FM, where a
+        column's field is its name up to ``field_sep`` (a name without it,
+        such as the default column names "0", "1", ..., is a field of its
+        own), at most ``max_fields`` fields.
 
     ``fit(X, y)`` takes a 2-D array or a scipy.sparse matrix of feature
     values and labels of two classes; column j is the feature named ``"j"``
     (or ``feature_names[j]``, or the DataFrame's column name). The second
-    class of ``classes_`` (sorted) is the positive one.
+    class of ``classes_`` (sorted) is the positive one. A sample the model
+    cannot take (an FFM's field beyond ``max_fields``) stops ``fit`` with a
+    ``streamfm.BadInputError``: an estimator does not skip rows silently.
 
     Attributes: ``fm_`` (the trained ``streamfm.FM``), ``classes_``,
     ``n_features_in_``, ``feature_names_in_`` (for a DataFrame).
@@ -131,7 +139,7 @@ class FMClassifier:
 
     def __init__(self, k0=True, k1=True, k=8, init_stdev=0.1, w_alpha=0.05, w_beta=1.0, w_l1=0.1, w_l2=5.0,
                  v_alpha=0.05, v_beta=1.0, v_l1=0.1, v_l2=5.0, fvs=False, dtype="float64", seed=0, epochs=1,
-                 cores=1):
+                 cores=1, model="fm", field_sep=DEFAULT_SEP, max_fields=DEFAULT_MAX_FIELDS):
         self.k0 = k0
         self.k1 = k1
         self.k = k
@@ -149,6 +157,9 @@ class FMClassifier:
         self.seed = seed
         self.epochs = epochs
         self.cores = cores
+        self.model = model
+        self.field_sep = field_sep
+        self.max_fields = max_fields
 
     # -- scikit-learn's parameter protocol ----------------------------------------
     @classmethod
@@ -192,7 +203,8 @@ class FMClassifier:
     # -- fitting -------------------------------------------------------------------
     def _new_fm(self):
         hp = {n: getattr(self, n) for n in HYPER_PARAMETERS}
-        return FM(k0=self.k0, k1=self.k1, k=self.k, fvs=self.fvs, dtype=self.dtype, seed=self.seed, **hp)
+        return FM(k0=self.k0, k1=self.k1, k=self.k, fvs=self.fvs, dtype=self.dtype, seed=self.seed,
+                  model=self.model, field_sep=self.field_sep, max_fields=self.max_fields, **hp)
 
     def _names(self, X, feature_names, reset):
         if feature_names is not None:
@@ -243,7 +255,7 @@ class FMClassifier:
         self.n_features_in_ = M.shape[1]
         t = self._targets(y)
         for _ in range(int(epochs)):
-            fm.partial_fit(M, t, cores=self.cores, feature_names=names)
+            fm.partial_fit(M, t, cores=self.cores, feature_names=names, on_error="stop")
         self.fm_ = fm
         return self
 
@@ -263,7 +275,7 @@ class FMClassifier:
             self.fm_ = self._new_fm()
         else:
             self._check_n_features(M)
-        self.fm_.partial_fit(M, self._targets(y), cores=self.cores, feature_names=names)
+        self.fm_.partial_fit(M, self._targets(y), cores=self.cores, feature_names=names, on_error="stop")
         return self
 
     # -- prediction ------------------------------------------------------------------

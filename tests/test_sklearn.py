@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from streamfm import FM, FMClassifier
+from streamfm import FM, BadInputError, FMClassifier, ParameterError
 
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn is in the test extra")
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
@@ -91,3 +91,28 @@ print(clf.predict(X[:2]).tolist(), twin.k, clf, "sklearn" in sys.modules and sys
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["not fitted: streamfm.errors",
                                      "[1, 0] 3 FMClassifier(k=2, epochs=2) True"]
+
+
+def test_classifier_trains_a_field_aware_fm():
+    """model="ffm" (with field_sep, max_fields) gives the FFM that streamfm.FM trains on
+    the same matrix; fields come from the column names; too many fields is an error
+    of fit, as scikit-learn validates parameters there."""
+    X, y = data()
+    names = ["g%d:c%d" % (j // 4, j) for j in range(12)]  # 3 fields of 4 columns, separator ":"
+    clf = FMClassifier(k=2, seed=3, epochs=2, model="ffm", field_sep=":", max_fields=8)
+    clf.fit(X, y, feature_names=names)
+    fm = FM(k=2, seed=3, model="ffm", field_sep=":", max_fields=8)
+    for _ in range(2):
+        fm.partial_fit(X, y.astype(float), feature_names=names)
+    assert clf.fm_.model == "ffm" and clf.fm_.fields == fm.fields and sorted(fm.fields) == ["g0", "g1", "g2"]
+    assert np.array_equal(clf.predict_proba(X, feature_names=names)[:, 1],
+                          fm.predict_proba(X, feature_names=names))
+    # the FFM is not the FM: same seed and data, other probabilities
+    plain = FMClassifier(k=2, seed=3, epochs=2).fit(X, y, feature_names=names)
+    assert not np.allclose(plain.predict_proba(X, feature_names=names), clf.predict_proba(X, feature_names=names))
+    assert clf.get_params()["model"] == "ffm" and "model='ffm'" in repr(clf)
+    # default column names "0".."11": each its own field, 12 > 8 fields
+    with pytest.raises(BadInputError, match="field capacity"):
+        FMClassifier(k=2, model="ffm", max_fields=8).fit(X, y)
+    with pytest.raises(ParameterError, match="model must be"):
+        FMClassifier(model="xfm").fit(X, y)

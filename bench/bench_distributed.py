@@ -73,7 +73,9 @@ SETTINGS = {
     "warm 100k, 10 rounds, sum": (100_000, 10, "sum"),
     "warm 100k, 10 rounds, blend-each": (100_000, 10, "blend-each"),
     "warm 100k, 30 rounds, blend": (100_000, 30, "blend"),
+    "warm 100k, 50 rounds, blend": (100_000, 50, "blend"),
     "warm 100k, 100 rounds, blend": (100_000, 100, "blend"),
+    "warm 100k, 200 rounds, blend": (100_000, 200, "blend"),
     "warm 100k, 30 rounds, blend-each": (100_000, 30, "blend-each"),
     "warm 100k, 30 rounds, mean": (100_000, 30, "dn"),
 }

@@ -64,12 +64,18 @@ class _Engine:
         self.parts = parts
         self.rule = rule
         self.fan_in = max(2, int(fan_in))
-        self.options = task_options
+        self.task_options = task_options
         self.run_id = uuid.uuid4().hex[:8]
 
     def lengths(self):
         return self.client.gather(self.client.map(len, self.parts, key=["streamfm-len-%s-%d" % (self.run_id, p)
                                                                       for p in range(len(self.parts))]))
+
+    def heads(self, tasks):
+        # only the heads travel: each is cut where its partition is
+        c = self.client
+        return c.gather([c.submit(_merge.head, self.parts[p], stop, key="streamfm-head-%s-p%d" % (self.run_id, p))
+                         for p, _, stop in tasks])
 
     def ship(self, base):
         return self.client.scatter(base, broadcast=True, hash=False)
@@ -77,7 +83,7 @@ class _Engine:
     def round(self, base, tasks, i):
         c = self.client
         futs = [c.submit(_merge.train_partition, base, self.parts[p], start, stop,
-                         key="streamfm-train-%s-r%d-p%d" % (self.run_id, i, p), **self.options)
+                         key="streamfm-train-%s-r%d-p%d" % (self.run_id, i, p), **self.task_options)
                 for p, start, stop in tasks]
         level = 0
         while len(futs) > 1:
@@ -116,7 +122,9 @@ def train(data, client=None, *, fm=None, column=None, sync_every=None, warm_star
     sync_every : int, optional
         Lines per partition between merges (None: one merge at the end).
     warm_start : int
-        Lines of the first partition trained alone before the others start.
+        Lines trained as one stream before the rounds, taken from the heads
+        of all partitions in turn (brought to the client and trained there;
+        see ``streamfm.distributed.train``).
     rule : str
         The merge rule (``streamfm.merge.merge``).
     fan_in : int

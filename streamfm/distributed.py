@@ -1,7 +1,8 @@
 """Training on partitions of the data in rounds: the driver, for any engine.
 
     base = the given model (or a new one)
-    [warm start: partition 0 trains alone on its first ``warm_start`` lines]
+    [warm start: base trains on the first ``warm_start`` lines of all the
+     partitions' heads in turn (line 1 of each, then line 2, ...), one stream]
     repeat until every line is used:
         every partition trains a copy of base on its next ``sync_every`` lines
         base = base with the merge of their States written over it
@@ -11,6 +12,17 @@ tasks: ``LocalEngine`` on threads of this process, ``streamfm.dask`` on a
 Dask cluster, ``streamfm.spark`` on Spark. With one partition the rounds
 continue one model on consecutive lines, which is exactly one sequential
 run (``FM.partial_fit`` on all the lines).
+
+Why the warm start takes the heads of all partitions: a partition keeps
+its lines in stream order, so its first lines are the stream's first ones
+only if it is the whole stream. Partition 0 alone (the first design) trains
+on lines the others reach rounds later, and every round after it mixes
+partition 0's later lines with the others' earlier ones; on the bench's
+drifting data that cost most of the gap to one sequential model (4 random
+partitions, ~30 rounds: +0.0111 with partition 0's head, +0.0068 with the
+interleaved heads, +0.0029 at 100 rounds; bench/README.md). The heads are
+small (the warm start is a few percent of the data): the engines bring them
+to the driver, which trains them as one stream.
 """
 
 import logging
@@ -23,14 +35,73 @@ from .errors import ParameterError
 logger = logging.getLogger("streamfm")
 
 
+def head_sizes(lengths, warm_start):
+    """Lines of each partition in a warm start of ``warm_start`` lines taken
+    from the partitions in turn (line 1 of each, then line 2, ...; a partition
+    that runs out drops out of the turn)."""
+    lengths = [int(n) for n in lengths]
+    warm = min(int(warm_start), sum(lengths))
+    lo, hi = 0, max(lengths, default=0)
+    while lo < hi:  # the most full turns that fit
+        mid = (lo + hi + 1) // 2
+        if sum(min(n, mid) for n in lengths) <= warm:
+            lo = mid
+        else:
+            hi = mid - 1
+    sizes = [min(n, lo) for n in lengths]
+    left = warm - sum(sizes)
+    for p, n in enumerate(lengths):  # the last, partial turn
+        if left and n > sizes[p]:
+            sizes[p] += 1
+            left -= 1
+    return sizes
+
+
+def interleave(heads):
+    """The heads' lines in turn: line 1 of each head, then line 2, ... (the warm
+    start's one stream). A head is a list of lines or an (X, y) pair of rows."""
+    if not heads:
+        return []
+    if all(isinstance(h, tuple) and len(h) == 2 for h in heads):
+        import numpy as np
+
+        n = [h[0].shape[0] for h in heads]
+        # row i of head p goes to position (i, p) in turn order
+        key = np.concatenate([np.arange(m) * len(heads) + p for p, m in enumerate(n)])
+        order = np.argsort(key, kind="stable")
+        xs = [h[0] for h in heads]
+        if all(hasattr(x, "tocsr") for x in xs):
+            from scipy.sparse import vstack
+
+            X = vstack([x.tocsr() for x in xs], format="csr")[order]
+        else:
+            X = np.concatenate([np.asarray(x) for x in xs])[order]
+        ys = [h[1] for h in heads]
+        y = None if any(v is None for v in ys) else np.concatenate([np.asarray(v) for v in ys])[order]
+        return X, y
+    out = []
+    for i in range(max(len(h) for h in heads)):
+        for h in heads:
+            if i < len(h):
+                out.append(h[i])
+    return out
+
+
+def train_heads(base, heads, **task_options):
+    """The warm start's State: a copy of ``base`` trained on ``interleave(heads)``
+    (``task_options`` as ``merge.train_partition``'s)."""
+    data = interleave(heads)
+    return _merge.train_partition(base, data, **task_options)
+
+
 def plan_rounds(lengths, sync_every=None, warm_start=0):
     """The rounds of a run: per round, a list of (partition, start, stop) line ranges.
 
-    ``lengths``: lines per partition. ``warm_start``: the first round is
-    partition 0 alone on its first ``warm_start`` lines. ``sync_every``:
-    lines per partition between two merges (None: one round over
-    everything). Every line is in exactly one range, and each partition's
-    ranges follow its order.
+    ``lengths``: lines per partition. ``warm_start``: the first round is the
+    warm start: the heads (p, 0, n_p) of ``head_sizes`` (``run`` trains them
+    as one interleaved stream). ``sync_every``: lines per partition between
+    two merges (None: one round over everything). Every line is in exactly
+    one range, and each partition's ranges follow its order.
     """
     lengths = [int(n) for n in lengths]
     if sync_every is not None and (isinstance(sync_every, bool) or int(sync_every) < 1):
@@ -39,9 +110,9 @@ def plan_rounds(lengths, sync_every=None, warm_start=0):
         raise ParameterError("warm_start must be >= 0, not %r" % (warm_start,))
     offsets = [0] * len(lengths)
     rounds = []
-    if warm_start and lengths and lengths[0]:
-        offsets[0] = min(int(warm_start), lengths[0])
-        rounds.append([(0, 0, offsets[0])])
+    if warm_start and sum(lengths):
+        offsets = head_sizes(lengths, warm_start)
+        rounds.append([(p, 0, n) for p, n in enumerate(offsets) if n])
     while True:
         tasks = []
         for p, n in enumerate(lengths):
@@ -94,16 +165,26 @@ def run(engine, base, sync_every=None, warm_start=0):
     """Run the rounds on ``engine`` from ``base`` (a ``merge.Base``); returns a ``streamfm.FM``
     whose ``last_report`` counts the run.
 
-    The engine provides ``lengths()`` (lines per partition), ``ship(base)``
-    (a handle the tasks read the base through), ``round(handle, tasks, i)``
-    (train the tasks, merge their States: a handle of the merged State),
-    ``counts(state)`` ((lines, samples, bad, loss_sum) of it),
-    ``apply(handle, state)`` (the next base's handle) and ``fetch(handle)``
-    (the Base itself).
+    The engine provides ``lengths()`` (lines per partition), ``heads(tasks)``
+    (the lines of the (p, 0, n) ranges, brought to this process, in task
+    order), ``task_options`` (keyword arguments of every training task),
+    ``ship(base)`` (a handle the tasks read the base through),
+    ``round(handle, tasks, i)`` (train the tasks, merge their States: a
+    handle of the merged State), ``counts(state)`` ((lines, samples, bad,
+    loss_sum) of it), ``apply(handle, state)`` (the next base's handle) and
+    ``fetch(handle)`` (the Base itself).
     """
     t0 = time.time()
     rounds = plan_rounds(engine.lengths(), sync_every, warm_start)
     totals = Totals()
+    if warm_start and rounds:
+        # here, before the base is shipped: the heads are small, and one stream
+        state = train_heads(base, engine.heads(rounds[0]), **engine.task_options)
+        totals.add(*counts(state))
+        base = base.apply(state)
+        logger.info("distributed train: warm start on %d lines of %d partitions' heads", state.lines,
+                    len(rounds[0]))
+        rounds = rounds[1:]
     handle = engine.ship(base)
     for i, tasks in enumerate(rounds):
         state = engine.round(handle, tasks, i)
@@ -143,6 +224,9 @@ class LocalEngine:
 
     def lengths(self):
         return [_length(p) for p in self.partitions]
+
+    def heads(self, tasks):
+        return [_merge.head(self.partitions[p], stop) for p, _, stop in tasks]
 
     def ship(self, base):
         return base
@@ -193,8 +277,11 @@ def train(partitions, fm=None, *, sync_every=None, warm_start=0, threads=1, rule
     sync_every : int, optional
         Lines per partition between merges (None: one merge at the end).
     warm_start : int
-        Lines of partition 0 trained alone before the others start, so all
-        partitions begin from one model whose factors already agree.
+        Lines trained as one stream before the rounds, taken from the heads
+        of all partitions in turn (line 1 of each, then line 2, ...), so all
+        partitions begin from one model whose factors already agree, and
+        each partition's rounds start from where its head ends (see the
+        module's docstring for why in turn).
     threads : int
         Tasks run at once. Each task trains on one thread (deterministic).
     rule : str

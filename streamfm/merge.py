@@ -807,6 +807,15 @@ def _lines_of(data, start, stop):
     return itertools.islice(data, start, stop), None
 
 
+def head(data, stop):
+    """The first ``stop`` lines of a partition as a list (an (X, y) pair of rows for a
+    matrix partition): what a warm start brings to the driver."""
+    lines, y = _lines_of(data, 0, stop)
+    if isinstance(data, tuple) and len(data) == 2:
+        return lines, y
+    return list(lines)
+
+
 def train_partition(base, data, start=0, stop=None, *, cores=1, on_error="skip", max_bad_fraction=None,
                     feature_names=None):
     """Train a copy of ``base`` on one partition's lines start..stop-1; returns its State.

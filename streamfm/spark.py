@@ -63,6 +63,12 @@ def _count(_, it):
     return [sum(1 for _ in it)]
 
 
+def _head_part(sizes, index, it):
+    if not sizes.get(index):
+        return []
+    return [(index, list(itertools.islice(it, sizes[index])))]
+
+
 def _train_part(bc, ranges, options, index, it):
     if index not in ranges:
         return []
@@ -78,11 +84,16 @@ class _Engine:
         self.sc = rdd.context
         self.rule = rule
         self.depth = depth
-        self.options = options
+        self.task_options = options
         self.broadcasts = []
 
     def lengths(self):
         return self.rdd.mapPartitionsWithIndex(_count).collect()
+
+    def heads(self, tasks):
+        sizes = {p: stop for p, _, stop in tasks}
+        got = dict(self.rdd.mapPartitionsWithIndex(functools.partial(_head_part, sizes)).collect())
+        return [got[p] for p, _, _ in tasks]
 
     def ship(self, base):
         bc = self.sc.broadcast(base)
@@ -91,7 +102,7 @@ class _Engine:
 
     def round(self, bc, tasks, i):
         ranges = {p: (start, stop) for p, start, stop in tasks}
-        states = self.rdd.mapPartitionsWithIndex(functools.partial(_train_part, bc, ranges, self.options))
+        states = self.rdd.mapPartitionsWithIndex(functools.partial(_train_part, bc, ranges, self.task_options))
         return states.treeReduce(functools.partial(_merge.merge_pair, rule=self.rule), self.depth)
 
     def counts(self, state):
@@ -128,7 +139,9 @@ def train(data, *, fm=None, column=None, sync_every=None, warm_start=0, rule="bl
     sync_every : int, optional
         Lines per partition between merges (None: one merge at the end).
     warm_start : int
-        Lines of the first partition trained alone before the others start.
+        Lines trained as one stream before the rounds, taken from the heads
+        of all partitions in turn (collected to the driver and trained
+        there; see ``streamfm.distributed.train``).
     rule : str
         The merge rule (``streamfm.merge.merge``).
     depth : int

@@ -84,14 +84,60 @@ def test_plan_rounds_cover_every_line_once_in_order():
         for tasks in rounds:
             assert tasks and len({p for p, _, _ in tasks}) == len(tasks)
             for p, a, b in tasks:
-                assert a < b and (sync is None or b - a <= sync or (p == 0 and a == 0 and warm))
+                assert a < b and (sync is None or b - a <= sync or (a == 0 and warm))
                 seen[p].extend(range(a, b))
         assert all(seen[p] == list(range(n)) for p, n in enumerate(lengths))
         if warm:
-            assert rounds[0] == [(0, 0, min(warm, lengths[0]))]
+            sizes = distributed.head_sizes(lengths, warm)
+            assert rounds[0] == [(p, 0, n) for p, n in enumerate(sizes) if n]
     assert len(distributed.plan_rounds([10, 10], 4)) == 3
     with pytest.raises(streamfm.ParameterError):
         distributed.plan_rounds([5], 0)
+
+
+def test_warm_start_heads_are_the_partitions_taken_in_turn():
+    """head_sizes and interleave against a reader that takes one line of each
+    partition in turn (a partition that runs out drops out) until W lines."""
+    for lengths in ([10, 0, 7, 25], [3, 3, 3], [1], [5, 2]):
+        parts = [["p%d-%d" % (p, i) for i in range(n)] for p, n in enumerate(lengths)]
+        for warm in (0, 1, 4, 9, 13, 100):
+            turn, pos = [], [0] * len(parts)
+            while len(turn) < min(warm, sum(lengths)):
+                for p, part in enumerate(parts):
+                    if pos[p] < len(part) and len(turn) < warm:
+                        turn.append(part[pos[p]])
+                        pos[p] += 1
+            sizes = distributed.head_sizes(lengths, warm)
+            assert sizes == pos, (lengths, warm)
+            assert distributed.interleave([part[:n] for part, n in zip(parts, sizes)]) == turn
+    # (X, y) heads: the rows in the same turn order, dense or sparse
+    sp = pytest.importorskip("scipy.sparse", reason="scipy is in the test extra")
+    X = [np.arange(6.0).reshape(3, 2), np.arange(10.0, 14.0).reshape(2, 2)]
+    y = [np.array([0, 1, 0]), np.array([1, 1])]
+    want_rows = [0, 3, 1, 4, 2]  # rows of the stacked heads
+    Xs, ys = np.concatenate(X), np.concatenate(y)
+    for conv in (np.asarray, sp.csr_matrix):
+        Xi, yi = distributed.interleave([(conv(a), b) for a, b in zip(X, y)])
+        Xi = Xi.toarray() if hasattr(Xi, "toarray") else Xi
+        assert np.array_equal(Xi, Xs[want_rows]) and np.array_equal(yi, ys[want_rows])
+
+
+def test_warm_start_trains_the_interleaved_heads_then_the_rounds(data):
+    """The warm start is one stream: FM.partial_fit on the heads taken in turn;
+    the rounds then start where each head ends."""
+    parts = [data[0:1500], data[1500:2300], data[2300:4000]]
+    fm = distributed.train(parts, sync_every=700, warm_start=1000, threads=2, k=K, seed=7)
+    sizes = distributed.head_sizes([len(p) for p in parts], 1000)
+    assert sum(sizes) == 1000 and max(sizes) - min(sizes) <= 1
+    want = streamfm.FM(k=K, seed=7)
+    want.partial_fit(distributed.interleave([p[:n] for p, n in zip(parts, sizes)]))
+    base = merge.Base.of(want)
+    rounds = distributed.plan_rounds([len(p) for p in parts], 700, 1000)
+    assert rounds[0] == [(p, 0, n) for p, n in enumerate(sizes)]
+    for tasks in rounds[1:]:
+        base = base.apply(merge.merge([merge.train_partition(base, parts[p], a, b) for p, a, b in tasks]))
+    assert_same_model(fm, base.fm())
+    assert fm.last_report.lines == 4000 and fm.samples_seen == 4000
 
 
 # ---------------------------------------------------------------------------
@@ -393,7 +439,9 @@ def test_driver_on_partitions_equals_rounds_by_hand(data):
     parts = [data[0:2000], data[2000:3500], data[3500:6000]]
     fm = distributed.train(parts, sync_every=800, warm_start=500, threads=2, k=K, seed=5)
     base = merge.empty_base(k=K, seed=5)
-    for tasks in distributed.plan_rounds([len(p) for p in parts], 800, 500):
+    rounds = distributed.plan_rounds([len(p) for p in parts], 800, 500)
+    base = base.apply(distributed.train_heads(base, [merge.head(parts[p], b) for p, _, b in rounds[0]]))
+    for tasks in rounds[1:]:
         base = base.apply(merge.merge([merge.train_partition(base, parts[p], a, b) for p, a, b in tasks]))
     assert_same_model(fm, base.fm())
     assert fm.last_report.lines == 6000 and fm.samples_seen == 6000

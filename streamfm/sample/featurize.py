@@ -271,71 +271,8 @@ def _vocab_build(slots, vh, vb):
         slots[i] = e
 
 
-@njit(inline="always")
-def _vocab_has(slots, vh, vb, b, h):
-    mask = slots.shape[0] - 1
-    i = pair_home(h, b, mask)
-    while True:
-        e = slots[i]
-        if e < 0:
-            return False
-        if vh[e] == h and vb[e] == b:
-            return True
-        i = (i + 1) & mask
-
-
 # ---------------------------------------------------------------------------
 # encode: raw values -> tokens
-
-
-@njit(inline="always")
-def _find_sep(text, p, end, sep_arena, so, sl):
-    """Position of the next separator in text[p:end], or end."""
-    if sl == 0:
-        return end
-    first = sep_arena[so]
-    while p + sl <= end:
-        if text[p] == first:
-            ok = True
-            for j in range(1, sl):
-                if text[p + j] != sep_arena[so + j]:
-                    ok = False
-                    break
-            if ok:
-                return p
-        p += 1
-    return end
-
-
-@njit(inline="always")
-def _put(text, a, ln, b, mc, raw, vslots, vhash, vfeat, rare, rare_hash, arena, ap, tok_off, tok_len, tok_hash,
-         tok_val, nt, t0):
-    """Append the escaped value text[a:a+ln] as a token of feature b (deduplicated from t0)."""
-    s = ap
-    e = escape_into(text, a, a + ln, arena, ap)
-    h = hash_bytes(arena, s, e)
-    if mc and not raw and not _vocab_has(vslots, vhash, vfeat, b, h):
-        for j in range(rare.shape[0]):
-            arena[s + j] = rare[j]
-        e = s + rare.shape[0]
-        h = rare_hash
-    for t in range(t0, nt):
-        if tok_hash[t] == h:
-            return nt, s
-    tok_off[nt] = s
-    tok_len[nt] = e - s
-    tok_hash[nt] = h
-    tok_val[nt] = 0.0
-    return nt + 1, e
-
-
-@njit(inline="always")
-def _trim(text, a, e):
-    while a < e and (text[a] == 32 or text[a] == 9):
-        a += 1
-    while e > a and (text[e - 1] == 32 or text[e - 1] == 9 or text[e - 1] == 13):
-        e -= 1
-    return a, e
 
 
 @njit(cache=True, nogil=True)
@@ -356,20 +293,6 @@ def write_int(x, out, pos):
         out[pos + j] = 48 + x % 10
         x //= 10
     return pos + n
-
-
-@njit(inline="always")
-def _bucket(edge_vals, eo, el, x):
-    """Number of edges <= x (bucket 0 below the first edge)."""
-    lo = 0
-    hi = el
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if edge_vals[eo + mid] <= x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @njit(cache=True, nogil=True)
@@ -417,80 +340,134 @@ def encode(n_rec, n_cols, cfirst, ccount, cpresent, ccol, estart, elen, text, n_
                     continue
                 if ne == 0:
                     continue
-                a = estart[e0]
-                ln = elen[e0]
-                if kind == 0:
-                    nt, ap = _put(text, a, ln, b, base_mc[b], raw, vslots, vhash, vfeat, rare, rare_hash, arena,
-                                  ap, tok_off, tok_len, tok_hash, tok_val, nt, t0)
-                    continue
-                ta, te = _trim(text, a, a + ln)
-                if ta == te:
-                    continue
-                x, st = floatfmt.parse_f64(text, ta, te)
-                if st == floatfmt.BAD or st == floatfmt.NONFINITE:
-                    if bad_reason[r] == 0:
-                        bad_reason[r] = 14 if st == floatfmt.BAD else 15
-                        bad_b[r] = b
-                        bad_col[r] = ccol[cc]
-                    continue
-                if kind == 4:
-                    if base_transform[b] == 1:
-                        x = np.log1p(x) if x >= 0 else -np.log1p(-x)
-                    if x == 0.0:
+                if kind != 0:
+                    a = estart[e0]
+                    ta = a
+                    te = a + elen[e0]
+                    while ta < te and (text[ta] == 32 or text[ta] == 9):
+                        ta += 1
+                    while te > ta and (text[te - 1] == 32 or text[te - 1] == 9 or text[te - 1] == 13):
+                        te -= 1
+                    if ta == te:
                         continue
-                    s = ap
-                    ap = floatfmt.write_f64(x, arena, ap)
-                    tok_off[nt] = s
-                    tok_len[nt] = ap - s
-                    tok_hash[nt] = hash_bytes(arena, s, ap)
-                    tok_val[nt] = x
-                    nt += 1
-                elif raw:
-                    tok_off[nt] = ap
-                    tok_len[nt] = 0
-                    tok_hash[nt] = 0
-                    tok_val[nt] = x
-                    nt += 1
-                else:
-                    s = ap
-                    ap = write_int(_bucket(edge_vals, base_edge_off[b], base_edge_len[b], x), arena, ap)
-                    tok_off[nt] = s
-                    tok_len[nt] = ap - s
-                    tok_hash[nt] = hash_bytes(arena, s, ap)
-                    tok_val[nt] = x
-                    nt += 1
-                continue
-            # tags, history: every element split at sep
+                    x, st = floatfmt.parse_f64(text, ta, te)
+                    if st == floatfmt.BAD or st == floatfmt.NONFINITE:
+                        if bad_reason[r] == 0:
+                            bad_reason[r] = 14 if st == floatfmt.BAD else 15
+                            bad_b[r] = b
+                            bad_col[r] = ccol[cc]
+                        continue
+                    if kind == 4:
+                        if base_transform[b] == 1:
+                            x = np.log1p(x) if x >= 0 else -np.log1p(-x)
+                        if x == 0.0:
+                            continue
+                        s = ap
+                        ap = floatfmt.write_f64(x, arena, ap)
+                        tok_off[nt] = s
+                        tok_len[nt] = ap - s
+                        tok_hash[nt] = hash_bytes(arena, s, ap)
+                        tok_val[nt] = x
+                        nt += 1
+                    elif raw:
+                        tok_off[nt] = ap
+                        tok_len[nt] = 0
+                        tok_hash[nt] = 0
+                        tok_val[nt] = x
+                        nt += 1
+                    else:
+                        # the bucket: number of edges <= x
+                        eo = base_edge_off[b]
+                        lo = 0
+                        hi = base_edge_len[b]
+                        while lo < hi:
+                            mid = (lo + hi) >> 1
+                            if edge_vals[eo + mid] <= x:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        s = ap
+                        ap = write_int(lo, arena, ap)
+                        tok_off[nt] = s
+                        tok_len[nt] = ap - s
+                        tok_hash[nt] = hash_bytes(arena, s, ap)
+                        tok_val[nt] = x
+                        nt += 1
+                    continue
+            # categorical: its one value; tags, history: every element split at sep (history: the
+            # last N pieces, so a first pass counts them). The token code is written out once,
+            # not in a helper: an array handed to a helper costs numba two atomic reference
+            # counts per call, which was most of this kernel's time.
             so = base_sep_off[b]
-            sl = base_sep_len[b]
+            sl = base_sep_len[b] if kind != 0 else 0
             skip = 0
-            if kind == 2:
-                total = 0
+            npass = 2 if kind == 2 else 1
+            for ps in range(npass):
+                counting = ps == 0 and npass == 2
+                idx = 0
                 for e in range(e0, e0 + ne):
                     p = estart[e]
                     end = p + elen[e]
                     while True:
-                        q = _find_sep(text, p, end, sep_arena, so, sl)
-                        if q > p:
-                            total += 1
+                        # the next separator in text[p:end], or end
+                        q = end
+                        if sl > 0:
+                            first = sep_arena[so]
+                            y = p
+                            while y + sl <= end:
+                                if text[y] == first:
+                                    same = True
+                                    for z in range(1, sl):
+                                        if text[y + z] != sep_arena[so + z]:
+                                            same = False
+                                            break
+                                    if same:
+                                        q = y
+                                        break
+                                y += 1
+                        if q > p or kind == 0:
+                            if not counting and idx >= skip:
+                                # the token text[p:q], escaped; below min-count the rare value;
+                                # a repeated value of this feature and record is written once
+                                s = ap
+                                ap = escape_into(text, p, q, arena, ap)
+                                h = hash_bytes(arena, s, ap)
+                                if base_mc[b] and not raw:
+                                    mask = vslots.shape[0] - 1
+                                    vi = pair_home(h, b, mask)
+                                    known = False
+                                    while True:
+                                        ve = vslots[vi]
+                                        if ve < 0:
+                                            break
+                                        if vhash[ve] == h and vfeat[ve] == b:
+                                            known = True
+                                            break
+                                        vi = (vi + 1) & mask
+                                    if not known:
+                                        for z in range(rare.shape[0]):
+                                            arena[s + z] = rare[z]
+                                        ap = s + rare.shape[0]
+                                        h = rare_hash
+                                dup = False
+                                for t in range(t0, nt):
+                                    if tok_hash[t] == h:
+                                        dup = True
+                                        break
+                                if dup:
+                                    ap = s
+                                else:
+                                    tok_off[nt] = s
+                                    tok_len[nt] = ap - s
+                                    tok_hash[nt] = h
+                                    tok_val[nt] = 0.0
+                                    nt += 1
+                            idx += 1
                         if q >= end:
                             break
                         p = q + sl
-                skip = total - base_last[b]
-            idx = 0
-            for e in range(e0, e0 + ne):
-                p = estart[e]
-                end = p + elen[e]
-                while True:
-                    q = _find_sep(text, p, end, sep_arena, so, sl)
-                    if q > p:
-                        if idx >= skip:
-                            nt, ap = _put(text, p, q - p, b, base_mc[b], raw, vslots, vhash, vfeat, rare,
-                                          rare_hash, arena, ap, tok_off, tok_len, tok_hash, tok_val, nt, t0)
-                        idx += 1
-                    if q >= end:
-                        break
-                    p = q + sl
+                if counting:
+                    skip = idx - base_last[b]
     tok_ptr[n_rec * n_local] = nt
     return nt, ap
 
@@ -677,42 +654,6 @@ def overlap_value(bu, bi, r_src, r_a, r_b, p_hash, i_hash, measure):
     return True, c / float(nu + ni - c)
 
 
-@njit(inline="always")
-def _copy(src, t, p_off, p_len, p_arena, i_off, i_len, i_arena, out, pos):
-    if src == 0:
-        a = p_off[t]
-        n = p_len[t]
-        out[pos:pos + n] = p_arena[a:a + n]
-        return pos + n
-    a = i_off[t]
-    n = i_len[t]
-    out[pos:pos + n] = i_arena[a:a + n]
-    return pos + n
-
-
-@njit(inline="always")
-def _tlen(src, t, p_len, i_len):
-    return p_len[t] if src == 0 else i_len[t]
-
-
-@njit(inline="always")
-def _sum_len(b, r_src, r_a, r_b, p_len, i_len):
-    s = 0
-    for t in range(r_a[b], r_b[b]):
-        s += _tlen(r_src[b], t, p_len, i_len)
-    return s
-
-
-@njit(inline="always")
-def _prefix(out, pos, o, out_pre_off, out_pre_len, pre_arena, sepbyte):
-    a = out_pre_off[o]
-    n = out_pre_len[o]
-    out[pos:pos + n] = pre_arena[a:a + n]
-    pos += n
-    out[pos] = sepbyte
-    return pos + 1
-
-
 @njit(cache=True, nogil=True)
 def render(n_ent, nl, side, runs, run_o0, run_o1, pa, pb, p_off, p_len, p_arena, out_comp, out_pre_off, out_pre_len,
            pre_arena, out_sepbyte, base_local, seg, pos, seg_a, seg_b):
@@ -728,34 +669,24 @@ def render(n_ent, nl, side, runs, run_o0, run_o1, pa, pb, p_off, p_len, p_arena,
             seg_a[e * nr + q] = pos
             for o in range(run_o0[r], run_o1[r]):
                 l = base_local[out_comp[o, 0]]
+                fa = out_pre_off[o]
+                fn = out_pre_len[o]
+                sb = out_sepbyte[o]
                 for t in range(pa[e * nl + l], pb[e * nl + l]):
                     seg[pos] = 32
-                    pos = _prefix(seg, pos + 1, o, out_pre_off, out_pre_len, pre_arena, out_sepbyte[o])
+                    pos += 1
+                    for x in range(fn):
+                        seg[pos + x] = pre_arena[fa + x]
+                    pos += fn
+                    seg[pos] = sb
+                    pos += 1
                     n = p_len[t]
                     a = p_off[t]
-                    seg[pos:pos + n] = p_arena[a:a + n]
+                    for x in range(n):
+                        seg[pos + x] = p_arena[a + x]
                     pos += n
             seg_b[e * nr + q] = pos
     return pos
-
-
-@njit(inline="always")
-def _run_inline(r, i, ui, ii, ui_pres, ii_pres, nlu, nli, run_side, run_o0, run_o1, out_comp, base_local):
-    """Whether impression i's own record holds an attribute of one of run r's features."""
-    if run_side[r] == 0:
-        rec = ui[i]
-        nl = nlu
-        pres = ui_pres
-    else:
-        rec = ii[i]
-        nl = nli
-        pres = ii_pres
-    if rec < 0:
-        return False
-    for o in range(run_o0[r], run_o1[r]):
-        if pres[rec * nl + base_local[out_comp[o, 0]]]:
-            return True
-    return False
 
 
 @njit(cache=True, nogil=True)
@@ -768,7 +699,7 @@ def assemble(start, sel, mode, side_mask, labels, ue, ie, ui, ii,
              out_cap, out_numeric, out_edge_off, out_edge_len, edge_vals, joiner,
              out_run, run_side, run_o0, run_o1, run_local, n_runs_u, n_runs_i,
              key_text, k1_start, k1_len, k2_start, k2_len,
-             r_src, r_a, r_b, run_fb, out, pos, line_end):
+             r_src, r_a, r_b, r_len, todo, run_fb, out, pos, line_end):
     """Lines for impressions sel[start:], written at out[pos:] until out is full.
 
     mode: LABELED, BARE (as ' FEATS'), KEYED, CLICK (see the module); side_mask selects
@@ -778,8 +709,13 @@ def assemble(start, sel, mode, side_mask, labels, ue, ie, ui, ii,
     key_text spans. A run of consecutive features of one side is copied
     from the profile row's pre-rendered text (``render``) unless the
     impression's own record holds one of its attributes. line_end[j] = end
-    of line j in out. Returns (next j, end in out, bytes the next line
-    needs when it did not fit).
+    of line j in out. r_src, r_a, r_b, r_len, todo: scratch of n_base
+    entries. Returns (next j, end in out, bytes the next line needs when it
+    did not fit).
+
+    The per-token work is written out here rather than in helpers: an
+    array handed to a helper costs numba two atomic reference counts per
+    call, which was most of this kernel's time.
     """
     n_out = out_kind.shape[0]
     n_runs = run_side.shape[0]
@@ -787,18 +723,66 @@ def assemble(start, sel, mode, side_mask, labels, ue, ie, ui, ii,
     cap = out.shape[0]
     for j in range(start, sel.shape[0]):
         i = sel[j]
-        # where the tokens are: runs from the rendered profile text unless overridden
+        urec = ui[i]
+        irec = ii[i]
+        uent = ue[i]
+        ient = ie[i]
+        # where the tokens are: runs from the rendered profile text unless the record overrides them
+        nres = 0
         for r in range(n_runs):
-            fb = _run_inline(r, i, ui, ii, ui_pres, ii_pres, nlu, nli, run_side, run_o0, run_o1, out_comp,
-                             base_local)
+            fb = False
+            if run_side[r] == 0:
+                if urec >= 0:
+                    for o in range(run_o0[r], run_o1[r]):
+                        if ui_pres[urec * nlu + base_local[out_comp[o, 0]]]:
+                            fb = True
+                            break
+            elif irec >= 0:
+                for o in range(run_o0[r], run_o1[r]):
+                    if ii_pres[irec * nli + base_local[out_comp[o, 0]]]:
+                        fb = True
+                        break
             run_fb[r] = fb
             if fb:
                 for o in range(run_o0[r], run_o1[r]):
-                    _res1(out_comp[o, 0], i, ue, ie, ui, ii, up_a, up_b, ip_a, ip_b, ui_a, ui_b, ui_pres, ii_a,
-                          ii_b, ii_pres, nlu, nli, base_side, base_local, r_src, r_a, r_b)
+                    todo[nres] = out_comp[o, 0]
+                    nres += 1
         for q in range(eager.shape[0]):
-            _res1(eager[q], i, ue, ie, ui, ii, up_a, up_b, ip_a, ip_b, ui_a, ui_b, ui_pres, ii_a, ii_b, ii_pres,
-                  nlu, nli, base_side, base_local, r_src, r_a, r_b)
+            todo[nres] = eager[q]
+            nres += 1
+        for q in range(nres):
+            b = todo[q]
+            l = base_local[b]
+            src = 0
+            ta = 0
+            tb = 0
+            if base_side[b] == 0:
+                if urec >= 0 and ui_pres[urec * nlu + l]:
+                    src = 1
+                    ta = ui_a[urec * nlu + l]
+                    tb = ui_b[urec * nlu + l]
+                elif uent >= 0:
+                    ta = up_a[uent * nlu + l]
+                    tb = up_b[uent * nlu + l]
+            else:
+                if irec >= 0 and ii_pres[irec * nli + l]:
+                    src = 1
+                    ta = ii_a[irec * nli + l]
+                    tb = ii_b[irec * nli + l]
+                elif ient >= 0:
+                    ta = ip_a[ient * nli + l]
+                    tb = ip_b[ient * nli + l]
+            s = 0
+            if src == 0:
+                for t in range(ta, tb):
+                    s += p_len[t]
+            else:
+                for t in range(ta, tb):
+                    s += i_len[t]
+            r_src[b] = src
+            r_a[b] = ta
+            r_b[b] = tb
+            r_len[b] = s
         # exact size of the line
         need = 4
         if mode == 2 or mode == 3:
@@ -812,31 +796,31 @@ def assemble(start, sel, mode, side_mask, labels, ue, ie, ui, ii,
             if r >= 0 and not run_fb[r]:
                 if o == run_o0[r]:
                     if run_side[r] == 0:
-                        if ue[i] >= 0:
-                            q = ue[i] * n_runs_u + run_local[r]
+                        if uent >= 0:
+                            q = uent * n_runs_u + run_local[r]
                             need += useg_b[q] - useg_a[q]
-                    elif ie[i] >= 0:
-                        q = ie[i] * n_runs_i + run_local[r]
+                    elif ient >= 0:
+                        q = ient * n_runs_i + run_local[r]
                         need += iseg_b[q] - iseg_a[q]
                 continue
             pl = out_pre_len[o] + 2
             k = out_kind[o]
             if k == 0:
                 b = out_comp[o, 0]
-                need += (r_b[b] - r_a[b]) * pl + _sum_len(b, r_src, r_a, r_b, p_len, i_len)
+                need += (r_b[b] - r_a[b]) * pl + r_len[b]
             elif k == 1:
                 b0 = out_comp[o, 0]
                 b1 = out_comp[o, 1]
                 b2 = out_comp[o, 2]
                 n0 = r_b[b0] - r_a[b0]
                 n1 = r_b[b1] - r_a[b1]
-                s0 = _sum_len(b0, r_src, r_a, r_b, p_len, i_len)
-                s1 = _sum_len(b1, r_src, r_a, r_b, p_len, i_len)
+                s0 = r_len[b0]
+                s1 = r_len[b1]
                 if b2 < 0:
                     need += n0 * n1 * (pl + jl) + s0 * n1 + s1 * n0
                 else:
                     n2 = r_b[b2] - r_a[b2]
-                    s2 = _sum_len(b2, r_src, r_a, r_b, p_len, i_len)
+                    s2 = r_len[b2]
                     need += n0 * n1 * n2 * (pl + 2 * jl) + s0 * n1 * n2 + s1 * n0 * n2 + s2 * n0 * n1
             else:
                 need += pl + 32
@@ -857,12 +841,12 @@ def assemble(start, sel, mode, side_mask, labels, ue, ie, ui, ii,
                     a = 0
                     e = 0
                     if run_side[r] == 0:
-                        if ue[i] >= 0:
-                            q = ue[i] * n_runs_u + run_local[r]
+                        if uent >= 0:
+                            q = uent * n_runs_u + run_local[r]
                             a = useg_a[q]
                             e = useg_b[q]
-                    elif ie[i] >= 0:
-                        q = ie[i] * n_runs_i + run_local[r]
+                    elif ient >= 0:
+                        q = ient * n_runs_i + run_local[r]
                         a = iseg_a[q]
                         e = iseg_b[q]
                     out[pos:pos + e - a] = seg[a:e]
@@ -870,55 +854,108 @@ def assemble(start, sel, mode, side_mask, labels, ue, ie, ui, ii,
                 continue
             k = out_kind[o]
             sb = out_sepbyte[o]
-            if k == 0:
-                b = out_comp[o, 0]
-                s = r_src[b]
-                for t in range(r_a[b], r_b[b]):
-                    out[pos] = 32
-                    pos = _prefix(out, pos + 1, o, out_pre_off, out_pre_len, pre_arena, sb)
-                    pos = _copy(s, t, p_off, p_len, p_arena, i_off, i_len, i_arena, out, pos)
-            elif k == 1:
+            pa = out_pre_off[o]
+            pn = out_pre_len[o]
+            if k == 0 or k == 1:
+                # a base feature's tokens, or a cross's combinations (the last component varies fastest)
+                nc = 1 if k == 0 else (2 if out_comp[o, 2] < 0 else 3)
                 b0 = out_comp[o, 0]
-                b1 = out_comp[o, 1]
-                b2 = out_comp[o, 2]
-                for t0 in range(r_a[b0], r_b[b0]):
-                    for t1 in range(r_a[b1], r_b[b1]):
-                        if b2 < 0:
-                            out[pos] = 32
-                            pos = _prefix(out, pos + 1, o, out_pre_off, out_pre_len, pre_arena, sb)
-                            pos = _copy(r_src[b0], t0, p_off, p_len, p_arena, i_off, i_len, i_arena, out, pos)
-                            out[pos:pos + jl] = joiner
-                            pos += jl
-                            pos = _copy(r_src[b1], t1, p_off, p_len, p_arena, i_off, i_len, i_arena, out, pos)
-                        else:
-                            for t2 in range(r_a[b2], r_b[b2]):
-                                out[pos] = 32
-                                pos = _prefix(out, pos + 1, o, out_pre_off, out_pre_len, pre_arena, sb)
-                                pos = _copy(r_src[b0], t0, p_off, p_len, p_arena, i_off, i_len, i_arena, out, pos)
-                                out[pos:pos + jl] = joiner
-                                pos += jl
-                                pos = _copy(r_src[b1], t1, p_off, p_len, p_arena, i_off, i_len, i_arena, out, pos)
-                                out[pos:pos + jl] = joiner
-                                pos += jl
-                                pos = _copy(r_src[b2], t2, p_off, p_len, p_arena, i_off, i_len, i_arena, out, pos)
-            else:
-                has, v = overlap_value(out_comp[o, 0], out_comp[o, 1], r_src, r_a, r_b, p_hash, i_hash, out_measure[o])
-                if not has:
-                    continue
-                if out_numeric[o]:
-                    if v == 0.0:
-                        continue
+                n0 = r_b[b0] - r_a[b0]
+                n1 = 1
+                n2 = 1
+                if nc >= 2:
+                    n1 = r_b[out_comp[o, 1]] - r_a[out_comp[o, 1]]
+                if nc == 3:
+                    n2 = r_b[out_comp[o, 2]] - r_a[out_comp[o, 2]]
+                for c in range(n0 * n1 * n2):
                     out[pos] = 32
-                    pos = _prefix(out, pos + 1, o, out_pre_off, out_pre_len, pre_arena, sb)
-                    pos = floatfmt.write_f64(v, out, pos)
-                    continue
-                if out_edge_len[o] > 0 or out_cap[o] == 0:
-                    idx = _bucket(edge_vals, out_edge_off[o], out_edge_len[o], v)
-                else:
-                    idx = min(np.int64(v), out_cap[o])
-                out[pos] = 32
-                pos = _prefix(out, pos + 1, o, out_pre_off, out_pre_len, pre_arena, sb)
-                pos = write_int(idx, out, pos)
+                    pos += 1
+                    for x in range(pn):
+                        out[pos + x] = pre_arena[pa + x]
+                    pos += pn
+                    out[pos] = sb
+                    pos += 1
+                    for m in range(nc):
+                        if m > 0:
+                            for x in range(jl):
+                                out[pos + x] = joiner[x]
+                            pos += jl
+                        b = out_comp[o, m]
+                        if m == 0:
+                            t = r_a[b] + c // (n1 * n2)
+                        elif m == 1:
+                            t = r_a[b] + (c // n2) % n1
+                        else:
+                            t = r_a[b] + c % n2
+                        if r_src[b] == 0:
+                            ta = p_off[t]
+                            tn = p_len[t]
+                            for x in range(tn):
+                                out[pos + x] = p_arena[ta + x]
+                        else:
+                            ta = i_off[t]
+                            tn = i_len[t]
+                            for x in range(tn):
+                                out[pos + x] = i_arena[ta + x]
+                        pos += tn
+                continue
+            # an overlap: |U & I| or the Jaccard index of the two tag sets
+            bu = out_comp[o, 0]
+            bi = out_comp[o, 1]
+            nu = r_b[bu] - r_a[bu]
+            ni = r_b[bi] - r_a[bi]
+            if nu == 0 or ni == 0:
+                continue
+            su = r_src[bu]
+            si = r_src[bi]
+            cnt = 0
+            for t in range(r_a[bu], r_b[bu]):
+                h = p_hash[t] if su == 0 else i_hash[t]
+                for u in range(r_a[bi], r_b[bi]):
+                    h2 = p_hash[u] if si == 0 else i_hash[u]
+                    if h == h2:
+                        cnt += 1
+                        break
+            if out_measure[o] == 0:
+                v = float(cnt)
+            else:
+                v = cnt / float(nu + ni - cnt)
+            if out_numeric[o] and v == 0.0:
+                continue
+            out[pos] = 32
+            pos += 1
+            for x in range(pn):
+                out[pos + x] = pre_arena[pa + x]
+            pos += pn
+            out[pos] = sb
+            pos += 1
+            if out_numeric[o]:
+                pos = floatfmt.write_f64(v, out, pos)
+                continue
+            el = out_edge_len[o]
+            if el > 0 or out_cap[o] == 0:
+                eo = out_edge_off[o]
+                lo = 0
+                hi = el
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if edge_vals[eo + mid] <= v:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                idx = lo
+            else:
+                idx = min(np.int64(v), out_cap[o])
+            # write_int, written out (idx >= 0)
+            nd = 1
+            y = idx // 10
+            while y > 0:
+                nd += 1
+                y //= 10
+            for x in range(nd - 1, -1, -1):
+                out[pos + x] = 48 + idx % 10
+                idx //= 10
+            pos += nd
         if mode == 3:
             out[pos] = 32
             out[pos + 1] = 124
@@ -1161,6 +1198,8 @@ class LineWriter:
         self.r_src = np.zeros(nb, np.int64)
         self.r_a = np.zeros(nb, np.int64)
         self.r_b = np.zeros(nb, np.int64)
+        self.r_len = np.zeros(nb, np.int64)
+        self.todo = np.zeros(nb + max(len(plan.eager), 1), np.int64)
         self.run_fb = np.zeros(max(len(plan.run_side), 1), np.bool_)
 
     def run(self, sel, mode, side_mask, labels, ue, ie, ui, ii, inline, store, key_text=None, k1=None, k2=None,
@@ -1191,7 +1230,8 @@ class LineWriter:
                 su.ptr[:-1], su.ptr[1:], su.pres, si.ptr[:-1], si.ptr[1:], si.pres,
                 store.off, store.len, store.hash, store.arena, plan.n_local[0], plan.n_local[1],
                 plan.base_side, plan.base_local, plan.eager, *plan.out_args(),
-                key_text, k1s, k1l, k2s, k2l, self.r_src, self.r_a, self.r_b, self.run_fb, self.out, pos, line_end)
+                key_text, k1s, k1l, k2s, k2l, self.r_src, self.r_a, self.r_b, self.r_len, self.todo,
+                self.run_fb, self.out, pos, line_end)
             line_end[start:j] += total
             if j >= len(sel):
                 break

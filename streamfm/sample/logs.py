@@ -76,19 +76,12 @@ _TAB = 9
 _QUOTE = 34
 _BSL = 92
 
-
-@njit(inline="always")
-def _eol(text, p, n):
-    """True at the end of a line ('\\n', or '\\r' right before '\\n' or the end)."""
-    b = text[p]
-    return b == _LF or (b == _CR and (p + 1 >= n or text[p + 1] == _LF))
-
-
-@njit(inline="always")
-def _next_line(text, p, n):
-    while p < n and text[p] != _LF:
-        p += 1
-    return p + 1
+# The tokenizers test bytes in place (end of line: '\n', or '\r' before '\n'
+# or the end; blanks: ' ', '\t', a '\r' that does not end the line) rather
+# than call helpers that take ``text``: numba counts a reference on every
+# array passed to a helper, even an inlined one, two atomic operations a call
+# that it cannot drop inside these loops; per byte and per key they were
+# most of the tokenizers' time.
 
 
 @njit(cache=True, nogil=True)
@@ -113,8 +106,11 @@ def tokenize_delimited(text, n, delim, quoted, n_file_cols, col_map, n_cols, cel
     while p < n:
         ls = p
         # blank line (or only '\r')
-        if _eol(text, p, n):
-            p = _next_line(text, p, n)
+        b = text[p]
+        if b == _LF or (b == _CR and (p + 1 >= n or text[p + 1] == _LF)):
+            while p < n and text[p] != _LF:
+                p += 1
+            p += 1
             line += 1
             continue
         base = nr * n_cols
@@ -147,7 +143,8 @@ def tokenize_delimited(text, n, delim, quoted, n_file_cols, col_map, n_cols, cel
                 vs = p + 1
                 ve = q
                 p = q + 1
-                if p < n and not (text[p] == delim or _eol(text, p, n)):
+                if p < n and text[p] != delim and text[p] != _LF \
+                        and not (text[p] == _CR and (p + 1 >= n or text[p + 1] == _LF)):
                     reason = 6
                     col = p - ls
                     break
@@ -163,7 +160,10 @@ def tokenize_delimited(text, n, delim, quoted, n_file_cols, col_map, n_cols, cel
                     vs = ds
                     ve = sp
             else:
-                while p < n and text[p] != delim and not _eol(text, p, n):
+                while p < n:
+                    b = text[p]
+                    if b == delim or b == _LF or (b == _CR and (p + 1 >= n or text[p + 1] == _LF)):
+                        break
                     p += 1
                 vs = cs
                 ve = p
@@ -195,16 +195,11 @@ def tokenize_delimited(text, n, delim, quoted, n_file_cols, col_map, n_cols, cel
             bad_reason[nb] = reason
             bad_col[nb] = col
             nb += 1
-        p = _next_line(text, p, n)
+        while p < n and text[p] != _LF:
+            p += 1
+        p += 1
         line += 1
     return OK, nr, nb, line
-
-
-@njit(inline="always")
-def _ws(text, p, n):
-    while p < n and (text[p] == _SP or text[p] == _TAB or text[p] == _CR) and not _eol(text, p, n):
-        p += 1
-    return p
 
 
 @njit(cache=True, nogil=True)
@@ -427,9 +422,14 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
     p = 0
     while p < n:
         ls = p
-        p = _ws(text, p, n)
-        if p >= n or _eol(text, p, n):
-            p = _next_line(text, p, n)
+        while p < n and (text[p] == _SP or text[p] == _TAB
+                         or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+            p += 1
+        if p >= n or text[p] == _LF \
+                or (text[p] == _CR and (p + 1 >= n or text[p + 1] == _LF)):
+            while p < n and text[p] != _LF:
+                p += 1
+            p += 1
             line += 1
             continue
         base = nr * n_cols
@@ -443,10 +443,14 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
         if text[p] != 123:
             reason = 2
         else:
-            p = _ws(text, p + 1, n)
+            p += 1
+            while p < n and (text[p] == _SP or text[p] == _TAB
+                             or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                p += 1
             first = True
             while True:
-                if p >= n or _eol(text, p, n):
+                if p >= n or text[p] == _LF \
+                        or (text[p] == _CR and (p + 1 >= n or text[p + 1] == _LF)):
                     reason = 1
                     col = p - ls
                     break
@@ -475,13 +479,20 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
                 else:
                     h = hash_bytes(text, p + 1, ke)
                 c = lookup_one(col_slots, col_hash, h)
-                p = _ws(text, ke + 1, n)
+                p = ke + 1
+                while p < n and (text[p] == _SP or text[p] == _TAB
+                                 or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                    p += 1
                 if p >= n or text[p] != 58:
                     reason = 1
                     col = p - ls
                     break
-                p = _ws(text, p + 1, n)
-                if p >= n or _eol(text, p, n):
+                p += 1
+                while p < n and (text[p] == _SP or text[p] == _TAB
+                                 or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                    p += 1
+                if p >= n or text[p] == _LF \
+                        or (text[p] == _CR and (p + 1 >= n or text[p + 1] == _LF)):
                     reason = 1
                     col = p - ls
                     break
@@ -499,12 +510,16 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
                     cell_col[base + c] = vcol
                     cell_first[base + c] = ne
                     cnt = 0
-                    p = _ws(text, p + 1, n)
+                    p += 1
+                    while p < n and (text[p] == _SP or text[p] == _TAB
+                                     or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                        p += 1
                     if p < n and text[p] == 93:
                         p += 1
                     else:
                         while True:
-                            if p >= n or _eol(text, p, n):
+                            if p >= n or text[p] == _LF \
+                                    or (text[p] == _CR and (p + 1 >= n or text[p + 1] == _LF)):
                                 reason = 1
                                 col = p - ls
                                 break
@@ -531,9 +546,15 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
                                 el_len[ne] = el
                                 ne += 1
                                 cnt += 1
-                            p = _ws(text, q, n)
+                            p = q
+                            while p < n and (text[p] == _SP or text[p] == _TAB
+                                             or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                                p += 1
                             if p < n and text[p] == 44:
-                                p = _ws(text, p + 1, n)
+                                p += 1
+                                while p < n and (text[p] == _SP or text[p] == _TAB
+                                                 or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                                    p += 1
                                 continue
                             if p < n and text[p] == 93:
                                 p += 1
@@ -575,9 +596,14 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
                     else:
                         cell_count[base + c] = 0
                         cell_present[base + c] = 0
-                p = _ws(text, p, n)
+                while p < n and (text[p] == _SP or text[p] == _TAB
+                                 or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                    p += 1
                 if p < n and text[p] == 44:
-                    p = _ws(text, p + 1, n)
+                    p += 1
+                    while p < n and (text[p] == _SP or text[p] == _TAB
+                                     or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                        p += 1
                     continue
                 if p < n and text[p] == 125:
                     p += 1
@@ -586,8 +612,11 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
                 col = p - ls
                 break
             if reason == 0:
-                p = _ws(text, p, n)
-                if p < n and not _eol(text, p, n):
+                while p < n and (text[p] == _SP or text[p] == _TAB
+                                 or (text[p] == _CR and p + 1 < n and text[p + 1] != _LF)):
+                    p += 1
+                if p < n and text[p] != _LF \
+                        and not (text[p] == _CR and (p + 1 >= n or text[p + 1] == _LF)):
                     reason = 1
                     col = p - ls
         if reason == 0:
@@ -600,7 +629,9 @@ def tokenize_jsonl(text, n, col_slots, col_hash, n_cols, cell_first, cell_count,
             bad_col[nb] = col
             bad_arg[nb] = arg
             nb += 1
-        p = _next_line(text, p, n)
+        while p < n and text[p] != _LF:
+            p += 1
+        p += 1
         line += 1
     return OK, nr, nb, line
 

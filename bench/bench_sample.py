@@ -19,7 +19,11 @@ and "streamed", the rate less the start-up and table load (the time of
 the same command on an empty log), which is what a long log sees.
 
 Output bytes per impression are reported too: fm_sample writes about
-that many bytes per line whatever the machine.
+that many bytes per line whatever the machine. At ~500 bytes a line a
+file output is 500 MB per million impressions, so the file rows also time
+the disk; a second table runs rank to a pipe read by ``cat`` (the
+``fm_sample rank | fm_train`` case), the empty log and the three formats
+interleaved in each of max(--repeat, 5) rounds, with medians and bests.
 """
 
 import argparse
@@ -161,6 +165,42 @@ def run(args, quiet=True):
     return dt, p
 
 
+def run_piped(args):
+    """Wall seconds of fm_sample writing to its standard output, read by ``cat``:
+    the ``fm_sample rank | fm_train`` case, no file to write and fsync."""
+    t = time.time()
+    p = subprocess.Popen([FM_SAMPLE] + args + ["-q", "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    c = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
+    p.stdout.close()
+    err = p.stderr.read()
+    if p.wait() != 0 or c.wait() != 0:
+        sys.stderr.write(err.decode())
+        raise SystemExit("fm_sample %s failed" % args[0])
+    return time.time() - t
+
+
+def piped_table(frozen, logs, lines, repeat):
+    """rank to a pipe, the empty log and the three formats interleaved ``repeat`` times:
+    medians and bests, and the streamed rates (less the empty log's start-up)."""
+    kinds = [("empty", os.devnull, "tsv")] + [(f, logs[f], f) for f in ("tsv", "csv", "jsonl")]
+    times = {k: [] for k, _, _ in kinds}
+    for _ in range(repeat):
+        for k, path, fmt in kinds:
+            times[k].append(run_piped(["rank", "--spec", frozen, "--input", path, "--format", fmt]))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    low = {k: min(v) for k, v in times.items()}
+    print("\nrank --negatives all to a pipe (`fm_sample rank | ...`: no output file, no fsync), "
+          "%d interleaved rounds" % repeat)
+    print("%-10s %9s %9s %18s %18s" % ("log", "median s", "best s", "streamed /s, med.", "streamed /s, best"))
+    for k, _, _ in kinds:
+        if k == "empty":
+            print("%-10s %9.2f %9.2f" % ("empty", med[k], low[k]))
+            continue
+        print("%-10s %9.2f %9.2f %18s %18s" % (k, med[k], low[k],
+                                                "{:,.0f}".format(lines / max(med[k] - med["empty"], 1e-9)),
+                                                "{:,.0f}".format(lines / max(low[k] - low["empty"], 1e-9))))
+
+
 def best(args, repeat):
     return min(run(args)[0] for _ in range(repeat))
 
@@ -227,6 +267,7 @@ def main():
         print("%-44s %9.2f %14s %14s %12s" % (label, secs, "{:,.0f}".format(rate) if rate else "",
                                                "{:,.0f}".format(streamed) if streamed else "",
                                                "%.0f" % bpl if bpl else ""))
+    piped_table(frozen, logs, lines, max(a.repeat, 5))
     rq, it = bench_online(frozen)
     print("\nonline Featurizer.featurize (Python dicts, 20 items a request, profiles joined by key): "
           "%s requests/s, %s items/s" % ("{:,.0f}".format(rq), "{:,.0f}".format(it)))

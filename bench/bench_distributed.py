@@ -10,6 +10,12 @@ On the bench's 1M-line CTR set (bench_train.py's data, generated if missing):
    contiguous ones (consecutive chunks), with the settings tried: cold
    (one merge at the end, no warm start), warm start, sync rounds, and the
    weighting of the merge. Test logloss / AUC on the 200k held-out lines.
+   The data are i.i.d., so the file's order is one draw among many: the
+   bench also trains sequential models on ``--orders`` random orders of the
+   same lines (their spread is the noise floor of any one gap), and, per
+   run, one sequential model on the very order the run's rounds consume
+   the lines (the heads interleaved, then each round's ranges one partition
+   after another): the run against it is what the merge itself costs.
 2. Throughput of streamfm.dask.train on a LocalCluster of 1 and of 2
    single-threaded worker processes (lines/s, wall time including the
    merges and the model's trips between processes).
@@ -76,10 +82,25 @@ SETTINGS = {
     "warm 100k, 50 rounds, blend": (100_000, 50, "blend"),
     "warm 100k, 100 rounds, blend": (100_000, 100, "blend"),
     "warm 100k, 200 rounds, blend": (100_000, 200, "blend"),
+    "warm 100k, 400 rounds, blend": (100_000, 400, "blend"),
     "warm 100k, 30 rounds, blend-each": (100_000, 30, "blend-each"),
     "warm 100k, 30 rounds, mean": (100_000, 30, "dn"),
 }
 MAIN = "warm 100k, 30 rounds, blend"
+
+
+def consumed_order(data, plan, warm):
+    """The lines in the order a run of ``plan`` trains them: the warm start's heads
+    interleaved (one stream), then each round's ranges one partition after another."""
+    rounds = plan
+    order = []
+    if warm:
+        order += distributed.interleave([data[p][a:b] for p, a, b in plan[0]])
+        rounds = plan[1:]
+    for tasks in rounds:
+        for p, a, b in tasks:
+            order += data[p][a:b]
+    return order
 
 
 def quality(args, train, test):
@@ -97,8 +118,26 @@ def quality(args, train, test):
     print("one sequential model (FM.partial_fit, 1 thread, %s lines, %.1f s): test logloss %.4f, AUC %.4f"
           % (format(n, ","), t_seq, ll0, auc0))
     print()
-    print("| split | partitions | setting | rounds | test logloss | gap | test AUC | seconds (2 threads) |")
-    print("|---|---|---|---|---|---|---|---|")
+    mean_orders = ll0
+    if args.orders:
+        lls = []
+        for seed in range(1, args.orders + 1):
+            idx = np.random.default_rng(seed).permutation(n)
+            fm = streamfm.FM(**FM_PARAMS)
+            fm.partial_fit([lines[i] for i in idx])
+            lls.append(score(fm, test_lines)[0])
+        mean_orders = float(np.mean(lls))
+        print("the same lines in %d random orders (seeds 1-%d), one sequential model each: test logloss mean "
+              "%.4f, sd %.4f, from %.4f to %.4f (%s)" % (len(lls), len(lls), mean_orders,
+                                                         float(np.std(lls, ddof=1)) if len(lls) > 1 else 0.0,
+                                                         min(lls), max(lls), ", ".join("%.4f" % v for v in lls)))
+        print()
+    print("gap: to the file-order model; to the mean over orders; merge's cost: to one sequential model on the "
+          "order the run consumes the lines")
+    print()
+    print("| split | partitions | setting | rounds | test logloss | gap | gap to the mean over orders "
+          "| same order, sequential | merge's cost | test AUC | seconds (2 threads) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     runs = [(how, parts, args.main) for how in args.splits for parts in args.parts]
     runs += [("random", 4, name) for name in args.settings if name != args.main or 4 not in args.parts]
     cache = {}
@@ -115,9 +154,12 @@ def quality(args, train, test):
         fm = distributed.train(data, sync_every=sync, warm_start=warm, threads=2, rule=rule, **FM_PARAMS)
         secs = time.time() - t0
         ll, auc = score(fm, test_lines)
-        n_rounds = len(distributed.plan_rounds([len(d) for d in data], sync, warm))
-        print("| %s | %d | %s | %d | %.4f | %+.4f | %.4f | %.1f |" % (
-            how, parts, name, n_rounds, ll, ll - ll0, auc, secs))
+        plan = distributed.plan_rounds([len(d) for d in data], sync, warm)
+        same = streamfm.FM(**FM_PARAMS)
+        same.partial_fit(consumed_order(data, plan, warm))
+        ll_same = score(same, test_lines)[0]
+        print("| %s | %d | %s | %d | %.4f | %+.4f | %+.4f | %.4f | %+.4f | %.4f | %.1f |" % (
+            how, parts, name, len(plan), ll, ll - ll0, ll - mean_orders, ll_same, ll - ll_same, auc, secs))
         sys.stdout.flush()
     print()
 
@@ -214,6 +256,9 @@ def main():
                     "table uses %r), of: %s" % (MAIN, "; ".join(SETTINGS)))
     ap.add_argument("--main", default=MAIN, choices=list(SETTINGS), metavar="SETTING",
                     help="the setting of the splits x partitions table (default %r)" % MAIN)
+    ap.add_argument("--orders", type=int, default=5,
+                    help="sequential models on that many random orders of the lines, for the noise floor "
+                         "(default 5; 0: none)")
     ap.add_argument("--dask-partitions", type=int, default=8)
     ap.add_argument("--dask-rounds", type=int, default=None)
     args = ap.parse_args()

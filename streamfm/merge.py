@@ -159,9 +159,11 @@ class _Names:
     def _index(self, lo):
         """Bring the index up to every row from ``lo`` on, with room for the reserved ones."""
         n = self.n_rows
-        if self.slots is None or 2 * self.hashes.shape[0] > self.slots.shape[0] or lo < self.index_lo:
-            self.slots = np.full(_slots_for(self.hashes.shape[0]), EMPTY, np.int64)
-            self.index_lo = self.indexed = max(lo, 1)
+        lo = max(lo, 1)
+        # sized for the rows from lo on (those it can hold): a smaller table, fewer cache misses
+        if self.slots is None or lo < self.index_lo or 2 * (self.hashes.shape[0] - self.index_lo) > self.slots.shape[0]:
+            self.slots = np.full(_slots_for(self.hashes.shape[0] - lo), EMPTY, np.int64)
+            self.index_lo = self.indexed = lo
         dup = _index_rows(self.slots, self.hashes, self.arena, self.name_off, self.indexed, n)
         if dup >= 0:
             raise ModelFormatError("feature %r appears twice" % self.name(dup))
@@ -464,10 +466,11 @@ def _accumulate(r0, r1, rows, params, n0, z0, has_acc, s_cnt, s_acc, k, hp, each
     return _OK, -1
 
 
-@njit(cache=True, nogil=True)
-def _finish(o0, o1, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc):
-    """The merged coordinates of rows o0..o1-1 (trained by two or more partitions): n = n0 + sum dn,
-    the rule's weight theta, and the z that FTRL's closed form maps to theta.
+@njit(inline="always")
+def _merged_coord(rule, coupling, bn, bz, s_dn, s_mean, s_zsum, s_k, s_z, alpha, beta, l1, l2):
+    """(n, z, theta) of a coordinate two or more partitions trained, from their sums (``ACC_*``)
+    and the base's (bn, bz): n = n0 + sum dn, the rule's weight theta, and the z
+    that FTRL's closed form maps to theta.
 
     blend: theta = (1 - lam) theta_sum + lam theta_mean, lam = 1 - exp(-coupling K),
     K = K(n0, n0 + sum dn), the contraction of one stream of all the increments
@@ -476,32 +479,36 @@ def _finish(o0, o1, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc)
     theta_mean = sum dn_p theta_p / sum dn_p (= theta0 + the mean move; summed
     as weights, not moves, so partitions that all reached 0 give exactly 0).
     """
+    n = bn + s_dn
+    zs = (bz if bn > 0.0 else 0.0) + s_zsum
+    if rule == _SUM:
+        return n, zs, ftrl.weight_from_state(zs, n, alpha, beta, l1, l2)
+    tm = s_mean / s_dn
+    zm = s_z / s_dn
+    if rule == _DN:
+        theta = tm
+        hint = zm
+    else:
+        if rule == _EACH:  # how far each partition went (diverges at 8 partitions)
+            lam = 1.0 - math.exp(-coupling * s_k / s_dn)
+        else:  # how far one stream of all the partitions' increments goes
+            lam = 1.0 - math.exp(-coupling * contraction(bn, n, alpha, beta, l2))
+        theta = (1.0 - lam) * ftrl.weight_from_state(zs, n, alpha, beta, l1, l2) + lam * tm
+        hint = (1.0 - lam) * zs + lam * zm
+    return n, z_for_weight(theta, n, hint, alpha, beta, l1, l2), theta
+
+
+@njit(cache=True, nogil=True)
+def _finish(o0, o1, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc):
+    """The merged coordinates of rows o0..o1-1 (those two or more partitions trained: ``_merged_coord``)."""
     for o in range(o0, o1):
         for c in range(k + 1):
             if cnt[o, c] < 2:
                 continue
             ncol, zcol, alpha, beta, l1, l2 = _coord(c, k, hp)
-            bn = out_n0[o, c]
-            s = acc[o, c, ACC_DN]
-            n = bn + s
-            zs = (out_z0[o, c] if bn > 0.0 else 0.0) + acc[o, c, ACC_ZSUM]
-            if rule == _SUM:
-                theta = ftrl.weight_from_state(zs, n, alpha, beta, l1, l2)
-                z = zs
-            else:
-                tm = acc[o, c, ACC_MEAN] / s
-                zm = acc[o, c, ACC_Z] / s
-                if rule == _DN:
-                    theta = tm
-                    hint = zm
-                else:
-                    if rule == _EACH:  # how far each partition went (diverges at 8 partitions)
-                        lam = 1.0 - math.exp(-coupling * acc[o, c, ACC_K] / s)
-                    else:  # how far one stream of all the partitions' increments goes
-                        lam = 1.0 - math.exp(-coupling * contraction(bn, n, alpha, beta, l2))
-                    theta = (1.0 - lam) * ftrl.weight_from_state(zs, n, alpha, beta, l1, l2) + lam * tm
-                    hint = (1.0 - lam) * zs + lam * zm
-                z = z_for_weight(theta, n, hint, alpha, beta, l1, l2)
+            a = acc[o, c]
+            n, z, theta = _merged_coord(rule, coupling, out_n0[o, c], out_z0[o, c], a[ACC_DN], a[ACC_MEAN],
+                                        a[ACC_ZSUM], a[ACC_K], a[ACC_Z], alpha, beta, l1, l2)
             out_params[o, ncol] = n
             out_params[o, zcol] = z
             if c == 0:
@@ -703,13 +710,17 @@ class Base:
         self.info = dict(info)
 
     @classmethod
-    def of(cls, fm):
+    def of(cls, fm, copy=True):
         """The Base of an FM (a copy of its rows; ``fm`` is not changed); a
-        field-aware FM is refused (ModelFormatError: the merge is an FM's)."""
+        field-aware FM is refused (ModelFormatError: the merge is an FM's).
+        ``copy=False``: the FM's own arrays, for a caller that only reads them
+        while the FM is not trained."""
         fm.require_fm("merging models (and distributed training)")
         m = fm.training_model()
         arena, off = m.names()
         n = m.n_rows
+        if not copy:
+            return cls(fm.hyper_parameters(), arena, off[: n + 1], m.file_params[:n], m.meta())
         return cls(fm.hyper_parameters(), arena.copy(), off[: n + 1].copy(), m.file_params[:n].copy(), m.meta())
 
     @property
@@ -728,13 +739,14 @@ class Base:
         info = dict(self.info, k=self.k, n_rows=p.shape[0])
         return ModelArrays(self.arena, self.name_off, None, None, info, params=p)
 
-    def fm(self):
-        """A trainable ``streamfm.FM`` on a private copy of the rows."""
+    def fm(self, copy=True):
+        """A trainable ``streamfm.FM`` on a private copy of the rows (``copy=False``:
+        on this Base's own rows, for a Base that is not used again)."""
         from .fm import FM
 
         fm = FM(**self.hyper)
         # a fresh array: the model must not grow into (or write through to) ours
-        fm.replace_model(self.arrays(np.array(self.params, copy=True)))
+        fm.replace_model(self.arrays(np.array(self.params, copy=True) if copy else self.params))
         return fm
 
     def apply(self, state):
@@ -839,11 +851,90 @@ def train_partition(base, data, start=0, stop=None, *, cores=1, on_error="skip",
 # Whole models (fm_dump merge, the API)
 
 
+@njit(cache=True, nogil=True)
+def _merge_whole(o0, o1, inv, models, base, nb, k, hp, rule, coupling, each, out):
+    """Rows o0..o1-1 of the merge of whole models, every model at hand: ``Merger``'s
+    rule (``_accumulate`` then ``_finish``) with the sums of a coordinate kept
+    only while its row is merged, so no per-coordinate sums are stored.
+
+    ``inv[m, o]``: model m's row of out row o (-1: the model lacks it);
+    ``models``: their FTRL rows (one dtype, ``out``'s); ``base``: the base's
+    rows, out rows 0..nb-1. A row no model holds keeps the base's. Returns
+    (code, model, row): _ERR_BELOW_BASE when a model's n is below the base's.
+    """
+    acc = np.zeros((1, k + 1, N_ACC))
+    cnt = np.zeros(k + 1, np.int64)
+    one = np.zeros(1, out.dtype)  # a value as ``out`` holds it (what the running merge reads back)
+    n_models = len(models)
+    for o in range(o0, o1):
+        held = False
+        for m in range(n_models):
+            held = held or inv[m, o] >= 0
+        if not held:
+            for col in range(out.shape[1]):
+                out[o, col] = base[o, col]
+            continue
+        acc[:] = 0.0
+        cnt[:] = 0
+        first = True
+        for m in range(n_models):
+            r = inv[m, o]
+            if r < 0:
+                continue
+            p = models[m]  # once a row: a typed list's item is not free
+            for c in range(k + 1):
+                ncol, zcol, alpha, beta, l1, l2 = _coord(c, k, hp)
+                bn = np.float64(base[o, ncol]) if o < nb else 0.0
+                bz = np.float64(base[o, zcol]) if o < nb else 0.0
+                n = np.float64(p[r, ncol])
+                z = np.float64(p[r, zcol])
+                if n < bn:
+                    return _ERR_BELOW_BASE, m, r
+                if n > bn:
+                    if cnt[c] == 0:
+                        out[o, ncol] = p[r, ncol]
+                        out[o, zcol] = p[r, zcol]
+                        if c == 0:
+                            out[o, W] = p[r, W]
+                    else:
+                        if cnt[c] == 1:  # the model that trained it so far joins the sums first
+                            _add_trained(acc, 0, c, np.float64(out[o, ncol]), np.float64(out[o, zcol]), bn, bz,
+                                         alpha, beta, l1, l2, each)
+                        _add_trained(acc, 0, c, n, z, bn, bz, alpha, beta, l1, l2, each)
+                    cnt[c] += 1
+                elif cnt[c] == 0:
+                    if first:
+                        out[o, ncol] = p[r, ncol]
+                        out[o, zcol] = p[r, zcol]
+                        if c == 0:
+                            out[o, W] = p[r, W]
+                    else:
+                        out[o, zcol] = max(out[o, zcol], p[r, zcol])
+                        if c == 0:
+                            out[o, W] = max(out[o, W], p[r, W])
+            first = False
+        for c in range(k + 1):
+            if cnt[c] < 2:
+                continue
+            ncol, zcol, alpha, beta, l1, l2 = _coord(c, k, hp)
+            bn = np.float64(base[o, ncol]) if o < nb else 0.0
+            bz = np.float64(base[o, zcol]) if o < nb else 0.0
+            a = acc[0, c]
+            n, z, theta = _merged_coord(rule, coupling, bn, bz, a[ACC_DN], a[ACC_MEAN], a[ACC_ZSUM], a[ACC_K],
+                                        a[ACC_Z], alpha, beta, l1, l2)
+            out[o, ncol] = n
+            out[o, zcol] = z
+            if c == 0:
+                one[0] = theta
+                out[o, W] = one[0]
+    return _OK, -1, -1
+
+
 def merge_models(models, base=None, rule="blend", **hyper):
     """Merge whole models into one ``streamfm.FM`` (what ``fm_dump merge`` runs).
 
     ``models``: FM objects or model file paths (binary or text, with their
-    training state), read one at a time. ``base``: the model they were all
+    training state). ``base``: the model they were all
     trained from (an FM or a path): each feature's increments are counted
     from its n there, and the result holds the base's features too. Without
     a base the increments are the models' whole n (models trained from
@@ -853,32 +944,76 @@ def merge_models(models, base=None, rule="blend", **hyper):
     defaults. ``rule``: see ``merge``. Raises ParameterError when the models' factor counts or
     hyper-parameters differ, ModelFormatError when a model is unreadable or
     has less training than the base on some feature.
+
+    The result is ``merge`` of the models' States applied to the base
+    (``Base.apply``), number for number, computed in one pass over the rows
+    with every model at hand: no sums are stored per coordinate.
     """
+    from types import SimpleNamespace
+
+    from numba.typed import List
+
     models = list(models)
     if not models:
         raise ParameterError("nothing to merge")
-    merger = Merger(rule)
-    b = _as_base(base, hyper) if base is not None else None
+    Merger(rule)  # checks the name
+    b = _as_base(base, hyper, copy=False) if base is not None else None
+    parts = []
     for m in models:
-        mb = _as_base(m, hyper)
+        mb = _as_base(m, hyper, copy=False)
         if b is None:
             b = Base(mb.hyper, np.frombuffer(b"bias", np.uint8), np.array([0, 4], np.int64),
                      np.zeros((1, mb.params.shape[1]), mb.params.dtype), {"samples_seen": 0})
         if mb.k != b.k:
             raise ParameterError("cannot merge models with %d and %d factors" % (b.k, mb.k))
-        hp = np.array([float(mb.hyper[h]) for h in ftrl.HP_NAMES])
-        merger.add(b.state_of_model(mb.arrays(), hp, mb.hyper["fvs"]))
-        del mb
-    return b.apply(merger.result()).fm()
+        me = SimpleNamespace(k=mb.k, hp=np.array([float(mb.hyper[h]) for h in ftrl.HP_NAMES]),
+                             fvs=bool(mb.hyper["fvs"]))
+        if parts:
+            _check_same(parts[0][1], me)
+        parts.append((mb, me))
+    nb = b.n_rows
+    names = _Names(b.arena, b.name_off, nb, extra_rows=sum(mb.n_rows for mb, _ in parts),
+                   extra_bytes=sum(int(mb.name_off[mb.n_rows]) for mb, _ in parts))
+    joined = [names.join(mb.arena, mb.name_off, mb.n_rows, insert=True) for mb, _ in parts]
+    n = names.n_rows
+    inv = np.full((len(parts), n), -1, np.int64)
+    for i, rows in enumerate(joined):
+        inv[i, rows] = np.arange(rows.shape[0])
+    dtype = parts[0][0].params.dtype  # as a running merge holds the rows: in the first model's numbers
+    rows_of = List([np.ascontiguousarray(mb.params, dtype) for mb, _ in parts])
+    base_rows = np.ascontiguousarray(b.params)
+    out = np.empty((n, b.params.shape[1]), dtype)
+    first = parts[0][1]
+    each = rule == "blend-each"
+    done = jit.over_rows(lambda o0, o1: _merge_whole(o0, o1, inv, rows_of, base_rows, nb, first.k, first.hp,
+                                                     RULES[rule], COUPLING, each, out), n)
+    code, i, r = next((d for d in done if d[0] != _OK), (_OK, -1, -1))
+    if code == _ERR_BELOW_BASE:
+        mb = parts[i][0]
+        raise ModelFormatError("cannot merge: feature %r has less training (n) than in the base: "
+                               "the model does not continue that base"
+                               % bytes(mb.arena[mb.name_off[r]:mb.name_off[r + 1]]).decode("utf-8", "backslashreplace"))
+    if out.dtype != b.params.dtype:
+        out = out.astype(b.params.dtype)
+        alone = ~(inv >= 0).any(axis=0)  # the base's own rows keep its numbers exactly
+        alone[nb:] = False
+        out[:nb][alone[:nb]] = b.params[alone[:nb]]
+    info = dict(b.info)
+    seen = int(info.get("samples_seen", 0))
+    info["samples_seen"] = seen + sum(max(int(mb.info.get("samples_seen", 0)) - seen, 0) for mb, _ in parts)
+    del parts, rows_of
+    arena, off = names.names()
+    return Base(b.hyper, arena, off, out, info).fm(copy=False)
 
 
-def _as_base(m, hyper):
-    """A Base of an FM or a model file (read with its training state)."""
+def _as_base(m, hyper, copy=True):
+    """A Base of an FM or a model file (read with its training state); ``copy=False``
+    shares an FM's arrays (for a caller that only reads them)."""
     from .fm import FM, HYPER_PARAMETERS
     from .model import read_model
 
     if isinstance(m, FM):
-        return Base.of(m)
+        return Base.of(m, copy=copy)
     arrays = read_model(str(m), state=True)
     info = arrays.info
     h = dict(HYPER_PARAMETERS)

@@ -60,7 +60,8 @@ def next_weights(fm):
 
 
 def bits(a):
-    return np.ascontiguousarray(a).view(np.uint64)
+    a = np.ascontiguousarray(a)
+    return a.view("u%d" % a.dtype.itemsize)
 
 
 def assert_same_model(a, b, seen=True):
@@ -474,6 +475,63 @@ def test_matrix_partitions_equal_line_partitions():
 
 # ---------------------------------------------------------------------------
 # fm_dump merge
+
+
+def merged_by_states(models, base, rule):
+    """merge_models by the running merge: each model's State against the base, merged one
+    at a time (``Merger``), applied to the base (what engines' reductions do)."""
+    b = merge.Base.of(base) if base is not None else None
+    m = merge.Merger(rule)
+    for fm in models:
+        mb = merge.Base.of(fm)
+        if b is None:
+            b = merge.Base(mb.hyper, np.frombuffer(b"bias", np.uint8), np.array([0, 4], np.int64),
+                           np.zeros((1, mb.params.shape[1]), mb.params.dtype), {"samples_seen": 0})
+        hp = np.array([float(mb.hyper[h]) for h in HP_NAMES])
+        m.add(b.state_of_model(mb.arrays(), hp, mb.hyper["fvs"]))
+    return b.apply(m.result()).fm()
+
+
+def with_row(base, name, row):
+    """``base`` (a Base) with one more feature, ``name``, holding FTRL row ``row``."""
+    arena = np.concatenate([base.arena[: base.name_off[-1]], np.frombuffer(name, np.uint8)])
+    off = np.append(base.name_off, base.name_off[-1] + len(name))
+    return merge.Base(base.hyper, arena, off, np.vstack([base.params, row]), base.info)
+
+
+def as_dtype(fm, dtype):
+    b = merge.Base.of(fm)
+    return merge.Base(dict(b.hyper, dtype=dtype), b.arena, b.name_off, b.params.astype(dtype), b.info).fm()
+
+
+@pytest.mark.parametrize("rule", list(merge.RULES))
+def test_whole_model_merge_equals_the_running_merge(three_parts, rule):
+    """merge_models merges every model at once, row by row; engines merge States one
+    at a time. Both give the same numbers bit for bit: with a base, with a base
+    feature no model holds, with models in float32 on a float64 base, without a base."""
+    base, _, states = three_parts
+    models = [base.apply(s).fm() for s in states]
+    ext = with_row(base, b"only_in_base", base.params[1] * 3)
+    ext32 = as_dtype(ext.fm(), "float32")
+    models32 = [as_dtype(m, "float32") for m in models]
+    # float64 models on a float32 base (exact copies of float32 numbers: n never below the base's)
+    for b, ms in [(base.fm(), models), (ext.fm(), models), (None, models), (base.fm(), models[1:2]),
+                  (ext32, models32), (None, models32), (ext32, [as_dtype(m, "float64") for m in models32])]:
+        got = merge.merge_models(ms, base=b, rule=rule)
+        want = merged_by_states(ms, b, rule)
+        assert_same_model(got, want)
+        assert got.training_model().params.dtype == want.training_model().params.dtype
+    got = rows_by_name(merge.merge_models(models, base=ext.fm(), rule=rule))
+    assert np.array_equal(bits(got[b"only_in_base"]), bits(base.params[1] * 3))
+
+
+def test_whole_model_merge_refuses_a_model_behind_its_base(data):
+    ahead = streamfm.FM(k=K, seed=1)
+    ahead.partial_fit(data[:1200])
+    behind = streamfm.FM(k=K, seed=1)
+    behind.partial_fit(data[:600])
+    with pytest.raises(streamfm.ModelFormatError, match="less training .n. than in the base"):
+        merge.merge_models([ahead, behind], base=ahead)
 
 
 def test_fm_dump_merge_equals_the_api(tmp_path, three_parts):

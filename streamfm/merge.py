@@ -858,13 +858,12 @@ def _merge_whole(o0, o1, inv, models, base, nb, k, hp, rule, coupling, each, out
     only while its row is merged, so no per-coordinate sums are stored.
 
     ``inv[m, o]``: model m's row of out row o (-1: the model lacks it);
-    ``models``: their FTRL rows (one dtype, ``out``'s); ``base``: the base's
+    ``models``: a tuple of their FTRL rows (one dtype, ``out``'s); ``base``: the base's
     rows, out rows 0..nb-1. A row no model holds keeps the base's. Returns
     (code, model, row): _ERR_BELOW_BASE when a model's n is below the base's.
     """
     acc = np.zeros((1, k + 1, N_ACC))
     cnt = np.zeros(k + 1, np.int64)
-    one = np.zeros(1, out.dtype)  # a value as ``out`` holds it (what the running merge reads back)
     n_models = len(models)
     for o in range(o0, o1):
         held = False
@@ -881,7 +880,7 @@ def _merge_whole(o0, o1, inv, models, base, nb, k, hp, rule, coupling, each, out
             r = inv[m, o]
             if r < 0:
                 continue
-            p = models[m]  # once a row: a typed list's item is not free
+            p = models[m]
             for c in range(k + 1):
                 ncol, zcol, alpha, beta, l1, l2 = _coord(c, k, hp)
                 bn = np.float64(base[o, ncol]) if o < nb else 0.0
@@ -925,9 +924,15 @@ def _merge_whole(o0, o1, inv, models, base, nb, k, hp, rule, coupling, each, out
             out[o, ncol] = n
             out[o, zcol] = z
             if c == 0:
-                one[0] = theta
-                out[o, W] = one[0]
+                out[o, W] = theta
     return _OK, -1, -1
+
+
+def _read_only(a):
+    """A read-only view: mapped and in-memory rows then have one numba type."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
 
 def merge_models(models, base=None, rule="blend", **hyper):
@@ -947,11 +952,12 @@ def merge_models(models, base=None, rule="blend", **hyper):
 
     The result is ``merge`` of the models' States applied to the base
     (``Base.apply``), number for number, computed in one pass over the rows
-    with every model at hand: no sums are stored per coordinate.
+    with every model at hand: no sums are stored per coordinate. Binary
+    files are memory-mapped (read-only; their pages are the page cache's),
+    so the memory it takes is the merged model's, its names, and 4 bytes a
+    row per model; text models are read into memory.
     """
     from types import SimpleNamespace
-
-    from numba.typed import List
 
     models = list(models)
     if not models:
@@ -976,12 +982,14 @@ def merge_models(models, base=None, rule="blend", **hyper):
                    extra_bytes=sum(int(mb.name_off[mb.n_rows]) for mb, _ in parts))
     joined = [names.join(mb.arena, mb.name_off, mb.n_rows, insert=True) for mb, _ in parts]
     n = names.n_rows
-    inv = np.full((len(parts), n), -1, np.int64)
+    inv = np.full((len(parts), n), -1, np.int32 if n < 2 ** 31 else np.int64)
     for i, rows in enumerate(joined):
         inv[i, rows] = np.arange(rows.shape[0])
+    del joined
     dtype = parts[0][0].params.dtype  # as a running merge holds the rows: in the first model's numbers
-    rows_of = List([np.ascontiguousarray(mb.params, dtype) for mb, _ in parts])
-    base_rows = np.ascontiguousarray(b.params)
+    # a tuple, not a typed List: a List costs ~0.9 s of compiling in every new process
+    rows_of = tuple(_read_only(np.ascontiguousarray(mb.params, dtype)) for mb, _ in parts)
+    base_rows = _read_only(np.ascontiguousarray(b.params))
     out = np.empty((n, b.params.shape[1]), dtype)
     first = parts[0][1]
     each = rule == "blend-each"
@@ -1014,7 +1022,8 @@ def _as_base(m, hyper, copy=True):
 
     if isinstance(m, FM):
         return Base.of(m, copy=copy)
-    arrays = read_model(str(m), state=True)
+    # without a copy the caller only reads: a binary file's rows can stay in the page cache
+    arrays = read_model(str(m), state=True, mmap=not copy)
     info = arrays.info
     h = dict(HYPER_PARAMETERS)
     h.update(info.get("hyper") or {})

@@ -1001,13 +1001,14 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
     ``mmap``: map the arrays read-only instead of reading them
     (``container.MappedFile``): the pages come from the page cache, shared
     by every process that maps the file, and only those touched become
-    resident. For prediction only (the arrays are read-only): not with
-    ``state=True`` or ``extra_rows``. The file must then be replaced by
+    resident. The arrays are read-only: for prediction, or for reading the
+    FTRL rows (``state=True``: the merge); never with ``extra_rows`` (a
+    model that will train). The file must then be replaced by
     renaming a new one over it (as every streamfm writer does), never
     rewritten in place.
     """
-    if mmap and (state or extra_rows):
-        raise ValueError("a memory-mapped model is read-only: for prediction (state=False) only")
+    if mmap and extra_rows:
+        raise ValueError("a memory-mapped model is read-only: it cannot keep training (extra_rows)")
     header, specs = _read_bin_header(path)
     mk = int(header["k"])
     if k is not None and int(k) != mk:
@@ -1076,8 +1077,8 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
     ``table``: also build the feature table (``arrays.table``), which is how
     a name that appears twice is found; callers that build their own table
     pass False and get the same error from ``table_for``.
-    ``mmap``: memory-map a binary model's arrays (``read_bin``; prediction
-    only); text models are read as usual.
+    ``mmap``: memory-map a binary model's arrays (``read_bin``; read-only);
+    text models are read as usual.
     ``ffm``: a field-aware FM's file is read too (``k`` is then its factors
     per field); without it, such a file raises ModelError (the caller needs an FM).
     """

@@ -57,9 +57,14 @@ def test_mapped_serving_model_scores_as_the_read_one(models):
     assert np.array_equal(p_full, p_strip)
 
 
-def test_mmap_is_for_prediction_only(models):
+def test_mmap_is_read_only(models):
+    """Mapped FTRL rows (what the merge reads) equal the rows read into memory and
+    cannot be written; a model that would keep training (spare rows) is refused."""
+    mapped = read_bin(str(models["full"]), state=True, mmap=True)
+    read = read_bin(str(models["full"]), state=True)
+    assert np.array_equal(mapped.file_params, read.file_params)
     with pytest.raises(ValueError, match="read-only"):
-        read_bin(str(models["full"]), state=True, mmap=True)
+        mapped.file_params[1, 0] = 1.0
     with pytest.raises(ValueError, match="read-only"):
         read_bin(str(models["full"]), state=False, extra_rows=10, mmap=True)
 

@@ -33,6 +33,7 @@ under the base's key (docs/design.md, "Merging models", Hash keys).
 
 import itertools
 import math
+import threading
 
 import numpy as np
 from numba import njit
@@ -708,6 +709,36 @@ class Base:
         self.name_off = name_off
         self.params = params
         self.info = dict(info)
+        self._clear_caches()
+
+    def _clear_caches(self):
+        # built once per Base object, never shipped: the feature table every task's
+        # model copies (instead of hashing every name again) and the name index
+        # ``apply`` joins with (handed on to the Base it returns)
+        self._lock = threading.Lock()
+        self._table = None
+        self._names = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("_lock", "_table", "_names"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._clear_caches()
+
+    def _feature_table(self):
+        """The FeatureTable of this Base's names (under its hash key), built on first use."""
+        from .model import table_for
+
+        with self._lock:
+            if self._table is None:
+                a = self.arrays()
+                self._table = table_for(a, row_capacity=a.n_rows + (1 << 16),
+                                        arena_capacity=int(self.name_off[-1]) + (1 << 20))
+            return self._table
 
     @classmethod
     def of(cls, fm, copy=True):
@@ -745,8 +776,14 @@ class Base:
         from .fm import FM
 
         fm = FM(**self.hyper)
-        # a fresh array: the model must not grow into (or write through to) ours
-        fm.replace_model(self.arrays(np.array(self.params, copy=True) if copy else self.params))
+        # the model must not grow into (or write through to) our rows: training copies
+        # rows that own their memory into an array with spare capacity
+        # (``ModelArrays.training_params``); a view is copied here first
+        own = copy and self.params.base is not None
+        arrays = self.arrays(np.array(self.params, copy=True) if own else self.params)
+        if copy:
+            arrays.train_table = self._feature_table().copy()
+        fm.replace_model(arrays)
         return fm
 
     def apply(self, state):
@@ -756,15 +793,22 @@ class Base:
         if self.n_rows == 1:  # an empty base: the state's rows (bias included) are the model
             params = state.finished_params().astype(self.params.dtype, copy=False)
             return Base(self.hyper, state.arena, state.name_off, params, info)
-        names = _Names(self.arena, self.name_off, self.n_rows, extra_rows=state.n_rows,
-                       extra_bytes=int(state.name_off[-1]))
+        with self._lock:
+            # the index moves on to the Base returned (a round's next base), which is
+            # what the driver applies to next; this Base builds a new one if asked again
+            names, self._names = self._names, None
+        if names is None or names.n_rows != self.n_rows:
+            names = _Names(self.arena, self.name_off, self.n_rows)
+        names.reserve(state.n_rows, int(state.name_off[-1]))
         rows = names.join(state.arena, state.name_off, state.n_rows, insert=True)
         n = names.n_rows
         params = np.zeros((n, self.params.shape[1]), self.params.dtype)
         params[: self.n_rows] = self.params
         _copy_rows(state.finished_params().astype(params.dtype, copy=False), rows, params)
-        arena, off = names.names()
-        return Base(self.hyper, arena, off, params, info)
+        # views: the index only appends past them, and a grown buffer leaves them as they are
+        out = Base(self.hyper, names.arena[: names.name_off[n]], names.name_off[: n + 1], params, info)
+        out._names = names
+        return out
 
     def state_of(self, model, lines=0, samples=0, bad=0, loss_sum=0.0):
         """The State of ``model`` (a ``model.Model`` trained from a copy of this base):

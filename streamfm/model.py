@@ -130,8 +130,13 @@ class Model:
         m.fvs = bool(fvs)
         m.seed = int(seed)
         m.samples_seen = int(arrays.info.get("samples_seen", 0))
-        m.table = table_for(arrays, row_capacity=n + extra_rows,
-                            arena_capacity=int(arrays.name_off[n]) + (1 << 20))
+        table = getattr(arrays, "train_table", None)  # one built already (merge.Base.fm)
+        if table is not None and table.n_rows == n:
+            arrays.train_table = None
+            m.table = table
+        else:
+            m.table = table_for(arrays, row_capacity=n + extra_rows,
+                                arena_capacity=int(arrays.name_off[n]) + (1 << 20))
         m.params = arrays.training_params(m.table.row_capacity, m.dtype)
         return m
 

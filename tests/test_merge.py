@@ -274,6 +274,41 @@ def test_merge_equals_the_rule_evaluated_in_python(three_parts, rule):
     assert np.allclose(g, w, rtol=1e-10, atol=1e-13), np.abs(g - w).max()
 
 
+def test_base_caches_change_no_number(three_parts):
+    """A Base keeps a feature table for its tasks' models and a name index that
+    ``apply`` hands on to the Base it returns: neither changes a number, a Base
+    applied to twice or unpickled gives what a fresh copy gives, and training a
+    Base's model never writes the Base's rows."""
+    import pickle
+
+    base, chunks, states = three_parts
+
+    def fresh(b):
+        return merge.Base(b.hyper, b.arena.copy(), b.name_off.copy(), b.params.copy(), b.info)
+
+    b = fresh(base)
+    a1 = b.apply(states[0])
+    a2 = b.apply(states[1])  # its index went on to a1
+    assert_same_model(a2.fm(), fresh(base).apply(states[1]).fm())
+    c = a1.apply(states[2])  # with a1's index, grown by states[0]'s names
+    assert_same_model(c.fm(), fresh(fresh(base).apply(states[0])).apply(states[2]).fm())
+    back = pickle.loads(pickle.dumps(a1))
+    assert back._table is None and back._names is None
+    for x, y in [(merge.train_partition(a1, chunks[1]), merge.train_partition(back, chunks[1])),
+                 (merge.train_partition(a1, chunks[2]), merge.train_partition(fresh(a1), chunks[2]))]:
+        assert np.array_equal(bits(x.params), bits(y.params))
+    rows = a1.params.copy()
+    a1.fm().partial_fit(chunks[0])
+    assert np.array_equal(bits(a1.params), bits(rows))
+    fm = a1.fm()
+    fm.partial_fit(chunks[1][:50])
+    shared = merge.Base.of(fm, copy=False)  # a view of fm's rows
+    before = rows_by_name(fm)
+    shared.fm().partial_fit(chunks[2])
+    after = rows_by_name(fm)
+    assert all(np.array_equal(bits(before[n]), bits(after[n])) for n in before)
+
+
 def test_feature_of_one_partition_keeps_its_numbers(three_parts):
     base, chunks, states = three_parts
     merged = rows_by_name(base.apply(merge.merge(states)).fm())

@@ -138,14 +138,17 @@ def quality(args, train, test):
     print("| split | partitions | setting | rounds | test logloss | gap | gap to the mean over orders "
           "| same order, sequential | merge's cost | test AUC | seconds (2 threads) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    runs = [(how, parts, args.main) for how in args.splits for parts in args.parts]
-    runs += [("random", 4, name) for name in args.settings if name != args.main or 4 not in args.parts]
+    seeds = args.split_seeds
+    runs = [(how, parts, args.main, seed) for how in args.splits for parts in args.parts
+            for seed in (seeds if how == "random" else seeds[:1])]
+    runs += [("random", 4, name, seeds[0]) for name in args.settings if name != args.main or 4 not in args.parts]
     cache = {}
-    for how, parts, name in runs:
-        if (how, parts) not in cache:
+    gaps = {}
+    for how, parts, name, seed in runs:
+        if (how, parts, seed) not in cache:
             cache.clear()
-            cache[(how, parts)] = split(lines, parts, how)
-        data = cache[(how, parts)]
+            cache[(how, parts, seed)] = split(lines, parts, how, seed)
+        data = cache[(how, parts, seed)]
         warm, rounds, rule = SETTINGS[name]
         warm = int(warm * scale)
         per_part = (n - warm) / parts
@@ -158,10 +161,24 @@ def quality(args, train, test):
         same = streamfm.FM(**FM_PARAMS)
         same.partial_fit(consumed_order(data, plan, warm))
         ll_same = score(same, test_lines)[0]
+        label = how if how == "contiguous" or len(seeds) == 1 else "%s, seed %d" % (how, seed)
         print("| %s | %d | %s | %d | %.4f | %+.4f | %+.4f | %.4f | %+.4f | %.4f | %.1f |" % (
-            how, parts, name, len(plan), ll, ll - ll0, ll - mean_orders, ll_same, ll - ll_same, auc, secs))
+            label, parts, name, len(plan), ll, ll - ll0, ll - mean_orders, ll_same, ll - ll_same, auc, secs))
         sys.stdout.flush()
+        gaps.setdefault((how, parts, name), []).append((ll - ll0, ll - mean_orders, ll - ll_same))
     print()
+    several = {key: np.array(g) for key, g in gaps.items() if len(g) > 1}
+    if several:
+        # one split is one draw of the partitions' orders: the mean over split seeds is the gap to expect
+        print("over the split seeds %s: mean (standard error of the mean)" % ", ".join(map(str, seeds)))
+        print()
+        print("| split | partitions | setting | runs | gap (file order) | gap to the mean over orders "
+              "| merge's cost |")
+        print("|---|---|---|---|---|---|---|")
+        for (how, parts, name), g in several.items():
+            cells = ["%+.4f (%.4f)" % (g[:, j].mean(), g[:, j].std(ddof=1) / np.sqrt(len(g))) for j in range(3)]
+            print("| %s | %d | %s | %d | %s |" % (how, parts, name, len(g), " | ".join(cells)))
+        print()
 
 
 def dask_throughput(args, train):
@@ -256,6 +273,8 @@ def main():
                     "table uses %r), of: %s" % (MAIN, "; ".join(SETTINGS)))
     ap.add_argument("--main", default=MAIN, choices=list(SETTINGS), metavar="SETTING",
                     help="the setting of the splits x partitions table (default %r)" % MAIN)
+    ap.add_argument("--split-seeds", type=int, nargs="+", default=[1], metavar="SEED",
+                    help="random splits: one run of the main setting per seed, and their mean gaps (default 1)")
     ap.add_argument("--orders", type=int, default=5,
                     help="sequential models on that many random orders of the lines, for the noise floor "
                          "(default 5; 0: none)")

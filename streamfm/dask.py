@@ -44,6 +44,11 @@ def _lines_collection(data, column):
         if column is not None:
             raise TypeError("column is for a DataFrame, not a Bag")
         return data
+    if getattr(data, "ndim", None) == 1 and hasattr(data, "map_partitions"):
+        # a dask Series (recent dask gives a Series ``columns`` too: test the dimension first)
+        if column is not None:
+            raise TypeError("column is for a DataFrame, not a Series")
+        return data
     if hasattr(data, "columns"):  # a dask DataFrame
         if column is None:
             if len(data.columns) != 1:
@@ -51,8 +56,6 @@ def _lines_collection(data, column):
                                 % len(data.columns))
             column = data.columns[0]
         return data[column]
-    if hasattr(data, "to_delayed") and hasattr(data, "map_partitions"):  # a dask Series
-        return data
     raise TypeError("expected a dask Bag of lines or a dask DataFrame column, not %s" % type(data).__name__)
 
 

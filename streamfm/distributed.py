@@ -40,6 +40,8 @@ def head_sizes(lengths, warm_start):
     from the partitions in turn (line 1 of each, then line 2, ...; a partition
     that runs out drops out of the turn)."""
     lengths = [int(n) for n in lengths]
+    if int(warm_start) < 0 or any(n < 0 for n in lengths):
+        raise ParameterError("warm_start and the partitions' lengths must be >= 0")
     warm = min(int(warm_start), sum(lengths))
     lo, hi = 0, max(lengths, default=0)
     while lo < hi:  # the most full turns that fit
@@ -70,10 +72,20 @@ def interleave(heads):
         key = np.concatenate([np.arange(m) * len(heads) + p for p, m in enumerate(n)])
         order = np.argsort(key, kind="stable")
         xs = [h[0] for h in heads]
-        if all(hasattr(x, "tocsr") for x in xs):
-            from scipy.sparse import vstack
+        if any(hasattr(x, "tocsr") for x in xs):
+            # CSR as soon as one head is sparse (a dense head becomes CSR: the same rows)
+            from scipy.sparse import csr_matrix, vstack
 
-            X = vstack([x.tocsr() for x in xs], format="csr")[order]
+            X = vstack([x.tocsr() if hasattr(x, "tocsr") else csr_matrix(np.asarray(x)) for x in xs],
+                       format="csr")[order]
+        elif any(hasattr(x, "columns") for x in xs):
+            # DataFrames name their columns: the features keep those names, as in the rounds
+            cols = [list(x.columns) if hasattr(x, "columns") else None for x in xs]
+            if any(c != cols[0] for c in cols):
+                raise ParameterError("the partitions' DataFrames must have the same columns in the same order")
+            import pandas as pd
+
+            X = pd.concat(xs, ignore_index=True).iloc[order].reset_index(drop=True)
         else:
             X = np.concatenate([np.asarray(x) for x in xs])[order]
         ys = [h[1] for h in heads]
@@ -104,10 +116,10 @@ def plan_rounds(lengths, sync_every=None, warm_start=0):
     one range, and each partition's ranges follow its order.
     """
     lengths = [int(n) for n in lengths]
-    if sync_every is not None and (isinstance(sync_every, bool) or int(sync_every) < 1):
+    if sync_every is not None and not _whole(sync_every, 1):
         raise ParameterError("sync_every must be a positive number of lines, not %r" % (sync_every,))
-    if int(warm_start) < 0:
-        raise ParameterError("warm_start must be >= 0, not %r" % (warm_start,))
+    if not _whole(warm_start, 0):
+        raise ParameterError("warm_start must be a number of lines >= 0, not %r" % (warm_start,))
     offsets = [0] * len(lengths)
     rounds = []
     if warm_start and sum(lengths):
@@ -123,6 +135,16 @@ def plan_rounds(lengths, sync_every=None, warm_start=0):
         if not tasks:
             return rounds
         rounds.append(tasks)
+
+
+def _whole(x, least):
+    """x is a whole number (an int, or a float without a fraction) >= least."""
+    import math
+    import numbers
+
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x) or x != int(x):
+        return False
+    return int(x) >= least
 
 
 class Totals:

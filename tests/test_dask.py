@@ -93,6 +93,22 @@ def test_dask_dataframe_column(client, lines):
         sfd.train(df, client=client, k=K)
 
 
+def test_dask_series_of_lines(client, lines):
+    """A dask Series is the lines, whatever its name (recent dask gives a Series
+    ``columns`` too, which once made a Series named 0 train on its element 0)."""
+    pd = pytest.importorskip("pandas", reason="dask DataFrames need pandas (not in the [test] extra)")
+    dd = pytest.importorskip("dask.dataframe", reason="dask DataFrames need dask[dataframe]")
+    want = distributed.train([lines[0:2000], lines[2000:4000], lines[4000:6000]], k=K, seed=4, sync_every=1000)
+    for name in (None, 0, "line"):
+        s = dd.from_pandas(pd.Series(lines[:6000], name=name), npartitions=3)
+        fm = sfd.train(s, client=client, k=K, seed=4, sync_every=1000)
+        assert fm.last_report.lines == 6000 and same_model(fm, want), name
+        probs = sfd.predict_proba(fm, s, client=client).compute()
+        assert np.array_equal(probs.to_numpy(), fm.predict_proba(lines[:6000])), name
+    with pytest.raises(TypeError, match="Series"):
+        sfd.train(s, client=client, column="line", k=K)
+
+
 def test_dask_rejects_what_is_not_a_collection(client):
     with pytest.raises(TypeError, match="Bag"):
         sfd.train([b"1 a"], client=client)

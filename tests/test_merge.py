@@ -92,8 +92,12 @@ def test_plan_rounds_cover_every_line_once_in_order():
             sizes = distributed.head_sizes(lengths, warm)
             assert rounds[0] == [(p, 0, n) for p, n in enumerate(sizes) if n]
     assert len(distributed.plan_rounds([10, 10], 4)) == 3
-    with pytest.raises(streamfm.ParameterError):
-        distributed.plan_rounds([5], 0)
+    assert distributed.plan_rounds([10, 10], 4.0) == distributed.plan_rounds([10, 10], 4)
+    for sync, warm in [(0, 0), (2.5, 0), (float("inf"), 0), (True, 0), (4, None), (4, -1), (4, 1.5)]:
+        with pytest.raises(streamfm.ParameterError, match="sync_every" if warm == 0 else "warm_start"):
+            distributed.plan_rounds([5], sync, warm)
+    with pytest.raises(streamfm.ParameterError, match="warm_start"):
+        distributed.head_sizes([5, 3, 4], -3)
 
 
 def test_warm_start_heads_are_the_partitions_taken_in_turn():
@@ -121,6 +125,27 @@ def test_warm_start_heads_are_the_partitions_taken_in_turn():
         Xi, yi = distributed.interleave([(conv(a), b) for a, b in zip(X, y)])
         Xi = Xi.toarray() if hasattr(Xi, "toarray") else Xi
         assert np.array_equal(Xi, Xs[want_rows]) and np.array_equal(yi, ys[want_rows])
+
+
+def test_warm_start_keeps_dataframe_names_and_takes_mixed_dense_and_sparse_heads():
+    """(X, y) heads: a DataFrame's columns stay the features' names (one partition
+    is still a sequential run), and a dense head joins sparse ones as CSR rows."""
+    pd = pytest.importorskip("pandas", reason="pandas comes with dask[dataframe], in the test extra")
+    sp = pytest.importorskip("scipy.sparse", reason="scipy is in the test extra")
+    rng = np.random.default_rng(0)
+    X = (rng.random((600, 8)) < 0.3) * rng.random((600, 8))
+    y = (rng.random(600) < 0.3).astype(float)
+    df = pd.DataFrame(X, columns=["c%d" % i for i in range(8)])
+    seq = streamfm.FM(k=K, seed=2)
+    seq.partial_fit(df, y)
+    assert_same_model(seq, distributed.train([(df, y)], k=K, seed=2, warm_start=30, sync_every=100))
+    with pytest.raises(streamfm.ParameterError, match="same columns"):
+        distributed.interleave([(df[:50], y[:50]), (df[50:100][df.columns[::-1]], y[50:100])])
+    names = list(df.columns)
+    mixed = [(X[:300], y[:300]), (sp.csr_matrix(X[300:]), y[300:])]
+    sparse = [(sp.csr_matrix(X[:300]), y[:300]), (sp.csr_matrix(X[300:]), y[300:])]
+    assert_same_model(distributed.train(mixed, k=K, seed=2, warm_start=100, sync_every=50, feature_names=names),
+                      distributed.train(sparse, k=K, seed=2, warm_start=100, sync_every=50, feature_names=names))
 
 
 def test_warm_start_trains_the_interleaved_heads_then_the_rounds(data):

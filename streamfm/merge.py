@@ -33,6 +33,7 @@ under the base's key (docs/design.md, "Merging models", Hash keys).
 
 import itertools
 import math
+import os
 import threading
 
 import numpy as np
@@ -337,14 +338,18 @@ class State:
         return "State(%d rows, k=%d, %d samples)" % (self.n_rows - 1, self.k, self.samples)
 
 
-def _check_same(first, s):
+def _check_same(first, s, what="", first_is="the first"):
+    """ParameterError unless ``s`` has ``first``'s k, hyper-parameters and fvs;
+    ``what`` starts the message (e.g. the path of the model that differs),
+    ``first_is`` names ``first`` in it."""
+    pre = what + ": " if what else ""
     if s.k != first.k:
-        raise ParameterError("cannot merge models with %d and %d factors" % (first.k, s.k))
+        raise ParameterError("%scannot merge models with %d and %d factors" % (pre, first.k, s.k))
     if not np.array_equal(s.hp, first.hp):
-        diff = [n for n, a, b in zip(ftrl.HP_NAMES, first.hp, s.hp) if a != b]
-        raise ParameterError("cannot merge models with different hyper-parameters (%s)" % ", ".join(diff))
+        diff = ["%s %g (%s: %g)" % (n, b, first_is, a) for n, a, b in zip(ftrl.HP_NAMES, first.hp, s.hp) if a != b]
+        raise ParameterError("%scannot merge models with different hyper-parameters: %s" % (pre, ", ".join(diff)))
     if s.fvs != first.fvs:
-        raise ParameterError("cannot merge models with different fvs")
+        raise ParameterError("%scannot merge models with different fvs" % pre)
 
 
 @njit(inline="always")
@@ -786,8 +791,23 @@ class Base:
         fm.replace_model(arrays)
         return fm
 
+    def _kind(self):
+        """k, hyper-parameters and fvs, as ``_check_same`` compares them."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(k=self.k, hp=np.array([float(self.hyper[h]) for h in ftrl.HP_NAMES]),
+                               fvs=bool(self.hyper["fvs"]))
+
     def apply(self, state):
-        """The Base with ``state``'s rows written over (by name) and its new features appended."""
+        """The Base with ``state``'s rows written over (by name) and its new features appended.
+
+        ``state`` must come from this Base's model (``train_partition`` of it,
+        or ``merge`` of such States): ParameterError when its k,
+        hyper-parameters or fvs differ."""
+        _check_same(self._kind(), state, "the state to apply")
+        if state.params.shape[1] != self.params.shape[1]:
+            raise ParameterError("the state to apply has rows of %d numbers, the base %d"
+                                 % (state.params.shape[1], self.params.shape[1]))
         info = dict(self.info)
         info["samples_seen"] = int(info.get("samples_seen", 0)) + state.samples
         if self.n_rows == 1:  # an empty base: the state's rows (bias included) are the model
@@ -895,34 +915,51 @@ def train_partition(base, data, start=0, stop=None, *, cores=1, on_error="skip",
 # Whole models (fm_dump merge, the API)
 
 
+@njit(inline="always")
+def _changed_row(p, r, base, o, nb):
+    """Model row r (out row o; -1: the model lacks it) is new or differs from the base's."""
+    if r < 0:
+        return False
+    if o >= nb:
+        return True
+    for col in range(base.shape[1]):
+        if p[r, col] != base[o, col]:
+            return True
+    return False
+
+
 @njit(cache=True, nogil=True)
-def _merge_whole(o0, o1, inv, models, base, nb, k, hp, rule, coupling, each, out):
+def _merge_whole(o0, o1, inv, models, base, nb, k, hp, rule, coupling, each, out, from_base):
     """Rows o0..o1-1 of the merge of whole models, every model at hand: ``Merger``'s
     rule (``_accumulate`` then ``_finish``) with the sums of a coordinate kept
     only while its row is merged, so no per-coordinate sums are stored.
 
     ``inv[m, o]``: model m's row of out row o (-1: the model lacks it);
     ``models``: a tuple of their FTRL rows (one dtype, ``out``'s); ``base``: the base's
-    rows, out rows 0..nb-1. A row no model holds keeps the base's. Returns
+    rows, out rows 0..nb-1. A row no model holds or changed keeps the base's
+    (``from_base[o]`` set). Returns
     (code, model, row): _ERR_BELOW_BASE when a model's n is below the base's.
     """
     acc = np.zeros((1, k + 1, N_ACC))
     cnt = np.zeros(k + 1, np.int64)
     n_models = len(models)
+    ncols = out.shape[1]
     for o in range(o0, o1):
         held = False
         for m in range(n_models):
-            held = held or inv[m, o] >= 0
+            held = held or _changed_row(models[m], inv[m, o], base, o, nb)
         if not held:
-            for col in range(out.shape[1]):
+            for col in range(ncols):
                 out[o, col] = base[o, col]
+            from_base[o] = True
             continue
         acc[:] = 0.0
         cnt[:] = 0
         first = True
         for m in range(n_models):
             r = inv[m, o]
-            if r < 0:
+            # a base row a model left as it was is not that model's (as in its State)
+            if not _changed_row(models[m], r, base, o, nb):
                 continue
             p = models[m]
             for c in range(k + 1):
@@ -1001,26 +1038,26 @@ def merge_models(models, base=None, rule="blend", **hyper):
     so the memory it takes is the merged model's, its names, and 4 bytes a
     row per model; text models are read into memory.
     """
-    from types import SimpleNamespace
-
     models = list(models)
     if not models:
         raise ParameterError("nothing to merge")
     Merger(rule)  # checks the name
     b = _as_base(base, hyper, copy=False) if base is not None else None
     parts = []
-    for m in models:
+    labels = []  # what an error names: a model's path, or its place in the list
+    for i, m in enumerate(models):
+        label = m if isinstance(m, (str, bytes, os.PathLike)) else "model %d of %d" % (i + 1, len(models))
         mb = _as_base(m, hyper, copy=False)
         if b is None:
             b = Base(mb.hyper, np.frombuffer(b"bias", np.uint8), np.array([0, 4], np.int64),
                      np.zeros((1, mb.params.shape[1]), mb.params.dtype), {"samples_seen": 0})
-        if mb.k != b.k:
-            raise ParameterError("cannot merge models with %d and %d factors" % (b.k, mb.k))
-        me = SimpleNamespace(k=mb.k, hp=np.array([float(mb.hyper[h]) for h in ftrl.HP_NAMES]),
-                             fvs=bool(mb.hyper["fvs"]))
-        if parts:
-            _check_same(parts[0][1], me)
-        parts.append((mb, me))
+        else:
+            # against the base too: its hyper-parameters are the merged model's, and
+            # every coordinate's weight is rebuilt with them
+            _check_same(b._kind(), mb._kind(), os.fsdecode(label),
+                        "the base" if base is not None else "the first model")
+        parts.append((mb, mb._kind()))
+        labels.append(os.fsdecode(label))
     nb = b.n_rows
     names = _Names(b.arena, b.name_off, nb, extra_rows=sum(mb.n_rows for mb, _ in parts),
                    extra_bytes=sum(int(mb.name_off[mb.n_rows]) for mb, _ in parts))
@@ -1033,23 +1070,26 @@ def merge_models(models, base=None, rule="blend", **hyper):
     dtype = parts[0][0].params.dtype  # as a running merge holds the rows: in the first model's numbers
     # a tuple, not a typed List: a List costs ~0.9 s of compiling in every new process
     rows_of = tuple(_read_only(np.ascontiguousarray(mb.params, dtype)) for mb, _ in parts)
-    base_rows = _read_only(np.ascontiguousarray(b.params))
+    # in the models' precision: a float32 model continuing a float64 base holds the base's
+    # rows it never trained rounded, equal to these (the base's own rows are restored below)
+    base_rows = _read_only(np.ascontiguousarray(b.params, dtype))
     out = np.empty((n, b.params.shape[1]), dtype)
+    from_base = np.zeros(n, np.bool_)
     first = parts[0][1]
     each = rule == "blend-each"
     done = jit.over_rows(lambda o0, o1: _merge_whole(o0, o1, inv, rows_of, base_rows, nb, first.k, first.hp,
-                                                     RULES[rule], COUPLING, each, out), n)
+                                                     RULES[rule], COUPLING, each, out, from_base), n)
     code, i, r = next((d for d in done if d[0] != _OK), (_OK, -1, -1))
     if code == _ERR_BELOW_BASE:
         mb = parts[i][0]
-        raise ModelFormatError("cannot merge: feature %r has less training (n) than in the base: "
+        raise ModelFormatError("%s: cannot merge: feature %r has less training (n) than in the base: "
                                "the model does not continue that base"
-                               % bytes(mb.arena[mb.name_off[r]:mb.name_off[r + 1]]).decode("utf-8", "backslashreplace"))
+                               % (labels[i], bytes(mb.arena[mb.name_off[r]:mb.name_off[r + 1]]).decode(
+                                   "utf-8", "backslashreplace")))
     if out.dtype != b.params.dtype:
         out = out.astype(b.params.dtype)
-        alone = ~(inv >= 0).any(axis=0)  # the base's own rows keep its numbers exactly
-        alone[nb:] = False
-        out[:nb][alone[:nb]] = b.params[alone[:nb]]
+        # the base's rows no model changed keep its numbers exactly
+        out[:nb][from_base[:nb]] = b.params[from_base[:nb]]
     info = dict(b.info)
     seen = int(info.get("samples_seen", 0))
     info["samples_seen"] = seen + sum(max(int(mb.info.get("samples_seen", 0)) - seen, 0) for mb, _ in parts)
@@ -1073,7 +1113,8 @@ def _as_base(m, hyper, copy=True):
     h.update(info.get("hyper") or {})
     h["fvs"] = bool(info.get("fvs", False))
     h["seed"] = int(info.get("seed", 0) or 0)
-    h.update(hyper)
+    if not info.get("hyper"):  # a text model does not hold its own: the caller's
+        h.update(hyper)
     h.update(k=arrays.k, dtype=str(arrays.dtype), k0=True, k1=True)
     arena, off = arrays.names()
     return Base(h, arena, off, arrays.file_params, info)

@@ -585,6 +585,23 @@ def test_whole_model_merge_equals_the_running_merge(three_parts, rule):
     assert np.array_equal(bits(got[b"only_in_base"]), bits(base.params[1] * 3))
 
 
+def test_whole_model_merge_of_float32_training_equals_the_states(data):
+    """Trained in float32, a coordinate's z can move while its n does not (n + g^2
+    rounds to n): a row a model changed is that model's, as in its State, even
+    where the rule's "untrained" branch would take the larger z."""
+    base = streamfm.FM(k=K, dtype="float32", seed=3)
+    base.partial_fit(data[:1500])
+    b = merge.Base.of(base)
+    parts = [data[1500:2500], data[2500:2800], data[2800:4500]]
+    want = b.apply(merge.merge([merge.train_partition(b, p) for p in parts])).fm()
+    models = []
+    for p in parts:
+        m = b.fm()
+        m.partial_fit(p)
+        models.append(m)
+    assert_same_model(merge.merge_models(models, base=base), want)
+
+
 def test_whole_model_merge_refuses_a_model_behind_its_base(data):
     ahead = streamfm.FM(k=K, seed=1)
     ahead.partial_fit(data[:1200])
@@ -616,6 +633,62 @@ def test_fm_dump_merge_equals_the_api(tmp_path, three_parts):
     assert proc.stderr == b""
     got = streamfm.FM.load(tmp_path / "nobase.txt", w_l1=0.05)
     assert got.n_features >= base.n_rows - 1
+
+
+def test_merge_checks_the_base_and_names_the_model_that_differs(tmp_path, data):
+    """A base is checked like the models (its hyper-parameters are the merged
+    model's, every weight is rebuilt with them); errors name the file; a binary
+    model keeps its own hyper-parameters, only text models take the given ones."""
+    base = streamfm.FM(k=K, seed=5)
+    base.partial_fit(data[:1000])
+    base.save(tmp_path / "base.bin")
+    part = streamfm.FM.load(tmp_path / "base.bin", v_alpha=0.2)
+    part.partial_fit(data[1000:2000])
+    part.save(tmp_path / "part.bin")
+    with pytest.raises(streamfm.ParameterError, match=r"part\.bin: .*v_alpha 0\.2 \(the base: 0\.05\)"):
+        merge.merge_models([tmp_path / "part.bin"], base=tmp_path / "base.bin")
+    proc = run(FM_DUMP, "merge", "--base", tmp_path / "base.bin", tmp_path / "part.bin", "-o", tmp_path / "o.bin")
+    assert_one_line_error(proc, tmp_path / "part.bin", "v_alpha 0.2 (the base: 0.05)")
+    assert not (tmp_path / "o.bin").exists()
+    # hyper-parameters given to the merge: for text models only
+    assert merge.merge_models([tmp_path / "base.bin"], v_alpha=0.3).hyper_parameters()["v_alpha"] == 0.05
+    base.save(tmp_path / "base.txt", format="txt")
+    with pytest.raises(streamfm.ParameterError, match=r"base\.txt: .*v_alpha 0\.3 \(the first model: 0\.05\)"):
+        merge.merge_models([tmp_path / "base.bin", tmp_path / "base.txt"], v_alpha=0.3)
+    assert merge.merge_models([tmp_path / "base.txt"], v_alpha=0.3).hyper_parameters()["v_alpha"] == 0.3
+
+
+def test_base_apply_refuses_a_state_of_another_kind(data):
+    """A State with other k, hyper-parameters or fvs is refused (a wider one
+    used to be written past the base's rows)."""
+    fm = streamfm.FM(k=K)
+    fm.partial_fit(data[:500])
+    base = merge.Base.of(fm)
+    for other in (dict(k=K + 4), dict(k=K, v_alpha=0.5), dict(k=K, fvs=True)):
+        state = merge.train_partition(merge.empty_base(**other), data[500:700])
+        with pytest.raises(streamfm.ParameterError, match="the state to apply"):
+            base.apply(state)
+    assert base.apply(merge.train_partition(base, data[500:700])).n_rows >= base.n_rows
+
+
+def test_float32_models_continuing_a_float64_base_merge(tmp_path, data):
+    """A -mnt float model continued from a float64 base holds the base's untrained
+    rows rounded: they are not "less training than the base"."""
+    base = streamfm.FM(k=K, seed=5)
+    base.partial_fit(data[:2000])
+    base.save(tmp_path / "base.bin")
+    parts = []
+    for i, lines in enumerate((data[2000:2600], data[2600:3200])):
+        part = streamfm.FM.load(tmp_path / "base.bin", dtype="float32")
+        part.partial_fit(lines)
+        part.save(tmp_path / ("p%d.bin" % i))
+        parts.append(part)
+    one = merge.merge_models([tmp_path / "p0.bin"], base=tmp_path / "base.bin")
+    assert one.dtype == "float64" and one.n_features == parts[0].n_features
+    test = data[3200:3700]
+    assert np.allclose(one.predict_proba(test), parts[0].predict_proba(test), rtol=0, atol=1e-5)
+    two = merge.merge_models([tmp_path / "p0.bin", tmp_path / "p1.bin"], base=tmp_path / "base.bin")
+    assert two.n_features >= one.n_features
 
 
 def test_fm_dump_merge_errors(tmp_path, data):

@@ -218,6 +218,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     if input_path is None and sys.stdin.isatty() and not quiet:
         log("%s: reading samples from the terminal (pipe a file in, or use --input FILE)" % cmd)
     interrupted = None
+    side_failed = None  # an output beside the model (--bad-lines) that failed after training
     many = dict(passes=passes, holdout_every=holdout_every, cache=cache_path, reuse_cache=cache_reuse,
                 cache_dir=_cache_dir(model_path))
     if grid is None and passes == 1 and holdout_every is None and cache_path is None:
@@ -234,7 +235,9 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     except BadInputStop as e:
         fail(cmd, flag_message(e), EXIT_BAD_INPUT)
     except OutputError as e:
-        output_failed(cmd, e)
+        if not getattr(e, "model_trained", False):
+            output_failed(cmd, e)
+        side_failed = e  # the model is whole: it is written first, then the run fails
     except OSError as e:
         fail(cmd, "reading input: %s" % (e.strerror or e))
     except StreamFMError as e:  # a cache that cannot be written, read or reused
@@ -269,6 +272,8 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         _train_report(cmd, rep, interrupted, model_path, model_format, t_write)
         if res is not None:
             _grid_report(cmd, res, grid_out)
+    if side_failed is not None:
+        fail(cmd, "%s (the model was written: %s)" % (side_failed, model_path))
 
 
 def _ffm_fields(cmd, init_model, model_kind, field_sep, max_fields, k):

@@ -335,18 +335,30 @@ def open_output(path, append=False, durable=True):
     return Output(path, append=append, durable=durable)
 
 
+# what follows ``<base>`` in a temporary file's name: the writer's pid, then
+# mkstemp's random part (letters, digits, '_': never a dot)
+_TEMP_TAIL = re.compile(r"^(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
 def remove_orphans(d, base):
-    """Remove temporary files ``<base><pid>.*.tmp`` in ``d`` whose writer is dead."""
+    """Remove temporary files ``<base><pid>.<random>.tmp`` in ``d`` whose writer is dead.
+
+    Only names of exactly that form: another target whose name extends this
+    one's (``pred.txt.20261201`` beside ``pred.txt``) has temporary files
+    ``.pred.txt.20261201.<pid>.<random>.tmp``, with more fields, and a
+    running writer of it must never lose its file.
+    """
     try:
         names = os.listdir(d)
     except OSError:
         return
     for name in names:
-        if not (name.startswith(base) and name.endswith(".tmp")):
+        if not name.startswith(base):
             continue
-        pid = name[len(base):].split(".", 1)[0]
-        if not pid.isdigit():
+        m = _TEMP_TAIL.match(name[len(base):])
+        if m is None:
             continue
+        pid = m.group(1)
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:

@@ -21,6 +21,7 @@ from numba import njit
 from . import cache as block_cache
 from . import ffm, ftrl, parse
 from .badlines import BadLineLog, RunSummary
+from .errors import OutputError
 from .metrics import M_SAMPLES, N_METRICS, MetricSummary, new_accumulators
 from .pipeline import run_workers
 from .reader import BlockReader
@@ -359,18 +360,26 @@ def train_stream(model, stream, opts, log, bad=None, progress=None, summary=None
             summary.bad = bad.count
             progress.maybe(summary, model.n_rows - 1)
 
+    closing = None
     try:
         run_workers(reader, [handler(w) for w in workers], tick, stop, "streamfm-train")
     finally:
         # however the run ends (a KeyboardInterrupt too), no worker is left
         # updating the model behind the caller's back
-        bad.close()
+        try:
+            bad.close()
+        except OutputError as e:  # the model's counts below must still be taken
+            closing = e
         summary.seconds = time.time() - t0
         _collect(summary, workers, model)
         summary.take_bad(bad)
         for m, (st, _) in zip(models, summary.acc):
             m.samples_seen += int(st[M_SAMPLES])
     bad.check_fraction(summary.lines, final=True, what=NO_MODEL)
+    if closing is not None:
+        # every sample trained; only the bad-lines file failed: the model is whole
+        closing.model_trained = True
+        raise closing
     return summary
 
 

@@ -287,3 +287,27 @@ def test_sigint_while_loading_the_initial_model(tmp_path):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_a_failed_bad_lines_file_keeps_the_trained_model(tmp_path):
+    """The --bad-lines file is committed when training ends; if that fails (here
+    its temporary file vanished, as when another process swept it) the trained
+    model is still written, and the run exits 1 naming the bad-lines file."""
+    target = tmp_path / "model.txt"
+    bad = tmp_path / "bad.txt"
+    f = _start(tmp_path, target, "--bad-lines", bad)
+    try:
+        temps = [n for n in os.listdir(tmp_path) if n.startswith(".bad.txt.") and n.endswith(".tmp")]
+        assert len(temps) == 1, os.listdir(tmp_path)
+        os.unlink(tmp_path / temps[0])
+        f.close_input()
+        rc = f.proc.wait(60)
+        err = f.stderr()
+        assert rc == 1, err
+        assert "Traceback" not in err
+        assert str(bad) in err and "the model was written: %s" % target in err
+        names = set(model_names(read_model(str(target)))[1:])
+        assert f.sure_names <= names and set(f.slow_names[:1]) <= names
+        assert not bad.exists()
+    finally:
+        f.cleanup()

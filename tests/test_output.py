@@ -591,6 +591,43 @@ def test_continuing_a_model_in_place_is_allowed(work, tmp_path):
     assert model_names(read_model(str(rm)))[:3] == model_names(read_model(str(work.rmodel)))[:3]
 
 
+def _dead_pid():
+    """A pid no process has (the highest ones are free on any test machine)."""
+    for pid in range(4_194_303, 4_000_000, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            continue
+    pytest.skip("no free pid found")
+
+
+def test_orphans_are_only_this_targets_temporaries_of_dead_writers(tmp_path):
+    """Opening pred.txt removes .pred.txt.<dead pid>.<random>.tmp and nothing else:
+    not a live writer's, and not those of a target whose name extends this one's
+    (pred.txt.20261201's temporaries, ``.pred.txt.20261201.<pid>.<random>.tmp``,
+    once read as pid 20261201's and deleted under a running fm_predict)."""
+    dead = _dead_pid()
+    orphan = tmp_path / (".pred.txt.%d.ab_c12xy.tmp" % dead)
+    keep = [tmp_path / (".pred.txt.%d.ab_c12xy.tmp" % os.getpid()),           # alive
+            tmp_path / (".pred.txt.20261201.%d.q1w2e3r4.tmp" % dead),          # another target's
+            tmp_path / (".pred.txt.%d.tmp" % dead),                            # not mkstemp's form
+            tmp_path / (".pred.txt.x%d.ab_c12xy.tmp" % dead),
+            tmp_path / (".pred.txt.%d.ab.c12xy.tmp" % dead)]
+    for f in [orphan] + keep:
+        f.write_bytes(b"partial")
+    with output.open_output(str(tmp_path / "pred.txt")) as out:
+        out.write(b"1\n")
+    assert not orphan.exists()
+    assert all(f.read_bytes() == b"partial" for f in keep)
+    assert (tmp_path / "pred.txt").read_bytes() == b"1\n"
+    # the other target's own writer still finds its temporary gone only if it is dead
+    with output.open_output(str(tmp_path / "pred.txt.20261201")) as out:
+        out.write(b"2\n")
+    assert not keep[1].exists() and keep[0].exists()
+
+
 def test_check_distinct_compares_files_not_names(tmp_path):
     a = tmp_path / "a"
     a.write_bytes(b"x")

@@ -147,7 +147,7 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
       fm_train --input train.txt -m ffm.txt --model ffm --max-fields 8 -dim 1,1,4
     """
     from .cache import check_cache_path
-    from .fm import FM, setting_name
+    from .fm import FM, expand_grid, setting_name
     from .train import warm_up
 
     cmd = "fm_train"
@@ -163,6 +163,10 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
         raise click.UsageError("--cache-reuse needs --cache FILE (the cache to reuse)")
     # -im X -m X replaces a model by its continuation: it is read whole first
     outputs = [("-m", model_path), ("--bad-lines", bad_lines)]
+    # every setting's file is known now: it must be no other output or input either
+    grid_paths = [os.path.join(grid_out, "%s.%s" % (setting_name(st), model_format))
+                  for st in expand_grid(grid)] if grid_out else []
+    outputs += [("--grid-out", g) for g in grid_paths]
     inputs = [("--input", input_path or "-"), ("-im", init_model)]
     if cache_path:
         (inputs if cache_reuse and os.path.exists(cache_path) else outputs).append(("--cache", cache_path))
@@ -181,6 +185,8 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
             os.makedirs(grid_out, exist_ok=True)
         except OSError as e:
             fail(cmd, "--grid-out %s: %s" % (grid_out, e.strerror or e))
+        for g in grid_paths:  # before the run, not after it
+            check_writable_or_fail(g, cmd)
     stream = _open_input(input_path)
     try:
         continue_fmt = detect_format(init_model) if init_model else None
@@ -263,8 +269,8 @@ def fm_train(model_path, model_format, dim, w_alpha, w_beta, w_l1, w_l2, v_alpha
     try:
         fm.save(model_path, model_format)
         if grid_out:
-            for st, f in zip(res.settings, res.fms):
-                f.save(os.path.join(grid_out, "%s.%s" % (setting_name(st), model_format)), model_format)
+            for g, f in zip(grid_paths, res.fms):
+                f.save(g, model_format)
     except StreamFMError as e:
         fail(cmd, str(e))
     t_write = time.time() - t_write
@@ -296,8 +302,12 @@ def _ffm_fields(cmd, init_model, model_kind, field_sep, max_fields, k):
     if head is not None:
         for flag, given, have in (("--field-sep", field_sep, head["field_sep"]),
                                   ("--max-fields", max_fields, head["max_fields"])):
-            if given is not None and (given.encode() if isinstance(given, str) else given) != have:
-                fail(cmd, "%s %s differs from the -im model's %s" % (flag, given, have), EXIT_USAGE)
+            if given is not None and (given.encode("utf-8", "surrogateescape") if isinstance(given, str)
+                                      else given) != have:
+                shown = have.decode("utf-8", "backslashreplace") if isinstance(have, bytes) else have
+                fail(cmd, "%s %s differs from the -im model's %s" % (
+                    flag, given.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    if isinstance(given, str) else given, shown), EXIT_USAGE)
         field_sep, max_fields = head["field_sep"], head["max_fields"]
     try:
         fields = Fields("=" if field_sep is None else field_sep, 64 if max_fields is None else max_fields)

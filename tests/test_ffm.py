@@ -344,3 +344,9 @@ def test_a_model_file_whose_fields_disagree_with_its_names_is_refused(tmp_path):
         streamfm.FM.load(path, k=4)
     p = fm_train("-dim", "1,1,3", "-im", path, "--max-fields", "7", "-m", tmp_path / "x.txt", input=b"1 a=1\n")
     assert p.returncode == 2 and b"--max-fields 7 differs from the -im model's 6" in p.stderr
+    # a separator that is no UTF-8 (a byte from the command line) is compared, not a traceback
+    for sep, shown in ((b"\xff", b"--field-sep \\xff differs from the -im model's ="),
+                       (b":", b"--field-sep : differs from the -im model's =")):
+        p = fm_train("-dim", "1,1,3", "-im", path, "--field-sep", os.fsdecode(sep), "-m", tmp_path / "x.txt",
+                     input=b"1 a=1\n")
+        assert p.returncode == 2 and shown in p.stderr and b"Traceback" not in p.stderr, p.stderr

@@ -317,6 +317,26 @@ def test_grid_out_and_cache_reuse_need_their_partner(tmp_path):
         assert proc.returncode == 2 and needle in text(proc.stderr), text(proc.stderr)
 
 
+def test_grid_out_files_are_checked_before_the_run(tmp_path, small):
+    """Every setting's --grid-out file is an output like -m: one of them may not be
+    -m or an input (the loop once renamed a setting's model over the best one at
+    -m), and one that cannot be written stops the run before it trains."""
+    inp = _write(tmp_path / "in.txt", b"".join(small[:500]))
+    out = tmp_path / "g"
+    out.mkdir()
+    for m, needle in ((out / "w_l2=5.0.txt", "-m"), (out / "w_l2=1.0.txt", "-m")):
+        proc = fm_train("-m", m, "--grid", "w_l2=1,5", "--grid-out", out, "--input", inp)
+        assert_one_line_error(proc, needle, str(m), "--grid-out", "same file", code=2)
+    inp5 = _write(tmp_path / "w_l2=5.0.txt", b"".join(small[:500]))
+    proc = fm_train("-m", tmp_path / "m.txt", "--grid", "w_l2=1,5", "--grid-out", tmp_path, "--input", inp5)
+    assert_one_line_error(proc, "--grid-out", "--input", str(inp5), code=2)
+    assert inp5.read_bytes() == b"".join(small[:500])
+    (out / "w_l2=1.0.txt").mkdir()
+    proc = fm_train("-m", tmp_path / "m.txt", "--grid", "w_l2=1,5", "--grid-out", out, "--input", inp)
+    assert_one_line_error(proc, "w_l2=1.0.txt", "directory")
+    assert not (tmp_path / "m.txt").exists() and sorted(os.listdir(out)) == ["w_l2=1.0.txt"]
+
+
 def test_two_cores_passes_and_grid_run_the_same_pipeline(tmp_path, small):
     """-core 2: Hogwild, so not bit for bit; the counts are exact and the models close to -core 1's."""
     data = b"".join(small)

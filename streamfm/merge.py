@@ -524,9 +524,9 @@ def _finish(o0, o1, k, hp, rule, coupling, out_params, out_n0, out_z0, cnt, acc)
 class Merger:
     """A running merge: ``add`` States one at a time (each may be freed after), then ``result``.
 
-    ``merge(states)`` is a Merger over the list; ``fm_dump merge`` uses this
-    form to merge model files without holding them all in memory.
-    ``rule``: see ``merge``.
+    ``merge(states)`` is a Merger over the list (the engines' merge of a
+    round's States; ``merge_models``, what ``fm_dump merge`` runs, gives the
+    same numbers from whole models in one pass). ``rule``: see ``merge``.
     """
 
     _ARRAYS = ("params", "n0", "z0", "cnt", "acc", "seen")

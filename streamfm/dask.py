@@ -85,7 +85,7 @@ class _Engine:
 
     def round(self, base, tasks, i):
         c = self.client
-        futs = [c.submit(_merge.train_partition, base, self.parts[p], start, stop,
+        futs = [c.submit(_merge.train_partition, base, self.parts[p], start, stop, partition=p,
                          key="streamfm-train-%s-r%d-p%d" % (self.run_id, i, p), **self.task_options)
                 for p, start, stop in tasks]
         level = 0

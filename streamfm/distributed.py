@@ -103,7 +103,12 @@ def train_heads(base, heads, **task_options):
     """The warm start's State: a copy of ``base`` trained on ``interleave(heads)``
     (``task_options`` as ``merge.train_partition``'s)."""
     data = interleave(heads)
-    return _merge.train_partition(base, data, **task_options)
+    state = _merge.train_partition(base, data, partition=-1, **task_options)
+    if state.bad_lines and not isinstance(data, tuple):
+        # line j of the stream is line i of head p: give each bad line its partition's place
+        place = [(p, i + 1) for i in range(max(len(h) for h in heads)) for p, h in enumerate(heads) if i < len(h)]
+        state.bad_lines = sorted(place[li - 1] + tuple(rest) for _, li, *rest in state.bad_lines)
+    return state
 
 
 def plan_rounds(lengths, sync_every=None, warm_start=0):
@@ -148,34 +153,57 @@ def _whole(x, least):
 
 
 class Totals:
-    """Counts of a distributed run: lines, samples, bad lines, progressive logloss, rounds."""
+    """Counts of a distributed run: lines, samples, bad lines (by reason, and the
+    first ``merge.KEEP_BAD`` by place), progressive logloss, rounds.
 
-    def __init__(self):
+    ``lengths``: lines per partition; a bad line's number in the report counts
+    the lines of all partitions in partition order (partition 0's first is 1).
+    """
+
+    def __init__(self, lengths=()):
         self.lines = self.samples = self.bad = self.rounds = 0
         self.loss_sum = 0.0
+        self.by_reason = {}
+        self.bad_lines = []
+        self.first_line = [0]
+        for n in lengths:
+            self.first_line.append(self.first_line[-1] + int(n))
 
-    def add(self, lines, samples, bad, loss_sum):
+    def add(self, lines, samples, bad, loss_sum, by_reason=None, bad_lines=()):
         self.lines += lines
         self.samples += samples
         self.bad += bad
         self.loss_sum += loss_sum
         self.rounds += 1
+        for r, c in (by_reason or {}).items():
+            self.by_reason[r] = self.by_reason.get(r, 0) + c
+        self.bad_lines = sorted(self.bad_lines + list(bad_lines))[:_merge.KEEP_BAD]
 
     def report(self, n_features, seconds):
         """A ``streamfm.Report`` of the run (AUC is not combined across partitions: NaN)."""
+        import numpy as np
+
         from .fm import Report
+        from .parse import REASONS
 
         r = Report("distributed train")
         r.lines, r.samples, r.bad = self.lines, self.samples, self.bad
         r.logloss = self.loss_sum / self.samples if self.samples else float("nan")
         r.n_features = n_features
         r.seconds = seconds
+        r.by_reason = dict(sorted(self.by_reason.items()))
+        r.bad_description = ", ".join("%s: %d" % kv for kv in r.by_reason.items())
+        code = {v: c for c, v in REASONS.items()}
+        kept = [(self.first_line[p] + li if p < len(self.first_line) else li, code.get(why, 0), col, text)
+                for p, li, why, col, text in self.bad_lines]
+        r._bad = (np.array([k[0] for k in kept], np.int64), np.array([k[1] for k in kept], np.int8),
+                  np.array([k[2] for k in kept], np.int64), {k[0]: k[3] for k in kept if k[3] is not None})
         return r
 
 
 def counts(state):
-    """(lines, samples, bad, loss_sum) of a State."""
-    return state.lines, state.samples, state.bad, state.loss_sum
+    """(lines, samples, bad, loss_sum, by_reason, bad_lines) of a State."""
+    return state.lines, state.samples, state.bad, state.loss_sum, state.by_reason, state.bad_lines
 
 
 def apply_state(base, state):
@@ -197,8 +225,9 @@ def run(engine, base, sync_every=None, warm_start=0):
     ``fetch(handle)`` (the Base itself).
     """
     t0 = time.time()
-    rounds = plan_rounds(engine.lengths(), sync_every, warm_start)
-    totals = Totals()
+    lengths = engine.lengths()
+    rounds = plan_rounds(lengths, sync_every, warm_start)
+    totals = Totals(lengths)
     if warm_start and rounds:
         # here, before the base is shipped: the heads are small, and one stream
         state = train_heads(base, engine.heads(rounds[0]), **engine.task_options)
@@ -256,7 +285,7 @@ class LocalEngine:
     def round(self, base, tasks, i):
         def one(task):
             p, start, stop = task
-            return _merge.train_partition(base, self.partitions[p], start, stop, **self.task_options)
+            return _merge.train_partition(base, self.partitions[p], start, stop, partition=p, **self.task_options)
 
         if self.threads == 1 or len(tasks) == 1:
             states = [one(t) for t in tasks]

@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit
 
 from . import ftrl, jit
-from .errors import ModelFormatError, ParameterError
+from .errors import BadInputError, ModelFormatError, ParameterError
 # the names' index: the table's unkeyed name hash and its probe, names compared byte by byte
 from .table import EMPTY, home_slot, init_hash_bytes, same_bytes
 
@@ -261,6 +261,8 @@ def _take_names(arena, name_off, idx):
 # States and the merge rule
 
 
+KEEP_BAD = 100  # bad lines a State (and a distributed run's report) keeps by place
+
 # the sums a merge keeps per coordinate, over the states that trained it
 ACC_DN, ACC_MEAN, ACC_ZSUM, ACC_K, ACC_Z = range(5)
 N_ACC = 5
@@ -279,7 +281,10 @@ class State:
     does not hold), ``k``, ``hp`` (the 9 FTRL hyper-parameters,
     ``ftrl.HP_NAMES``), ``fvs``, ``seed``, and the counts of the lines that
     made it: ``lines``, ``samples``, ``bad``, ``loss_sum`` (progressive
-    logloss times samples).
+    logloss times samples), ``by_reason`` ({reason: bad lines}) and
+    ``bad_lines`` (the first ``KEEP_BAD`` bad lines by place: tuples
+    (partition, line in the partition from 1, reason, byte column from 1,
+    text)).
 
     A partition's State holds its trained rows. A merged State also holds,
     per coordinate, ``cnt`` (the partitions that trained it) and, where
@@ -291,7 +296,7 @@ class State:
     """
 
     def __init__(self, arena, name_off, params, n0, z0, k, hp, fvs, seed, lines=0, samples=0, bad=0,
-                 loss_sum=0.0, cnt=None, acc=None, rule="blend"):
+                 loss_sum=0.0, cnt=None, acc=None, rule="blend", by_reason=None, bad_lines=()):
         self.arena = arena
         self.name_off = name_off
         self.params = params
@@ -308,6 +313,13 @@ class State:
         self.cnt = cnt
         self.acc = acc
         self.rule = rule
+        self.by_reason = dict(by_reason or {})
+        self.bad_lines = sorted(bad_lines)[:KEEP_BAD]
+
+    def __setstate__(self, state):
+        state.setdefault("by_reason", {})  # a State pickled before they were kept
+        state.setdefault("bad_lines", [])
+        self.__dict__.update(state)
 
     @property
     def n_rows(self):
@@ -557,6 +569,8 @@ class Merger:
             self.acc = np.zeros((cap, k + 1, N_ACC))
             self.seen = np.zeros(cap, np.bool_)
             self.totals = [0, 0, 0, 0.0]
+            self.by_reason = {}
+            self.bad_lines = []
         else:
             _check_same(self.first, state)
         rows = self.names.join(state.arena, state.name_off, state.n_rows, insert=True)
@@ -585,6 +599,9 @@ class Merger:
         t[1] += state.samples
         t[2] += state.bad
         t[3] += state.loss_sum
+        for r, c in state.by_reason.items():
+            self.by_reason[r] = self.by_reason.get(r, 0) + c
+        self.bad_lines = sorted(self.bad_lines + list(state.bad_lines))[:KEEP_BAD]
 
     def _fit(self, n):
         cap = self.params.shape[0]
@@ -609,7 +626,7 @@ class Merger:
         t = self.totals
         out = State(arena, off, self.params[:n], self.n0[:n], self.z0[:n], s.k, s.hp, s.fvs, s.seed,
                     lines=t[0], samples=t[1], bad=t[2], loss_sum=t[3], cnt=self.cnt[:n], acc=self.acc[:n],
-                    rule=self.rule)
+                    rule=self.rule, by_reason=self.by_reason, bad_lines=self.bad_lines)
         self.first = self.names = None
         for name in self._ARRAYS:
             setattr(self, name, None)
@@ -893,22 +910,39 @@ def head(data, stop):
 
 
 def train_partition(base, data, start=0, stop=None, *, cores=1, on_error="skip", max_bad_fraction=None,
-                    feature_names=None):
+                    feature_names=None, partition=0):
     """Train a copy of ``base`` on one partition's lines start..stop-1; returns its State.
 
     ``data``: what ``FM.partial_fit`` takes as lines (a list or any iterable
     of str/bytes lines, a pandas Series of them), or a pair (matrix, y) of a
     CSR matrix (or 2-D array) and its labels, with ``feature_names``.
-    ``cores``: threads of this task (1: deterministic). The task reads
+    ``cores``: threads of this task (1: deterministic). ``partition``: the
+    partition's number, which the State's bad lines and a BadInputError's
+    message give with each line's place in the partition (-1: the warm
+    start, the heads of all partitions in turn). The task reads
     nothing but its arguments, so running it again gives the same State.
     """
     fm = base.fm()
     lines, y = _lines_of(data, start, stop)
-    report = fm.partial_fit(lines, y, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
-                            feature_names=feature_names)
+    try:
+        report = fm.partial_fit(lines, y, cores=cores, on_error=on_error, max_bad_fraction=max_bad_fraction,
+                                feature_names=feature_names)
+    except BadInputError as e:
+        # "input line 3" is the 3rd line of this task's range: say where that is
+        read = fm.last_report.lines if fm.last_report else 0
+        where = ("the warm start (the partitions' heads in turn), its lines 1-%d" % read if partition < 0 else
+                 "partition %d, its lines %d-%d (the task's line N is its line %d+N)" % (partition, start + 1,
+                                                                                 start + read, start))
+        err = BadInputError("%s: %s" % (where, e))
+        err.report = e.report
+        raise err from None
     loss = report.logloss * report.samples if report.samples else 0.0
-    return base.state_of(fm.training_model(), lines=report.lines, samples=report.samples, bad=report.bad,
-                         loss_sum=loss)
+    state = base.state_of(fm.training_model(), lines=report.lines, samples=report.samples, bad=report.bad,
+                          loss_sum=loss)
+    state.by_reason = dict(report.by_reason)
+    state.bad_lines = [(int(partition), start + b.line, b.reason, b.column, b.text)
+                       for b in report.bad_lines[:KEEP_BAD]]
+    return state
 
 
 # ---------------------------------------------------------------------------

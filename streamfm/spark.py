@@ -73,7 +73,7 @@ def _train_part(bc, ranges, options, index, it):
     if index not in ranges:
         return []
     start, stop = ranges[index]
-    return [_merge.train_partition(bc.value, itertools.islice(it, start, stop), **options)]
+    return [_merge.train_partition(bc.value, it, start, stop, partition=index, **options)]
 
 
 class _Engine:

@@ -148,6 +148,29 @@ def test_warm_start_keeps_dataframe_names_and_takes_mixed_dense_and_sparse_heads
                       distributed.train(sparse, k=K, seed=2, warm_start=100, sync_every=50, feature_names=names))
 
 
+def test_distributed_report_keeps_the_bad_lines_by_place(data):
+    """A distributed run reports its bad lines as FM.partial_fit does: by reason,
+    and each (the first 100) with its number counting all partitions' lines in
+    partition order, also those the warm start read; a task that stops names
+    its partition."""
+    parts = [data[:300] + [b"junk"] + data[300:600], [b"1 a:x"] + data[600:900] + [b"nan x:1"],
+             data[900:950] + [b"1 b:inf"] * 3]
+    fm = distributed.train(parts, k=K, seed=2, warm_start=60, sync_every=100)
+    r = fm.last_report
+    want, first = [], 0
+    for p in parts:
+        rep = streamfm.FM(k=K).partial_fit(p)
+        want += [(first + b.line, b.reason, b.column, b.text) for b in rep.bad_lines]
+        first += len(p)
+    assert r.bad == len(want) == 6 and r.lines == first
+    assert [tuple(b) for b in r.bad_lines] == want
+    assert r.by_reason == {w: sum(1 for x in want if x[1] == w) for w in sorted({x[1] for x in want})}
+    assert r.bad_description == ", ".join("%s: %d" % kv for kv in r.by_reason.items())
+    assert want[1][0] == len(parts[0]) + 1  # read by the warm start, numbered by its partition's place
+    with pytest.raises(streamfm.BadInputError, match=r"^partition 2, its lines 1-\d+ .*more than max_bad_fraction"):
+        distributed.train(parts, k=K, sync_every=100, max_bad_fraction=0.01)
+
+
 def test_warm_start_trains_the_interleaved_heads_then_the_rounds(data):
     """The warm start is one stream: FM.partial_fit on the heads taken in turn;
     the rounds then start where each head ends."""

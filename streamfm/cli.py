@@ -358,7 +358,8 @@ def _grid_report(cmd, res, grid_out):
     holdout = res.by == "holdout_logloss"
     n_pass = len(res.reports[0].passes)
     log("%s: grid of %d settings; best (*) by %s%s" % (
-        cmd, len(res.fms), "held-out logloss of pass %d" % n_pass if holdout else "progressive logloss of pass 1",
+        cmd, len(res.fms), "held-out logloss of pass %d" % n_pass if holdout else "progressive logloss of pass 1"
+        + (" (no line was held out: the input is shorter than --holdout-every)" if res.holdout else ""),
         ", every model in %s" % grid_out if grid_out else ""))
     width = max(len(setting_name(s)) for s in res.settings)
     head = "    %-*s  %-12s %-9s" % (width, "setting", "p1 logloss", "p1 auc")

@@ -354,13 +354,21 @@ class GridResult:
     """What ``FM.grid_fit`` trained: ``settings`` ({name: value} each), ``fms``
     (the trained FMs) and ``reports`` (their Reports), in grid order; ``best``
     (an index, see ``grid_fit``) and ``by`` (the metric it was chosen by:
-    'holdout_logloss' or 'logloss of pass 1')."""
+    'holdout_logloss', or 'logloss of pass 1' without a hold-out or when no
+    line was held out: a short input never reaching the K-th line)."""
 
     def __init__(self, settings, fms, reports, holdout):
         self.settings = settings
         self.fms = fms
         self.reports = reports
-        self.by = "holdout_logloss" if holdout else "logloss of pass 1"
+        self.holdout = holdout
+
+    @property
+    def by(self):
+        # every setting holds out the same lines: none held out, no held-out metric to choose by
+        if self.holdout and self.reports and self.reports[0].holdout_samples > 0:
+            return "holdout_logloss"
+        return "logloss of pass 1"
 
     @property
     def best(self):

@@ -317,6 +317,22 @@ def test_grid_out_and_cache_reuse_need_their_partner(tmp_path):
         assert proc.returncode == 2 and needle in text(proc.stderr), text(proc.stderr)
 
 
+def test_grid_without_held_out_lines_chooses_by_progressive_logloss(tmp_path, small):
+    """--holdout-every K on an input shorter than K holds nothing out: every held-out
+    logloss is NaN, so the best is chosen by pass 1's progressive logloss, and said so."""
+    data = b"".join(small[:300])
+    res = FM(k=2, seed=3).grid_fit(data, {"w_alpha": [0.01, 0.3]}, passes=2, holdout_every=1000)
+    assert res.reports[0].holdout_samples == 0 and res.by == "logloss of pass 1"
+    assert res.best == min(range(2), key=lambda i: res.reports[i].passes[0].logloss)
+    held = FM(k=2, seed=3).grid_fit(data, {"w_alpha": [0.01, 0.3]}, passes=2, holdout_every=10)
+    assert held.by == "holdout_logloss" and held.reports[0].holdout_samples > 0
+    inp = _write(tmp_path / "in.txt", data)
+    proc = fm_train("-m", tmp_path / "m.txt", "--grid", "w_alpha=0.01,0.3", "--passes", "2", "--holdout-every",
+                    "1000", "--input", inp)
+    assert_ok(proc)
+    assert "best (*) by progressive logloss of pass 1 (no line was held out" in text(proc.stderr)
+
+
 def test_grid_out_files_are_checked_before_the_run(tmp_path, small):
     """Every setting's --grid-out file is an output like -m: one of them may not be
     -m or an input (the loop once renamed a setting's model over the best one at

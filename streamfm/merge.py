@@ -865,17 +865,26 @@ class Base:
 
     def state_of_model(self, arrays, hp, fvs):
         """The State of a whole model's content (``model.ModelArrays``) relative to this base:
-        every row, each with the base's n of its feature (joined by name); ``hp``
-        and ``fvs`` are the model's own."""
+        its rows (joined by name) but those it holds exactly as the base does (in
+        its own precision), each with the base's n of its feature; ``hp`` and
+        ``fvs`` are the model's own. Like ``state_of``, the bias is always in."""
         n = arrays.n_rows
         arena, off = arrays.names()
-        n0 = np.zeros((n, self.k + 1))
-        z0 = np.zeros((n, self.k + 1))
+        params = arrays.file_params
+        rows = np.full(n, -1, np.int64)
         if self.n_rows > 1:
             rows = _Names(self.arena, self.name_off, self.n_rows).join(arena, off, n, insert=False)
-            _base_n_z(self.params, rows, self.k, n0, z0)
+        keep = np.ones(n, np.bool_)
+        known = np.flatnonzero(rows > 0)
+        keep[known] = (params[known] != self.params[rows[known]].astype(params.dtype)).any(axis=1)
+        idx = np.flatnonzero(keep)
+        sub_arena, sub_off = _take_names(arena, off, idx)
+        n0 = np.zeros((idx.shape[0], self.k + 1))
+        z0 = np.zeros((idx.shape[0], self.k + 1))
+        if self.n_rows > 1:
+            _base_n_z(self.params, rows[idx], self.k, n0, z0)
         samples = int(arrays.info.get("samples_seen", 0)) - int(self.info.get("samples_seen", 0))
-        return State(arena, off, arrays.file_params, n0, z0, arrays.k, hp, fvs, self.hyper["seed"],
+        return State(sub_arena, sub_off, params[idx], n0, z0, arrays.k, hp, fvs, self.hyper["seed"],
                      samples=max(samples, 0))
 
 
@@ -954,7 +963,7 @@ def _changed_row(p, r, base, o, nb):
     """Model row r (out row o; -1: the model lacks it) is new or differs from the base's."""
     if r < 0:
         return False
-    if o >= nb:
+    if o == 0 or o >= nb:  # the bias and new rows always: as a State holds them (``state_of``)
         return True
     for col in range(base.shape[1]):
         if p[r, col] != base[o, col]:

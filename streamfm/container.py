@@ -268,7 +268,7 @@ def array_specs(kind, path, header, size, expected):
     return specs
 
 
-def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None):
+def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None, keep_pages=False):
     """{name: ndarray} for the checked ``specs`` (Spec, from ``array_specs``).
 
     Arrays are read into memory, or with ``mapped`` (a MappedFile of path)
@@ -276,6 +276,9 @@ def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None):
     mapped array is then read once). Float arrays must hold finite numbers.
     ``spare_rows``: {name: rows}, zero rows to allocate behind a read array
     (its ``.base`` then holds them; not with ``mapped``).
+    ``keep_pages``: leave the mapped pages the checks read in this process
+    (for a caller that reads every row next, e.g. the merge: it would fault
+    them all in again); by default they are given back.
     """
     out = {}
     spare_rows = spare_rows or {}
@@ -301,7 +304,7 @@ def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None):
                 raise kind.error("%s: corrupted: checksum mismatch in array %r" % (path, s.name))
             if bad >= 0:
                 nonfinite_error(kind, path, s.name, arr, bad)
-            if mapped is not None and verify:
+            if mapped is not None and verify and not keep_pages:
                 # the checks touched every page; give them back, so only what
                 # the caller then uses becomes resident (from the page cache)
                 mapped.drop(arr)

@@ -199,21 +199,6 @@ def _same_prefix(arena, name_off, n_rows, src_arena, src_off, src_n):
     return min(r, m)
 
 
-@njit(cache=True, nogil=True)
-def _append(arena, name_off, meta, src_arena, src_off, r0, r1):
-    """Append source rows r0..r1-1, names the set does not hold (the caller reserved room)."""
-    n = meta[0]
-    pos = meta[1]
-    for r in range(r0, r1):
-        for t in range(src_off[r], src_off[r + 1]):
-            arena[pos] = src_arena[t]
-            pos += 1
-        n += 1
-        name_off[n] = pos
-    meta[0] = n
-    meta[1] = pos
-
-
 def _hashes(arena, name_off, r0, r1):
     """The names' hashes of rows r0..r1-1, in parallel."""
     out = np.empty(r1 - r0, np.uint64)
@@ -260,6 +245,16 @@ class _Names:
         if used + nbytes > self.arena.shape[0]:
             self.arena = _grown(self.arena, max(used + nbytes, 2 * self.arena.shape[0]), used)
 
+    def _append(self, arena, name_off, r0, r1):
+        """Append source rows r0..r1-1, names the set does not hold (the caller reserved
+        room): their bytes are one run in the source's arena, copied at once."""
+        n, used = self.n_rows, int(self.meta[1])
+        a0, a1 = int(name_off[r0]), int(name_off[r1])
+        self.arena[used:used + a1 - a0] = arena[a0:a1]
+        self.name_off[n + 1:n + 1 + r1 - r0] = name_off[r0 + 1:r1 + 1] - (a0 - used)
+        self.meta[0] = n + r1 - r0
+        self.meta[1] = used + a1 - a0
+
     def _index(self, lo):
         """Bring the index up to every row from ``lo`` on, with room for the reserved ones."""
         n = self.n_rows
@@ -291,7 +286,7 @@ class _Names:
             return rows
         if p == n:  # the source continues this set: its other names are new here
             if insert:
-                _append(self.arena, self.name_off, self.meta, arena, name_off, p, n_rows)
+                self._append(arena, name_off, p, n_rows)
                 rows[p:] = np.arange(n, n + n_rows - p)
             else:
                 rows[p:] = -1
@@ -1158,8 +1153,9 @@ def _as_base(m, hyper, copy=True):
 
     if isinstance(m, FM):
         return Base.of(m, copy=copy)
-    # without a copy the caller only reads: a binary file's rows can stay in the page cache
-    arrays = read_model(str(m), state=True, mmap=not copy)
+    # without a copy the caller only reads: a binary file's rows can stay in the page cache,
+    # and the merge reads every row: the pages the checks read stay mapped
+    arrays = read_model(str(m), state=True, mmap=not copy, keep_pages=not copy)
     info = arrays.info
     h = dict(HYPER_PARAMETERS)
     h.update(info.get("hyper") or {})

@@ -35,6 +35,7 @@ on reading, each array's crc32 and, for float arrays, that every number is
 finite (nothing trained can be NaN or infinite).
 """
 
+import functools
 import os
 import struct
 import zlib
@@ -267,7 +268,7 @@ def array_specs(kind, path, header, size, expected):
     return specs
 
 
-def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None):
+def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None, keep_pages=False):
     """{name: ndarray} for the checked ``specs`` (Spec, from ``array_specs``).
 
     Arrays are read into memory, or with ``mapped`` (a MappedFile of path)
@@ -275,6 +276,9 @@ def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None):
     mapped array is then read once). Float arrays must hold finite numbers.
     ``spare_rows``: {name: rows}, zero rows to allocate behind a read array
     (its ``.base`` then holds them; not with ``mapped``).
+    ``keep_pages``: leave the mapped pages the checks read in this process
+    (for a caller that reads every row next, e.g. the merge: it would fault
+    them all in again); by default they are given back.
     """
     out = {}
     spare_rows = spare_rows or {}
@@ -295,11 +299,12 @@ def read_arrays(kind, path, specs, verify=True, mapped=None, spare_rows=None):
                 got = f.readinto(view) if s.nbytes else 0
                 if got != s.nbytes:
                     raise kind.error("%s: truncated in array %r" % (path, s.name))
-            if verify and zlib.crc32(arr.reshape(-1).view(np.uint8)) != s.crc32:
+            crc, bad = checked(arr, verify, s.dtype.kind == "f")
+            if verify and crc != s.crc32:
                 raise kind.error("%s: corrupted: checksum mismatch in array %r" % (path, s.name))
-            if s.dtype.kind == "f":
-                check_finite(kind, path, s.name, arr)
-            if mapped is not None and verify:
+            if bad >= 0:
+                nonfinite_error(kind, path, s.name, arr, bad)
+            if mapped is not None and verify and not keep_pages:
                 # the checks touched every page; give them back, so only what
                 # the caller then uses becomes resident (from the page cache)
                 mapped.drop(arr)
@@ -323,9 +328,96 @@ def check_finite(kind, path, name, arr):
     if arr.size:
         i = first_nonfinite(arr.reshape(-1))
         if i >= 0:
-            row = i // max(arr.shape[1], 1) if arr.ndim == 2 else i
-            raise kind.error("%s: corrupted: array %r row %d holds %r, not a finite number"
-                             % (path, name, row, float(arr.reshape(-1)[i])))
+            nonfinite_error(kind, path, name, arr, i)
+
+
+def nonfinite_error(kind, path, name, arr, i):
+    """Raise ``check_finite``'s error for the number at flat position i of arr."""
+    row = i // max(arr.shape[1], 1) if arr.ndim == 2 else i
+    raise kind.error("%s: corrupted: array %r row %d holds %r, not a finite number"
+                     % (path, name, row, float(arr.reshape(-1)[i])))
+
+
+_CHECK_CHUNK = 1 << 17  # numbers checked at a time: their crc32, then (still in cache) their finiteness
+
+
+def checked(arr, crc=True, finite=True):
+    """(crc32 of arr's bytes (0 unless ``crc``), flat position of its first NaN or
+    infinity (-1: none, or not ``finite``)) of a C-contiguous array.
+
+    A large array is checked in pieces on several threads (zlib and the
+    finiteness kernel release the GIL), the pieces' checksums combined
+    (``crc32_combine``); each piece a chunk at a time, both checks of a chunk
+    while it is in cache, so the array is read from memory once.
+    """
+    if not (crc or finite):
+        return 0, -1
+    flat = arr.reshape(-1)
+    raw = flat.view(np.uint8) if flat.size else np.zeros(0, np.uint8)
+    size = arr.dtype.itemsize
+
+    def piece(i0, i1):
+        c, bad = 0, -1
+        for j in range(i0, i1, _CHECK_CHUNK):
+            e = min(i1, j + _CHECK_CHUNK)
+            if crc:
+                c = zlib.crc32(raw[j * size:e * size], c)
+            if finite and bad < 0:
+                k = first_nonfinite(flat[j:e])
+                if k >= 0:
+                    bad = j + k
+        return c, bad, (i1 - i0) * size
+
+    from .jit import over_rows
+
+    total, first = 0, -1
+    for c, bad, nbytes in over_rows(piece, flat.shape[0]):
+        total = crc32_combine(total, c, nbytes)
+        if first < 0:
+            first = bad
+    return total, first
+
+
+# crc32_combine as zlib computes it (zlib's Python module does not offer it): the
+# crc of two byte strings one after the other from their own crcs, by polynomial
+# arithmetic modulo the crc's polynomial (bit-reflected, as the crc is)
+_CRC_POLY = 0xEDB88320
+
+
+def _mult_mod_p(a, b):
+    """a(x) b(x) modulo p(x), bit-reflected."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if a & (m - 1) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+
+
+_X2N = [1 << 30]  # x^(2^n) modulo p(x), n = 0..31
+for _ in range(31):
+    _X2N.append(_mult_mod_p(_X2N[-1], _X2N[-1]))
+
+
+@functools.lru_cache(maxsize=64)  # an array's pieces have one or two lengths
+def _shift(len2):
+    """x^(8 len2) modulo p(x): a product of x^(2^k) over the bits of 8 len2."""
+    p = 1 << 31  # x^0
+    n, k = len2, 3
+    while n:
+        if n & 1:
+            p = _mult_mod_p(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine(crc1, crc2, len2):
+    """The crc32 of A + B from crc1 = crc32(A), crc2 = crc32(B) and len2 = len(B)."""
+    return _mult_mod_p(_shift(len2), crc1) ^ crc2
 
 
 class MappedFile:

@@ -129,9 +129,12 @@ def prefetch1(typingctx, arr, i):
 
 def over_rows(kernel, n, threads=None):
     """Run ``kernel(r0, r1)`` (a nogil kernel's call on rows r0..r1-1, writing
-    rows of its own) over 0..n-1 split among ``threads`` threads (default: the
-    cores, at most 4); returns the calls' results in row order. Small jobs
-    run in the caller's thread: a thread costs more than it saves there.
+    rows of its own) over 0..n-1 on ``threads`` threads (default: the cores,
+    at most 4); returns the calls' results in row order. The rows are cut
+    into a few pieces per thread, each taken by the next free thread: rows
+    whose work differs (a merge's rows one model trained and rows several
+    did) still keep every thread busy to the end. Small jobs run in the
+    caller's thread: a thread costs more than it saves there.
     """
     if threads is None:
         threads = min(4, os.cpu_count() or 1)
@@ -139,6 +142,7 @@ def over_rows(kernel, n, threads=None):
         return [kernel(0, n)]
     from concurrent.futures import ThreadPoolExecutor
 
-    cuts = [n * i // threads for i in range(threads + 1)]
+    pieces = min(4 * threads, n >> 14)
+    cuts = [n * i // pieces for i in range(pieces + 1)]
     with ThreadPoolExecutor(threads, thread_name_prefix="streamfm-rows") as pool:
         return list(pool.map(kernel, cuts[:-1], cuts[1:]))

@@ -42,6 +42,7 @@ from numba import njit
 from . import ftrl, jit
 from .errors import BadInputError, ModelFormatError, ParameterError
 # the names' index: the table's unkeyed name hash and its probe, names compared byte by byte
+from .jit import prefetch1
 from .table import EMPTY, home_slot, init_hash_bytes, same_bytes
 
 W, WN, WZ, VN = ftrl.W, ftrl.WN, ftrl.WZ, ftrl.VN
@@ -53,45 +54,138 @@ _OK, _ERR_BASE_N, _ERR_BELOW_BASE = 0, 1, 2
 
 # ---------------------------------------------------------------------------
 # The name index: names (bytes in one arena) -> rows, joined by content
+#
+# A slot holds a row and, above it, the top bits of its name's hash (a tag): a
+# probe passing a slot of another name rejects it on the tag alone, without
+# touching that row's name. Names are hashed first, in parallel (hashing is
+# most of a join's arithmetic), then the index is probed with the slots (and
+# a hit's name) prefetched some rows ahead: the index is far larger than the
+# caches, and a probe waits on memory otherwise.
+
+_AHEAD = 16  # rows prefetched ahead: about what a core has in flight
+
+
+@njit(inline="always")
+def _tag(h, bits):
+    """The part of a slot above its ``bits`` row bits: h's top bits (the sign bit stays 0, never EMPTY)."""
+    return np.int64((h >> np.uint64(bits + 1)) << np.uint64(bits))
+
+
+@njit(inline="always")
+def _home_row(slots, h, mask, bits):
+    """The row in h's home slot when its tag is h's (a likely hit), else -1: what a prefetch needs."""
+    s = slots[home_slot(h, mask)]
+    if s != EMPTY and (s >> bits) << bits == _tag(h, bits):
+        return s & ((np.int64(1) << bits) - 1)
+    return -1
 
 
 @njit(cache=True, nogil=True)
-def _join(slots, hashes, arena, name_off, meta, src_arena, src_off, src_start, src_n, insert, rows):
-    """rows[r] = the index's row named as source row r, for src_start <= r < src_n.
+def _hash_names(arena, name_off, r0, r1, lo, out):
+    """out[r - lo] = the unkeyed init hash of row r's name, for r0 <= r < r1."""
+    for r in range(r0, r1):
+        out[r - lo] = init_hash_bytes(arena, name_off[r], name_off[r + 1])
 
-    A name the index lacks is appended when ``insert`` (the caller reserved
-    room, and the index holds every row), else gets -1. Returns the first
-    source row whose name is already taken by an earlier source row (a name
-    held twice), or -1.
-    """
+
+@njit(cache=True, nogil=True)
+def _index_rows(slots, bits, arena, name_off, hashes, r0, r1):
+    """Put rows r0..r1-1 (their hashes: ``hashes[r - r0]``) in the index; returns a row
+    whose name an indexed row holds (-1: none)."""
     mask = slots.shape[0] - 1
-    n_before = meta[0]
-    for r in range(max(src_start, 1), src_n):
+    rowmask = (np.int64(1) << bits) - 1
+    for r in range(r0, r1):
+        if r + _AHEAD < r1:
+            prefetch1(slots, home_slot(hashes[r + _AHEAD - r0], mask))
+        h = hashes[r - r0]
+        tag = _tag(h, bits)
+        i = home_slot(h, mask)
+        while True:
+            s = slots[i]
+            if s == EMPTY:
+                slots[i] = tag | r
+                break
+            if s & ~rowmask == tag:
+                o = s & rowmask
+                if same_bytes(arena, name_off[o], name_off[o + 1], arena, name_off[r], name_off[r + 1]):
+                    return r
+            i = (i + 1) & mask
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _probe(slots, bits, arena, name_off, src_arena, src_off, hashes, lo, r0, r1, rows):
+    """rows[r] = the index's row named as source row r, or -1, for r0 <= r < r1
+    (``hashes[r - lo]``: the names' hashes). Reads only: ranges run in parallel."""
+    mask = slots.shape[0] - 1
+    rowmask = (np.int64(1) << bits) - 1
+    half = _AHEAD // 2
+    for r in range(r0, r1):
+        # three stages in flight: the slot of a row _AHEAD on, the name offsets of a
+        # likely hit half as far, the name bytes of one a quarter as far
+        if r + _AHEAD < r1:
+            prefetch1(slots, home_slot(hashes[r + _AHEAD - lo], mask))
+        if r + half < r1:
+            o = _home_row(slots, hashes[r + half - lo], mask, bits)
+            if o >= 0:
+                prefetch1(name_off, o)
+        if r + half // 2 < r1:
+            o = _home_row(slots, hashes[r + half // 2 - lo], mask, bits)
+            if o >= 0:
+                prefetch1(arena, name_off[o])
+        h = hashes[r - lo]
+        tag = _tag(h, bits)
         a = src_off[r]
         b = src_off[r + 1]
-        h = init_hash_bytes(src_arena, a, b)
         i = home_slot(h, mask)
         found = -1
         while True:
-            o = slots[i]
-            if o == EMPTY:
+            s = slots[i]
+            if s == EMPTY:
                 break
-            if hashes[o] == h and same_bytes(arena, name_off[o], name_off[o + 1], src_arena, a, b):
-                found = o
-                break
+            if s & ~rowmask == tag:
+                o = s & rowmask
+                if same_bytes(arena, name_off[o], name_off[o + 1], src_arena, a, b):
+                    found = o
+                    break
             i = (i + 1) & mask
-        if found >= n_before:
-            return r
-        if found < 0 and insert:
-            found = meta[0]
-            pos = meta[1]
-            for t in range(b - a):
-                arena[pos + t] = src_arena[a + t]
-            name_off[found + 1] = pos + b - a
-            hashes[found] = h
-            slots[i] = found
-            meta[0] = found + 1
-            meta[1] = pos + b - a
+        rows[r] = found
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _add_new(slots, bits, arena, name_off, meta, src_arena, src_off, hashes, lo, new, rows):
+    """Append and index the source rows ``new`` (ascending; names the index lacked),
+    setting their ``rows``; the caller reserved room. Returns the first of them
+    whose name an earlier one holds (a name held twice), or -1."""
+    mask = slots.shape[0] - 1
+    rowmask = (np.int64(1) << bits) - 1
+    for j in range(new.shape[0]):
+        if j + _AHEAD < new.shape[0]:
+            prefetch1(slots, home_slot(hashes[new[j + _AHEAD] - lo], mask))
+        r = new[j]
+        h = hashes[r - lo]
+        tag = _tag(h, bits)
+        a = src_off[r]
+        b = src_off[r + 1]
+        i = home_slot(h, mask)
+        while True:
+            s = slots[i]
+            if s == EMPTY:
+                break
+            # the probe found no such name among the rows indexed before: a match is one of these
+            if s & ~rowmask == tag:
+                o = s & rowmask
+                if same_bytes(arena, name_off[o], name_off[o + 1], src_arena, a, b):
+                    return r
+            i = (i + 1) & mask
+        found = meta[0]
+        pos = meta[1]
+        for t in range(b - a):
+            arena[pos + t] = src_arena[a + t]
+        name_off[found + 1] = pos + b - a
+        slots[i] = tag | found
+        meta[0] = found + 1
+        meta[1] = pos + b - a
         rows[r] = found
     return -1
 
@@ -106,25 +200,17 @@ def _same_prefix(arena, name_off, n_rows, src_arena, src_off, src_n):
     return min(r, m)
 
 
-@njit(cache=True, nogil=True)
-def _append(arena, name_off, meta, src_arena, src_off, r0, r1):
-    """Append source rows r0..r1-1, names the set does not hold (the caller reserved room)."""
-    n = meta[0]
-    pos = meta[1]
-    for r in range(r0, r1):
-        for t in range(src_off[r], src_off[r + 1]):
-            arena[pos] = src_arena[t]
-            pos += 1
-        n += 1
-        name_off[n] = pos
-    meta[0] = n
-    meta[1] = pos
+def _hashes(arena, name_off, r0, r1):
+    """The names' hashes of rows r0..r1-1, in parallel."""
+    out = np.empty(r1 - r0, np.uint64)
+    jit.over_rows(lambda a, b: _hash_names(arena, name_off, r0 + a, r0 + b, r0, out), r1 - r0)
+    return out
 
 
 class _Names:
     """A growable set of names (row 0 = the bias, never looked up) with its index.
 
-    The index (hashes and slots) is built only when a join needs it: models
+    The index (slots) is built only when a join needs it: models
     continued from one base list their shared features in the same order, so
     a join mostly finds the set's names as a prefix of the source's (compared
     byte for byte) and appends the rest, which are new. Names held twice are
@@ -137,38 +223,55 @@ class _Names:
         self.arena[:used] = arena[:used]
         self.name_off = np.zeros(n_rows + extra_rows + 1, np.int64)
         self.name_off[: n_rows + 1] = name_off[: n_rows + 1]
-        self.hashes = np.zeros(n_rows + extra_rows, np.uint64)
         self.meta = np.array([n_rows, used], np.int64)
         self.slots = None
+        self.bits = 0  # a slot's row bits: every row the set has room for fits
         self.index_lo = self.indexed = 1  # rows index_lo..indexed-1 are in the index
 
     @property
     def n_rows(self):
         return int(self.meta[0])
 
+    @property
+    def capacity(self):
+        return self.name_off.shape[0] - 1
+
     def name(self, r):
         return bytes(self.arena[self.name_off[r]:self.name_off[r + 1]]).decode("utf-8", "backslashreplace")
 
     def reserve(self, rows, nbytes):
         n, used = self.n_rows, int(self.meta[1])
-        if n + rows > self.hashes.shape[0]:
-            cap = max(n + rows, 2 * self.hashes.shape[0])
-            self.hashes = _grown(self.hashes, cap, n)
-            self.name_off = _grown(self.name_off, cap + 1, n + 1)
+        if n + rows > self.capacity:
+            self.name_off = _grown(self.name_off, max(n + rows, 2 * self.capacity) + 1, n + 1)
         if used + nbytes > self.arena.shape[0]:
             self.arena = _grown(self.arena, max(used + nbytes, 2 * self.arena.shape[0]), used)
+
+    def _append(self, arena, name_off, r0, r1):
+        """Append source rows r0..r1-1, names the set does not hold (the caller reserved
+        room): their bytes are one run in the source's arena, copied at once."""
+        n, used = self.n_rows, int(self.meta[1])
+        a0, a1 = int(name_off[r0]), int(name_off[r1])
+        self.arena[used:used + a1 - a0] = arena[a0:a1]
+        self.name_off[n + 1:n + 1 + r1 - r0] = name_off[r0 + 1:r1 + 1] - (a0 - used)
+        self.meta[0] = n + r1 - r0
+        self.meta[1] = used + a1 - a0
 
     def _index(self, lo):
         """Bring the index up to every row from ``lo`` on, with room for the reserved ones."""
         n = self.n_rows
         lo = max(lo, 1)
+        cap = self.capacity
         # sized for the rows from lo on (those it can hold): a smaller table, fewer cache misses
-        if self.slots is None or lo < self.index_lo or 2 * (self.hashes.shape[0] - self.index_lo) > self.slots.shape[0]:
-            self.slots = np.full(_slots_for(self.hashes.shape[0] - lo), EMPTY, np.int64)
+        if (self.slots is None or lo < self.index_lo or 2 * (cap - self.index_lo) > self.slots.shape[0]
+                or cap >> self.bits):
+            self.slots = np.full(_slots_for(cap - lo), EMPTY, np.int64)
+            self.bits = max(cap.bit_length(), 1)
             self.index_lo = self.indexed = lo
-        dup = _index_rows(self.slots, self.hashes, self.arena, self.name_off, self.indexed, n)
-        if dup >= 0:
-            raise ModelFormatError("feature %r appears twice" % self.name(dup))
+        if n > self.indexed:
+            dup = _index_rows(self.slots, self.bits, self.arena, self.name_off,
+                              _hashes(self.arena, self.name_off, self.indexed, n), self.indexed, n)
+            if dup >= 0:
+                raise ModelFormatError("feature %r appears twice" % self.name(dup))
         self.indexed = n
 
     def join(self, arena, name_off, n_rows, insert):
@@ -184,7 +287,7 @@ class _Names:
             return rows
         if p == n:  # the source continues this set: its other names are new here
             if insert:
-                _append(self.arena, self.name_off, self.meta, arena, name_off, p, n_rows)
+                self._append(arena, name_off, p, n_rows)
                 rows[p:] = np.arange(n, n + n_rows - p)
             else:
                 rows[p:] = -1
@@ -192,11 +295,16 @@ class _Names:
         # the source's names past the shared prefix differ from its names before it, so
         # they can only be among this set's rows from p on: only those need the index
         self._index(p)
-        dup = _join(self.slots, self.hashes, self.arena, self.name_off, self.meta, arena, name_off, p,
-                    n_rows, insert, rows)
-        if dup >= 0:
-            raise ModelFormatError("feature %r appears twice"
-                                   % bytes(arena[name_off[dup]:name_off[dup + 1]]).decode("utf-8", "replace"))
+        hashes = _hashes(arena, name_off, p, n_rows)
+        jit.over_rows(lambda r0, r1: _probe(self.slots, self.bits, self.arena, self.name_off, arena, name_off,
+                                            hashes, p, p + r0, p + r1, rows), n_rows - p)
+        if insert:
+            new = np.flatnonzero(rows[p:] < 0) + p
+            dup = _add_new(self.slots, self.bits, self.arena, self.name_off, self.meta, arena, name_off, hashes,
+                           p, new, rows)
+            if dup >= 0:
+                raise ModelFormatError("feature %r appears twice"
+                                       % bytes(arena[name_off[dup]:name_off[dup + 1]]).decode("utf-8", "replace"))
         self.indexed = self.n_rows
         return rows
 
@@ -216,27 +324,6 @@ def _grown(a, cap, keep):
     out = np.zeros((cap,) + a.shape[1:], a.dtype)
     out[:keep] = a[:keep]
     return out
-
-
-@njit(cache=True, nogil=True)
-def _index_rows(slots, hashes, arena, name_off, r0, n_rows):
-    """Hash rows r0..n_rows-1 and put them in the index; returns a row whose
-    name an earlier row holds (-1: none)."""
-    mask = slots.shape[0] - 1
-    for r in range(max(r0, 1), n_rows):
-        h = init_hash_bytes(arena, name_off[r], name_off[r + 1])
-        hashes[r] = h
-        i = home_slot(h, mask)
-        while True:
-            o = slots[i]
-            if o == EMPTY:
-                slots[i] = r
-                break
-            if hashes[o] == h and same_bytes(arena, name_off[o], name_off[o + 1], arena, name_off[r],
-                                             name_off[r + 1]):
-                return r
-            i = (i + 1) & mask
-    return -1
 
 
 @njit(cache=True, nogil=True)
@@ -1149,8 +1236,9 @@ def _as_base(m, hyper, copy=True):
 
     if isinstance(m, FM):
         return Base.of(m, copy=copy)
-    # without a copy the caller only reads: a binary file's rows can stay in the page cache
-    arrays = read_model(str(m), state=True, mmap=not copy)
+    # without a copy the caller only reads: a binary file's rows can stay in the page cache,
+    # and the merge reads every row: the pages the checks read stay mapped
+    arrays = read_model(str(m), state=True, mmap=not copy, keep_pages=not copy)
     info = arrays.info
     h = dict(HYPER_PARAMETERS)
     h.update(info.get("hyper") or {})

@@ -997,7 +997,7 @@ def _check_bin_header(path, header, size):
     return specs
 
 
-def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
+def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False, keep_pages=False):
     """Read a binary model into ModelArrays.
 
     ``state``: True requires the FTRL rows, False reads only what prediction
@@ -1010,7 +1010,9 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
     FTRL rows (``state=True``: the merge); never with ``extra_rows`` (a
     model that will train). The file must then be replaced by
     renaming a new one over it (as every streamfm writer does), never
-    rewritten in place.
+    rewritten in place. ``keep_pages``: with ``mmap``, the pages the checks
+    read stay resident (``container.read_arrays``): for a caller about to
+    read every row.
     """
     if mmap and extra_rows:
         raise ValueError("a memory-mapped model is read-only: it cannot keep training (extra_rows)")
@@ -1031,12 +1033,12 @@ def read_bin(path, k=None, state=True, verify=True, extra_rows=0, mmap=False):
         want.append("weights")
     mapped = container.MappedFile(path) if mmap else None
     out = container.read_arrays(KIND, path, [specs[name] for name in want], verify=verify, mapped=mapped,
-                                spare_rows={"params": extra_rows})
+                                spare_rows={"params": extra_rows}, keep_pages=keep_pages)
     n = int(header["n_rows"])
     off = out["name_off"]
     if off.shape[0] != n + 1 or off[0] != 0 or off[-1] != out["names"].shape[0] or np.any(np.diff(off) < 0):
         raise ModelError("%s: corrupted: inconsistent name offsets" % path)
-    if mmap:
+    if mmap and not keep_pages:
         mapped.drop(off)  # that check touched every page: only what is used stays resident
     meta = {key: header[key] for key in header if key not in ("arrays", "params_columns")}
     meta["format"] = "bin"
@@ -1073,7 +1075,7 @@ def read_ffm_header(path):
 
 
 def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, table=False, mmap=False,
-               ffm=False):
+               ffm=False, keep_pages=False):
     """ModelArrays from a txt or bin model file (format detected from its bytes).
 
     ``fmt`` (the -mf/-imf flag) is accepted for alphaFM compatibility; the
@@ -1083,7 +1085,7 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
     a name that appears twice is found; callers that build their own table
     pass False and get the same error from ``table_for``.
     ``mmap``: memory-map a binary model's arrays (``read_bin``; read-only);
-    text models are read as usual.
+    text models are read as usual. ``keep_pages``: see ``read_bin``.
     ``ffm``: a field-aware FM's file is read too (``k`` is then its factors
     per field); without it, such a file raises ModelError (the caller needs an FM).
     """
@@ -1100,7 +1102,7 @@ def read_model(path, k=None, state=True, fmt=None, dtype=None, extra_rows=0, tab
         arrays = read_txt(path, k=k, state=state, dtype=dtype)
     else:
         arrays = read_bin(path, k=k, state=state, extra_rows=extra_rows,
-                          mmap=mmap and (dtype is None or np.dtype(dtype) == file_dtype(path)))
+                          mmap=mmap and (dtype is None or np.dtype(dtype) == file_dtype(path)), keep_pages=keep_pages)
         if dtype is not None and np.dtype(dtype) != arrays.dtype:
             def conv(a):
                 return None if a is None else a.astype(dtype)

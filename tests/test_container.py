@@ -280,6 +280,46 @@ def test_read_arrays_checks_checksums_and_finite_numbers(tmp_path):
         container.read_arrays(KIND, str(p), list(specs.values()))
 
 
+def test_crc32_combine_equals_zlib_on_the_joined_bytes():
+    rng = np.random.default_rng(5)
+    for n1, n2 in [(0, 0), (0, 7), (7, 0), (1, 1), (3, 1000), (4096, 12345), (1, 1 << 20)]:
+        a, b = rng.bytes(n1), rng.bytes(n2)
+        assert container.crc32_combine(zlib.crc32(a), zlib.crc32(b), n2) == zlib.crc32(a + b)
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_large_array_is_checked_in_pieces_as_a_whole(tmp_path, mapped):
+    """An array large enough to be checked in pieces on threads (jit.over_rows): its
+    crc32 is the whole array's, a flipped byte in its last piece is found, and of
+    two non-finite numbers in different pieces the first is the one reported."""
+    n = 300_001  # rows of 3: several pieces, of unequal lengths
+    x = np.random.default_rng(2).normal(size=(n, 3))
+    crc, bad = container.checked(x)
+    assert (crc, bad) == (zlib.crc32(x.reshape(-1).view(np.uint8)), -1)
+    p = tmp_path / "t.bin"
+
+    def read():
+        header, size = container.read_header(KIND, str(p))
+        specs = container.array_specs(KIND, str(p), header, size, {"x": (np.dtype("<f8"), (n, 3))})
+        m = container.MappedFile(str(p)) if mapped else None
+        return container.read_arrays(KIND, str(p), list(specs.values()), mapped=m)["x"]
+
+    _write(p, [container.Array("x", "<f8", x.shape, x)])
+    assert np.array_equal(read(), x)
+    poisoned = x.copy()
+    poisoned[250_000, 1] = np.nan
+    poisoned[200_000, 2] = -np.inf
+    _write(p, [container.Array("x", "<f8", x.shape, poisoned)])
+    with pytest.raises(ModelFormatError, match="array 'x' row 200000 holds -inf, not a finite number"):
+        read()
+    _write(p, [container.Array("x", "<f8", x.shape, x)])
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0x10  # inside the last row's last number: still finite
+    p.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="checksum mismatch in array 'x'"):
+        read()
+
+
 def test_an_empty_index_round_trips(tmp_path):
     """n = 0 (no memoryview casts of empty arrays in the container)."""
     p = tmp_path / "e.idx"

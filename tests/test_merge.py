@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -632,6 +633,64 @@ def test_whole_model_merge_refuses_a_model_behind_its_base(data):
     behind.partial_fit(data[:600])
     with pytest.raises(streamfm.ModelFormatError, match="less training .n. than in the base"):
         merge.merge_models([ahead, behind], base=ahead)
+
+
+def _many_names_model(path, base, new_names, n_of):
+    """Write ``base`` (a Base) with features ``new_names`` appended as a binary model:
+    row r's FTRL n is n_of(name) in every coordinate (z and w made from it), so a
+    merged row shows which rows were joined."""
+    from streamfm.model import write_model
+
+    k = base.k
+    names = [bytes(base.arena[base.name_off[r]:base.name_off[r + 1]]) for r in range(base.n_rows)] + new_names
+    off = np.zeros(len(names) + 1, np.int64)
+    np.cumsum([len(x) for x in names], out=off[1:])
+    params = np.zeros((len(names), base.params.shape[1]))
+    params[: base.n_rows] = base.params
+    n = np.array([n_of(x) for x in new_names], np.float64)
+    params[base.n_rows:, [WN] + [VN + f for f in range(k)]] = n[:, None]
+    params[base.n_rows:, [WZ] + [VN + k + f for f in range(k)]] = -0.01 * n[:, None]
+    m = merge.Base(base.hyper, np.frombuffer(b"".join(names), np.uint8), off, params, base.info)
+    write_model(m.arrays(), str(path), "bin")
+    return path
+
+
+def test_whole_model_merge_joins_many_names_by_content(tmp_path, three_parts):
+    """Models with more new features than run in one piece (names hashed and looked up
+    in parallel pieces, the index's slots holding part of each hash): the merged
+    names are the base's, then the first model's new ones, then the second's not in
+    the first, in order; a name both hold is one row whose n adds both models' (so
+    the join paired the right rows); a name held twice is refused, whether it is
+    among the first model's new names (found when indexing them) or among the
+    second's (found while adding them), even when far apart."""
+    base = three_parts[0]
+    first = [b"new=%d" % i for i in range(90_000)]
+    # every third of the first model's names (in another order), and 60,000 of its own
+    second = [b"new=%d" % i for i in range(89_997, 0, -3)] + [b"own=%d" % i for i in range(60_000)]
+    rng = np.random.default_rng(4)
+    second = [second[i] for i in rng.permutation(len(second))]
+
+    def n_of(name):
+        return float(1 + zlib.crc32(name) % 1000)
+    a = _many_names_model(tmp_path / "a.bin", base, first, n_of)
+    b = _many_names_model(tmp_path / "b.bin", base, second, lambda x: 2 * n_of(x))
+    base.fm().save(tmp_path / "base.bin")
+    got = merge.merge_models([a, b], base=tmp_path / "base.bin").training_model()
+    in_first = set(first)
+    want = ([bytes(base.arena[base.name_off[r]:base.name_off[r + 1]]) for r in range(1, base.n_rows)] + first
+            + [x for x in second if x not in in_first])
+    assert [got.table.name_bytes(r) for r in range(1, got.n_rows)] == want
+    n_got = {got.table.name_bytes(r): got.params[r, WN] for r in range(base.n_rows, got.n_rows)}
+    in_second = set(second)
+    assert all(n_got[x] == n_of(x) * (3 if x in in_second else 1) for x in first)
+    assert all(n_got[x] == 2 * n_of(x) for x in second if x not in in_first)
+    for names, which in [(first[:70_000] + [b"new=5"] + first[70_000:], "first"),
+                         (second[:500] + [b"own=123"] + second[500:], "second")]:
+        models = [_many_names_model(tmp_path / "d.bin", base, names, n_of), b] if which == "first" else \
+            [a, _many_names_model(tmp_path / "d.bin", base, names, n_of)]
+        want = b"new=5" if which == "first" else b"own=123"
+        with pytest.raises(streamfm.ModelFormatError, match="feature %r appears twice" % want.decode()):
+            merge.merge_models(models, base=tmp_path / "base.bin")
 
 
 def test_fm_dump_merge_equals_the_api(tmp_path, three_parts):

@@ -212,6 +212,44 @@ def test_a_mapped_model_keeps_only_the_pages_it_uses_resident(tmp_path):
     assert _resident_bytes(path) < size // 20
 
 
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_keep_pages_keeps_the_checked_pages_and_every_check(tmp_path):
+    """``keep_pages`` (the merge, which reads every row next) leaves the pages the
+    checks read resident, where the default gives them back; it skips no check:
+    a flipped byte and a NaN are refused as without it."""
+    from streamfm.model import ModelArrays, write_model
+    from test_validation import craft
+
+    n, k = 100_000, 4
+    each = [b"bias"] + [b"f%d" % i for i in range(1, n)]
+    off = np.zeros(n + 1, np.int64)
+    off[1:] = np.cumsum([len(x) for x in each])
+    params = np.abs(np.random.default_rng(1).normal(size=(n, 3 + 2 * k)))
+    path = tmp_path / "big.bin"
+    write_model(ModelArrays(np.frombuffer(b"".join(each), np.uint8), off, None, None, {"k": k}, params=params),
+                str(path), "bin")
+    size = path.stat().st_size
+    kept = read_model(str(path), state=True, mmap=True, keep_pages=True)
+    assert _resident_bytes(path) > size // 2
+    assert np.array_equal(kept.file_params, params)
+    del kept
+    dropped = read_model(str(path), state=True, mmap=True)
+    assert _resident_bytes(path) < size // 20
+    del dropped
+    flip = bytearray(path.read_bytes())
+    flip[len(flip) - 50] ^= 0x20
+    bad = tmp_path / "flip.bin"
+    bad.write_bytes(bytes(flip))
+    with pytest.raises(ModelFormatError, match="checksum"):
+        read_model(str(bad), state=True, mmap=True, keep_pages=True)
+
+    def poison(arr):
+        arr[2, 1] = np.nan
+    nan = craft(path, tmp_path / "nan.bin", edit_array=("params", poison))
+    with pytest.raises(ModelFormatError, match="array 'params' row 2 holds nan"):
+        read_model(str(nan), state=True, mmap=True, keep_pages=True)
+
+
 def fm_raw(weights, rows, k):
     """The FM score of features rows[1:] at value 1 (rows[0] the bias), from (w, v) rows."""
     s = weights[rows[0], 0] + sum(weights[r, 0] for r in rows[1:])

@@ -271,7 +271,9 @@ class _Names:
             dup = _index_rows(self.slots, self.bits, self.arena, self.name_off,
                               _hashes(self.arena, self.name_off, self.indexed, n), self.indexed, n)
             if dup >= 0:
-                raise ModelFormatError("feature %r appears twice" % self.name(dup))
+                err = ModelFormatError("feature %r appears twice" % self.name(dup))
+                err.row = dup
+                raise err
         self.indexed = n
 
     def join(self, arena, name_off, n_rows, insert):
@@ -311,6 +313,19 @@ class _Names:
     def names(self):
         n = self.n_rows
         return self.arena[: self.name_off[n]].copy(), self.name_off[: n + 1].copy()
+
+    def name_bytes(self, r):
+        return bytes(self.arena[self.name_off[r]:self.name_off[r + 1]])
+
+
+def _holds_twice(m, name):
+    """Whether the Base ``m`` lists ``name`` (bytes) more than once (an error's slow path)."""
+    lens = np.diff(m.name_off[: m.n_rows + 1])
+    hits = 0
+    for r in np.flatnonzero(lens == len(name)):
+        if bytes(m.arena[m.name_off[r]:m.name_off[r + 1]]) == name:
+            hits += 1
+    return hits > 1
 
 
 def _slots_for(n):
@@ -1173,6 +1188,7 @@ def merge_models(models, base=None, rule="blend", **hyper):
         raise ParameterError("nothing to merge")
     Merger(rule)  # checks the name
     b = _as_base(base, hyper, copy=False) if base is not None else None
+    base_label = os.fsdecode(base) if isinstance(base, (str, bytes, os.PathLike)) else "the base"
     parts = []
     labels = []  # what an error names: a model's path, or its place in the list
     for i, m in enumerate(models):
@@ -1191,12 +1207,30 @@ def merge_models(models, base=None, rule="blend", **hyper):
     nb = b.n_rows
     names = _Names(b.arena, b.name_off, nb, extra_rows=sum(mb.n_rows for mb, _ in parts),
                    extra_bytes=sum(int(mb.name_off[mb.n_rows]) for mb, _ in parts))
-    joined = [names.join(mb.arena, mb.name_off, mb.n_rows, insert=True) for mb, _ in parts]
+    joined = []
+    for (mb, _), label in zip(parts, labels):
+        try:
+            joined.append(names.join(mb.arena, mb.name_off, mb.n_rows, insert=True))
+        except ModelFormatError as e:
+            raise ModelFormatError("%s: %s" % (label, e)) from None
     n = names.n_rows
     inv = np.full((len(parts), n), -1, np.int32 if n < 2 ** 31 else np.int64)
     for i, rows in enumerate(joined):
         inv[i, rows] = np.arange(rows.shape[0])
+        # a name a model holds twice joins one row twice: the later copy took it
+        twice = np.flatnonzero(inv[i, rows] != np.arange(rows.shape[0]))
+        if twice.size:
+            raise ModelFormatError("%s: feature %r appears twice" % (labels[i], names.name(int(rows[twice[0]]))))
     del joined
+    try:
+        # names appended as new (a model continuing the base) were compared with
+        # nothing: the merged model's names must all differ, as a table demands
+        names._index(1)
+    except ModelFormatError as e:
+        dup = getattr(e, "row", None)
+        holders = [label for label, m in ([(base_label, b)] if base is not None else []) + list(
+            zip(labels, (mb for mb, _ in parts))) if dup is not None and _holds_twice(m, names.name_bytes(dup))]
+        raise ModelFormatError("%s: %s" % (" and ".join(holders) or "the models", e)) from None
     dtype = parts[0][0].params.dtype  # as a running merge holds the rows: in the first model's numbers
     # a tuple, not a typed List: a List costs ~0.9 s of compiling in every new process
     rows_of = tuple(_read_only(np.ascontiguousarray(mb.params, dtype)) for mb, _ in parts)

@@ -740,6 +740,25 @@ def test_merge_checks_the_base_and_names_the_model_that_differs(tmp_path, data):
     assert merge.merge_models([tmp_path / "base.txt"], v_alpha=0.3).hyper_parameters()["v_alpha"] == 0.3
 
 
+def test_merge_refuses_a_model_that_holds_a_name_twice(tmp_path, data):
+    """fm_predict refuses a model file listing a feature twice; the merge must too,
+    whatever path the name takes (appended as new, or joined to a row the base or
+    another model holds), and name the file, never write one row for two."""
+    a = streamfm.FM(k=K, seed=5)
+    a.partial_fit(data[:1500])
+    a.save(tmp_path / "a.txt", format="txt")
+    a.save(tmp_path / "a.bin")
+    lines = (tmp_path / "a.txt").read_bytes().split(b"\n")
+    (tmp_path / "dup.txt").write_bytes(b"\n".join(lines[:-1] + [lines[3], b""]))
+    for models, base in ((["dup.txt"], None), (["a.bin", "dup.txt"], None), (["dup.txt", "a.bin"], None),
+                         (["dup.txt"], "a.bin")):
+        with pytest.raises(streamfm.ModelFormatError, match=r"dup\.txt: feature .* appears twice"):
+            merge.merge_models([tmp_path / m for m in models], base=tmp_path / base if base else None)
+    proc = run(FM_DUMP, "merge", tmp_path / "dup.txt", "-o", tmp_path / "o.bin")
+    assert_one_line_error(proc, tmp_path / "dup.txt", "appears twice")
+    assert not (tmp_path / "o.bin").exists()
+
+
 def test_base_apply_refuses_a_state_of_another_kind(data):
     """A State with other k, hyper-parameters or fvs is refused (a wider one
     used to be written past the base's rows)."""

@@ -286,7 +286,7 @@ def test_undamaged_cache_gives_the_same_model_and_a_damaged_name_offset_is_refus
 
 
 def test_flipped_bit_in_a_feature_name_is_refused(tmp_path, small):
-    inp, cache, ref = _kept_cache(tmp_path, small)
+    inp, cache, _ = _kept_cache(tmp_path, small)
     data = bytearray(cache.read_bytes())
     off, tr = _trailer_at(data)
     at = bytes(data).find(tr["names"], off)
@@ -297,7 +297,7 @@ def test_flipped_bit_in_a_feature_name_is_refused(tmp_path, small):
 
 
 def test_flipped_bit_in_a_block_is_refused(tmp_path, small):
-    inp, cache, ref = _kept_cache(tmp_path, small)
+    inp, cache, _ = _kept_cache(tmp_path, small)
     data = bytearray(cache.read_bytes())
     r = CacheReader(cache)
     start = r.start
@@ -366,7 +366,7 @@ def test_reader_checks_crcs_until_a_pass_has_checked_them_all(tmp_path, small):
 
 
 def test_cache_of_an_older_streamfm_is_refused(tmp_path, small):
-    inp, cache, ref = _kept_cache(tmp_path, small, 200)
+    inp, cache, _ = _kept_cache(tmp_path, small, 200)
     data = bytearray(cache.read_bytes())
     struct.pack_into("<I", data, 8, 1)  # format 1: no checksums
     proc, path, m = _reuse(tmp_path, inp, cache, data)

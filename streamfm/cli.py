@@ -96,8 +96,9 @@ def _open_input(path):
                    "written, atomically; default: a temporary file beside -m, removed at the end).")
 @click.option("--cache-reuse", is_flag=True,
               help="With --cache FILE: if FILE exists, train from it instead of reading the input. It "
-                   "must be complete and fit: made for the same -im model (or none) and, when both are "
-                   "files, from an input of the same size and modification time; else exit 1. A pipe "
+                   "must be complete, undamaged (its checksums) and fit: made by this streamfm's cache format "
+                   "for the same -im model (or none) and, when both are files, from an input of the "
+                   "same size and modification time; else exit 1, no model written. A pipe "
                    "is not checked: you vouch for it. Bad lines are the cache's counts.")
 @click.option("--grid", "grid_spec", metavar="'NAME=V1,V2 NAME=V3,...'", default=None,
               help="Train every combination of these hyper-parameter values (the FTRL ones and "

@@ -453,7 +453,8 @@ def open_reusable(plan, model, others=()):
     same names as ``model``'s now (a new model, or the same -im model) and,
     when both the cache and this run know their input file, from an input
     of the same size and modification time. An input from a pipe cannot be
-    checked: the caller vouches for it by asking to reuse.
+    checked: the caller vouches for it by asking to reuse. Every block is
+    checked (``CacheReader.verify``: crc and numbers) before anything changes.
     """
     reader = block_cache.CacheReader(plan.path)
     try:
@@ -468,8 +469,8 @@ def open_reusable(plan, model, others=()):
             why = "it was written for -dim k=%s" % meta.get("k")
         if why:
             raise block_cache.CacheError("%s: cannot reuse the cache: %s" % (plan.path, why))
-        names = np.frombuffer(tr["names"], dtype=np.uint8)
-        off = np.frombuffer(tr["name_off"], dtype=np.int64)
+        reader.verify()  # a damaged cache is refused before the table or a model changes
+        names, off = reader.names, reader.name_off  # checked by the reader: in order, within names
         n = off.shape[0] - 1
         if n > 0:
             hashes = np.empty(n, dtype=np.uint64)

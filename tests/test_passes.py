@@ -10,7 +10,9 @@ when it fits.
 import io
 import os
 import re
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -207,6 +209,169 @@ def test_cache_is_kept_reused_and_refused_when_it_does_not_fit(tmp_path, small):
                           cut, "not a complete streamfm cache")
     with pytest.raises(CacheError):
         CacheReader(cut)
+
+
+# damaged caches: every damage is refused with one line naming the file, before
+# any training (no model written), never a crash. The layout is docs/design.md's:
+# a record is "BLK1" | u32 crc | i64 lines, samples, nnz | arrays; the file ends
+# with "SFMCEND2" | i64 trailer offset | u32 head crc | u32 trailer crc.
+
+
+def _kept_cache(tmp_path, small, n=2000):
+    inp = _write(tmp_path / "in.txt", b"".join(small[:n]))
+    cache, ref = tmp_path / "c.sfmcache", tmp_path / "ref.txt"
+    assert_ok(fm_train("-m", ref, "--passes", "2", "--cache", cache, "--input", inp, "-q"))
+    return inp, cache, ref
+
+
+def _reuse(tmp_path, inp, cache, data, name="m.txt"):
+    """fm_train --cache-reuse on ``data`` written as a cache beside ``cache`` (same mtime as the input)."""
+    bad = tmp_path / ("bad-" + cache.name)
+    bad.write_bytes(bytes(data))
+    m = tmp_path / name
+    proc = fm_train("-m", m, "--passes", "2", "--cache", bad, "--cache-reuse", "--input", inp, "-q")
+    return proc, bad, m
+
+
+def _trailer_at(data):
+    """(offset, the trailer's map) of a cache's bytes."""
+    import msgpack
+    off = struct.unpack_from("<q", data, len(data) - 16)[0]
+    un = msgpack.Unpacker(raw=False)
+    un.feed(bytes(data[off:len(data) - 24]))
+    return off, next(un)
+
+
+def _reseal(data):
+    """The trailer's crc made right again: damage that only the field checks can find."""
+    off = struct.unpack_from("<q", data, len(data) - 16)[0]
+    struct.pack_into("<I", data, len(data) - 4, zlib.crc32(bytes(data[off:len(data) - 8])))
+    return data
+
+
+def _block0(data, start):
+    """{array name: byte offset} of the first record's counts and arrays."""
+    tag, crc, n_lines, n, nnz = struct.unpack_from("<4sIqqq", data, start)
+    at, pos = {"n_lines": start + 8}, start + 32
+    for name, size in (("indptr", n + 1), ("rows", nnz), ("vals", nnz), ("ys", n), ("lines", n)):
+        at[name] = pos
+        pos += 8 * size
+    return at
+
+
+def test_undamaged_cache_gives_the_same_model_and_a_damaged_name_offset_is_refused(tmp_path, small):
+    inp, cache, ref = _kept_cache(tmp_path, small)
+    data = bytearray(cache.read_bytes())
+    proc, _, m = _reuse(tmp_path, inp, cache, data, "same.txt")
+    assert_ok(proc)
+    assert m.read_bytes() == ref.read_bytes()
+    off, tr = _trailer_at(data)
+    name_off = bytes(data).find(tr["name_off"], off)
+    n_names = len(tr["name_off"]) // 8 - 1
+    assert n_names > 200
+    # entry 100 becomes ~2^54 (this segfaulted in the name hashing kernel): the checksum finds it
+    bad = bytearray(data)
+    bad[name_off + 8 * 100 + 6] ^= 0x40
+    proc, path, m = _reuse(tmp_path, inp, cache, bad)
+    assert_one_line_error(proc, path, "damaged", "trailer", "checksum")
+    assert not m.exists()
+    # the same damage with a matching checksum, and offsets out of order, not from 0, past the names:
+    # the trailer's checks find them before a kernel sees them
+    for entry, value in ((100, 1 << 54), (100, -5), (0, 3), (n_names, len(tr["names"]) + 1), (7, 0)):
+        bad = bytearray(data)
+        struct.pack_into("<q", bad, name_off + 8 * entry, value)
+        proc, path, m = _reuse(tmp_path, inp, cache, _reseal(bad))
+        assert_one_line_error(proc, path, "not a complete streamfm cache", "name offsets")
+        assert not m.exists()
+
+
+def test_flipped_bit_in_a_feature_name_is_refused(tmp_path, small):
+    inp, cache, _ = _kept_cache(tmp_path, small)
+    data = bytearray(cache.read_bytes())
+    off, tr = _trailer_at(data)
+    at = bytes(data).find(tr["names"], off)
+    data[at] ^= 0x20  # 'f0_2' -> 'F0_2': trained silently as another feature before
+    proc, path, m = _reuse(tmp_path, inp, cache, data)
+    assert_one_line_error(proc, path, "damaged", "trailer", "checksum")
+    assert not m.exists()
+
+
+def test_flipped_bit_in_a_block_is_refused(tmp_path, small):
+    inp, cache, _ = _kept_cache(tmp_path, small)
+    data = bytearray(cache.read_bytes())
+    r = CacheReader(cache)
+    start = r.start
+    r.close()
+    data[_block0(data, start)["vals"] + 3] ^= 0x01  # still a finite value: trained silently before
+    proc, path, m = _reuse(tmp_path, inp, cache, data)
+    assert_one_line_error(proc, path, "damaged", "block 0", "checksum")
+    assert not m.exists()
+
+
+@pytest.mark.parametrize("where", ["n_lines", "indptr", "rows", "vals", "ys", "lines", "header", "end"])
+def test_api_refuses_every_flipped_bit_before_training(tmp_path, small, where):
+    data = b"".join(small[:1500])
+    cache = tmp_path / "c"
+    a = FM(k=2, seed=1)
+    a.partial_fit(data, passes=2, cache=cache)
+    raw = bytearray(cache.read_bytes())
+    r = CacheReader(cache)
+    start = r.start
+    r.close()
+    at = {"header": 20, "end": len(raw) - 6}.get(where) or _block0(raw, start)[where] + 8 * (where != "n_lines")
+    raw[at] ^= 0x02
+    bad = _write(tmp_path / "bad", bytes(raw))
+    b = FM(k=2, seed=1)
+    with pytest.raises(CacheError, match="damaged") as e:
+        b.partial_fit(None, passes=2, cache=bad, reuse_cache=True)
+    assert str(bad) in str(e.value)
+    assert b.n_features == 0 and b.training_model().samples_seen == 0  # refused before anything changed
+
+
+def test_reader_checks_crcs_until_a_pass_has_checked_them_all(tmp_path, small):
+    cache = tmp_path / "c"
+    FM(k=2, seed=1).partial_fit(b"".join(small[:3000]), passes=2, cache=cache)
+    raw = bytearray(cache.read_bytes())
+    r = CacheReader(cache)
+    start, blocks = r.start, r.trailer["blocks"]
+
+    def one_pass(reader):
+        reader.rewind()
+        seen = []
+        while True:
+            b = reader.get()
+            if b is None:
+                return seen
+            seen.append(b.seq)
+
+    assert blocks >= 1 and not r.crc_checked
+    assert one_pass(r) == list(range(blocks)) and r.error is None and r.crc_checked
+    r.close()
+    raw[_block0(raw, start)["lines"]] ^= 0x04  # a line number: no other check sees it
+    bad = _write(tmp_path / "bad", bytes(raw))
+    r = CacheReader(bad)
+    assert one_pass(r) == [] and not r.crc_checked
+    assert isinstance(r.error, CacheError) and str(r.error) == (
+        "%s: the cache is damaged (block 0 fails its checksum); delete it" % bad)
+    with pytest.raises(CacheError, match="block 0 fails its checksum"):
+        r.verify()
+    r.close()
+    # the numbers are checked on every pass, the crcs no more once all matched
+    raw[_block0(raw, start)["lines"]] ^= 0x04
+    raw[_block0(raw, start)["rows"]:_block0(raw, start)["rows"] + 8] = struct.pack("<q", 1 << 40)
+    r = CacheReader(_write(tmp_path / "rows", bytes(raw)))
+    r.crc_checked = True
+    assert one_pass(r) == [] and "block 0 holds numbers no parse gives" in str(r.error)
+    r.close()
+
+
+def test_cache_of_an_older_streamfm_is_refused(tmp_path, small):
+    inp, cache, _ = _kept_cache(tmp_path, small, 200)
+    data = bytearray(cache.read_bytes())
+    struct.pack_into("<I", data, 8, 1)  # format 1: no checksums
+    proc, path, m = _reuse(tmp_path, inp, cache, data)
+    assert_one_line_error(proc, path, "older streamfm", "delete it", "without --cache-reuse")
+    assert not m.exists()
 
 
 def test_api_reuse_without_data_and_errors(tmp_path, small):

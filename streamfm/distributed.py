@@ -104,9 +104,10 @@ def train_heads(base, heads, **task_options):
     (``task_options`` as ``merge.train_partition``'s)."""
     data = interleave(heads)
     state = _merge.train_partition(base, data, partition=-1, **task_options)
-    if state.bad_lines and not isinstance(data, tuple):
+    if state.bad_lines:
         # line j of the stream is line i of head p: give each bad line its partition's place
-        place = [(p, i + 1) for i in range(max(len(h) for h in heads)) for p, h in enumerate(heads) if i < len(h)]
+        sizes = [h[0].shape[0] if isinstance(h, tuple) and len(h) == 2 else len(h) for h in heads]
+        place = [(p, i + 1) for i in range(max(sizes)) for p, m in enumerate(sizes) if i < m]
         state.bad_lines = sorted(place[li - 1] + tuple(rest) for _, li, *rest in state.bad_lines)
     return state
 
@@ -194,7 +195,7 @@ class Totals:
         r.by_reason = dict(sorted(self.by_reason.items()))
         r.bad_description = ", ".join("%s: %d" % kv for kv in r.by_reason.items())
         code = {v: c for c, v in REASONS.items()}
-        kept = [(self.first_line[p] + li if p < len(self.first_line) else li, code.get(why, 0), col, text)
+        kept = [(self.first_line[p] + li if 0 <= p < len(self.first_line) else li, code.get(why, 0), col, text)
                 for p, li, why, col, text in self.bad_lines]
         r._bad = (np.array([k[0] for k in kept], np.int64), np.array([k[1] for k in kept], np.int8),
                   np.array([k[2] for k in kept], np.int64), {k[0]: k[3] for k in kept if k[3] is not None})

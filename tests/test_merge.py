@@ -170,6 +170,13 @@ def test_distributed_report_keeps_the_bad_lines_by_place(data):
     assert want[1][0] == len(parts[0]) + 1  # read by the warm start, numbered by its partition's place
     with pytest.raises(streamfm.BadInputError, match=r"^partition 2, its lines 1-\d+ .*more than max_bad_fraction"):
         distributed.train(parts, k=K, sync_every=100, max_bad_fraction=0.01)
+    # (X, y) partitions: a row with NaN is a bad line, numbered as its row over all partitions, from 1
+    X = np.random.default_rng(0).random((100, 4))
+    y = (X[:, 0] > 0.5).astype(float)
+    X[3, 1] = X[70, 2] = np.nan
+    r = distributed.train([(X[:50], y[:50]), (X[50:], y[50:])], k=2, warm_start=20, sync_every=10,
+                          feature_names=list("abcd")).last_report
+    assert [b.line for b in r.bad_lines] == [4, 71] and r.bad == 2
 
 
 def test_warm_start_trains_the_interleaved_heads_then_the_rounds(data):

@@ -560,14 +560,15 @@ def dump_info(model_path):
     print("non-zero v    %s rows" % fmt_int(nz_v))
     print("bias          %r" % float(w[0, 0]))
     seen = arrays.info.get("samples_seen")
-    print("samples seen  %s" % (fmt_int(seen) if seen is not None else "unknown (text model)"))
+    print("samples seen  %s" % (fmt_int(seen) if seen is not None
+                                else "unknown (not in the file: a text model, or one converted from text)"))
     hyper = arrays.info.get("hyper")
     if hyper:
         print("hyper         %s" % " ".join("%s=%g" % kv for kv in hyper.items()))
         print("fvs           %d" % int(arrays.info.get("fvs", 0)))
         print("seed          %s" % arrays.info.get("seed"))
     else:
-        print("hyper         unknown (text model)")
+        print("hyper         unknown (not in the file: a text model, or one converted from text)")
     _print_hash_info(arrays)
 
 

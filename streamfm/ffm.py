@@ -69,6 +69,9 @@ class Fields:
         self.index = {}
         self.sep_arr = np.frombuffer(self.sep, dtype=np.uint8).copy()
         self._arrays()
+        names = list(names)
+        if len(names) > self.capacity:  # say how many there are, not where adding stopped
+            raise ValueError("%d fields, more than the capacity %d" % (len(names), self.capacity))
         for n in names:
             self.add(bytes(n))
 

@@ -350,3 +350,11 @@ def test_a_model_file_whose_fields_disagree_with_its_names_is_refused(tmp_path):
         p = fm_train("-dim", "1,1,3", "-im", path, "--field-sep", os.fsdecode(sep), "-m", tmp_path / "x.txt",
                      input=b"1 a=1\n")
         assert p.returncode == 2 and shown in p.stderr and b"Traceback" not in p.stderr, p.stderr
+
+
+def test_too_many_fields_are_counted_whole():
+    """A field list longer than the capacity says how many fields it has (a model
+    header 'fields user item hour price' against --max-fields 2: 4, not 3)."""
+    with pytest.raises(ValueError, match="^4 fields, more than the capacity 2$"):
+        ffm.Fields("=", 2, names=[b"user", b"item", b"hour", b"price"])
+    assert ffm.Fields("=", 4, names=[b"user", b"item", b"hour", b"price"]).names[-1] == b"price"

@@ -366,6 +366,12 @@ def test_info_counts(tmp_path, nz_model, full_bin):
     stripped = tmp_path / "s.bin"
     assert_ok(fm_dump("strip", full_bin, stripped))
     assert "stripped" in _info(fm_dump("info", stripped))["format"]
+    # a binary model converted from text knows no more than the text did, and says why
+    conv = tmp_path / "conv.bin"
+    assert_ok(fm_dump("convert", nz_model, conv))
+    i = _info(fm_dump("info", conv))
+    assert i["format"] == "bin"
+    assert i["samples seen"] == i["hyper"] == "unknown (not in the file: a text model, or one converted from text)"
 
 
 def test_info_of_a_corrupt_full_model_is_not_called_stripped(tmp_path):

@@ -8,6 +8,7 @@ with ``--on-error stop`` the first one stops the run.
 
 import os
 import threading
+from collections import namedtuple
 
 from . import parse
 from .errors import BadInputError as BadInputStop  # one class; the commands' name for it
@@ -16,6 +17,9 @@ from .output import open_output
 __all__ = ["BadInputStop", "BadLineLog", "RunSummary", "printable"]
 
 _opened = set()  # bad-lines files this process has started
+
+
+_Bad = namedtuple("_Bad", "bad_line bad_reason bad_col")  # some of a parsed block's bad lines
 
 
 def printable(raw):
@@ -117,9 +121,15 @@ class BadLineLog:
         record its bad lines, then raise BadInputStop under --on-error stop or
         past --max-bad-fraction (``what`` ends the message: ", no model written")."""
         if len(parsed.bad_line):
-            self.add(block, parsed)
             if self.opts.on_error == "stop":
+                # the run ends at its first bad line: the block's later ones
+                # are not read as far as the user is concerned (no warnings
+                # for them, no promise of counts that never come)
+                first = int(parsed.bad_line.argmin())
+                i = slice(first, first + 1)
+                self.add(block, _Bad(parsed.bad_line[i], parsed.bad_reason[i], parsed.bad_col[i]))
                 raise BadInputStop(self.stop_message(what))
+            self.add(block, parsed)
         self.check_fraction(lines, what=what)
 
     def add_record(self, line_no, reason, col, raw):

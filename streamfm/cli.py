@@ -750,13 +750,20 @@ def dump_importance(model_path, input_path, sep, top, cores, on_error, quiet):
                    "together trained a weight little, their n-increment-weighted mean where that much "
                    "training converges; blend-each: the blend by each model's own training (sums more); "
                    "dn: always that mean; sum: always the sums (overshoots).")
+@hp_options
+@click.option("-fvs", "fvs", type=click.IntRange(0, 1), default=0, show_default=True,
+              help="alphaFM's force_v_sparse of a text model.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
 @interruptible("fm_dump merge")
-def dump_merge(model_paths, out_path, base_path, to_fmt, rule, quiet):
+def dump_merge(model_paths, out_path, base_path, to_fmt, rule, w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta,
+               v_l1, v_l2, init_stdev, fvs, quiet):
     """Merge models trained in parallel on parts of the data into one.
 
     Every MODEL (txt or bin, with its training state) must hold the same
-    factor count and hyper-parameters (a text model takes the defaults).
+    factor count and hyper-parameters. A binary model holds its own; a
+    text model (alphaFM's format) does not, and takes the -w_alpha ...
+    -init_stdev and -fvs given here, which must be those it was trained
+    with: the merge rebuilds z from them, and fm_train -im goes on from z.
     Features are matched by name; per coordinate the weights are averaged
     with the models' FTRL n as weights, n adds up, and z is rebuilt so that
     fm_train -im continues the merged model consistently.
@@ -774,7 +781,8 @@ def dump_merge(model_paths, out_path, base_path, to_fmt, rule, quiet):
     check_writable_or_fail(out_path, cmd)
     t0 = time.time()
     try:
-        fm = merge_models(model_paths, base=base_path, rule=rule)
+        hp = [w_alpha, w_beta, w_l1, w_l2, v_alpha, v_beta, v_l1, v_l2, init_stdev]
+        fm = merge_models(model_paths, base=base_path, rule=rule, **dict(zip(HP_NAMES, hp), fvs=bool(fvs)))
         t_merge = time.time() - t0
         fm.save(out_path, format=to_fmt)
     except (StreamFMError, ValueError) as e:

@@ -30,7 +30,8 @@ A reader trusts no number it has not checked: the magic, the header's length
 and crc32, its format and version; then each array's dtype and shape against
 what the kind expects (a dtype string is compared, never handed to numpy: a
 crafted "|O" would make numpy read pointers from the file), nbytes against
-itemsize * prod(shape), offset >= 0 and offset + nbytes <= the file's size;
+itemsize * prod(shape), offset >= 0, and that the last array ends where the
+file does;
 on reading, each array's crc32 and, for float arrays, that every number is
 finite (nothing trained can be NaN or infinite).
 """
@@ -265,6 +266,11 @@ def array_specs(kind, path, header, size, expected):
         specs[name] = Spec(name, dt, tuple(got), a["offset"], nbytes, a["crc32"])
     if size < end:
         raise err("%s: truncated: %d bytes, the header says %d" % (path, size, end))
+    if specs and size > end:
+        # the writer stops at the last array's end: more is another file
+        # joined on (`cat a b > m`) or bytes written into it since, never ours
+        raise err("%s: %d bytes after the end the header gives (%d): not one whole %s (two files joined?)"
+                  % (path, size - end, end, kind.what))
     return specs
 
 

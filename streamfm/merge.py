@@ -891,7 +891,11 @@ class Base:
         from .model import ModelArrays
 
         p = self.params if params is None else params
-        info = dict(self.info, k=self.k, n_rows=p.shape[0])
+        # the rows' z were rebuilt (or trained) with these hyper-parameters: the file
+        # says so, whatever the first model's file said (a text model says nothing)
+        h = self.hyper
+        info = dict(self.info, k=self.k, n_rows=p.shape[0], hyper={n: float(h[n]) for n in ftrl.HP_NAMES},
+                    fvs=bool(h["fvs"]), seed=int(h.get("seed", 0) or 0))
         return ModelArrays(self.arena, self.name_off, None, None, info, params=p)
 
     def fm(self, copy=True):

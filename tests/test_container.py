@@ -266,6 +266,19 @@ def test_array_specs_refuse_what_does_not_fit_the_file(tmp_path):
         container.array_specs(KIND, str(p), header, size, {"y": expected["x"]})
 
 
+def test_array_specs_refuse_bytes_after_the_last_array(tmp_path):
+    """Two files joined (`cat a b > m`) are not read as the first one."""
+    p = tmp_path / "t.bin"
+    _write(p, [container.Array("x", "<f8", (4,), np.arange(4.0))])
+    header, size = container.read_header(KIND, str(p))
+    expected = {"x": (np.dtype("<f8"), (4,))}
+    assert container.array_specs(KIND, str(p), header, size, expected)["x"].offset + 32 == size
+    with pytest.raises(ModelFormatError) as e:
+        container.array_specs(KIND, str(p), header, size + 3, expected)
+    assert str(e.value) == "%s: 3 bytes after the end the header gives (%d): not one whole %s (two files joined?)" % (
+        p, size, KIND.what)
+
+
 def test_read_arrays_checks_checksums_and_finite_numbers(tmp_path):
     p = tmp_path / "t.bin"
     _write(p, [container.Array("x", "<f8", (4,), np.array([1.0, 2.0, np.inf, 4.0]))])

@@ -745,6 +745,43 @@ def test_merge_checks_the_base_and_names_the_model_that_differs(tmp_path, data):
     with pytest.raises(streamfm.ParameterError, match=r"base\.txt: .*v_alpha 0\.3 \(the first model: 0\.05\)"):
         merge.merge_models([tmp_path / "base.bin", tmp_path / "base.txt"], v_alpha=0.3)
     assert merge.merge_models([tmp_path / "base.txt"], v_alpha=0.3).hyper_parameters()["v_alpha"] == 0.3
+    # fm_dump merge gives them too: the text model's z is rebuilt with its own alpha
+    part.save(tmp_path / "part.txt", format="txt")
+    twice = [tmp_path / "part.txt"] * 2
+    want = merge.merge_models(twice, v_alpha=0.2)
+    proc = run(FM_DUMP, "merge", *twice, "-v_alpha", "0.2", "-o", tmp_path / "t.bin", "-q")
+    assert_ok(proc)
+    got = streamfm.FM.load(tmp_path / "t.bin")
+    assert got.hyper_parameters()["v_alpha"] == 0.2
+    assert_same_model(got, want)
+    defaults = merge.merge_models(twice).training_model()
+    assert not np.array_equal(defaults.params[:defaults.n_rows], want.training_model().params[:defaults.n_rows])
+    proc = run(FM_DUMP, "merge", tmp_path / "part.bin", tmp_path / "part.txt", "-o", tmp_path / "t.bin")
+    assert_one_line_error(proc, tmp_path / "part.txt", "v_alpha 0.05 (the first model: 0.2)")
+
+
+def test_merged_model_file_says_the_hyper_parameters_it_was_merged_with(tmp_path, data):
+    """Without a base the merged model used to be written with no hyper-parameters,
+    fvs or seed: read back, it had the defaults, and training went on with them."""
+    a = streamfm.FM(k=K, seed=7, v_alpha=0.2, w_l2=1.0)
+    a.partial_fit(data[:1000])
+    a.save(tmp_path / "a.bin")
+    a.save(tmp_path / "a.txt", format="txt")
+    want = {h: a.hyper_parameters()[h] for h in HP_NAMES + ("fvs", "seed")}
+    for models, hyper in ((["a.bin", "a.bin"], {}), (["a.txt"], dict(v_alpha=0.2, w_l2=1.0, seed=7))):
+        merge.merge_models([tmp_path / m for m in models], **hyper).save(tmp_path / "m.bin")
+        got = streamfm.FM.load(tmp_path / "m.bin").hyper_parameters()
+        assert {h: got[h] for h in want} == want
+    proc = run(FM_DUMP, "merge", tmp_path / "a.bin", tmp_path / "a.bin", "-o", tmp_path / "c.bin", "-q")
+    assert_ok(proc)
+    got = streamfm.FM.load(tmp_path / "c.bin").hyper_parameters()
+    assert {h: got[h] for h in want} == want
+    # a text model loaded with its hyper-parameters and saved as binary keeps them too
+    streamfm.FM.load(tmp_path / "a.txt", v_alpha=0.2, w_l2=1.0, seed=7).save(tmp_path / "t.bin")
+    got = streamfm.FM.load(tmp_path / "t.bin").hyper_parameters()
+    assert {h: got[h] for h in want} == want
+    streamfm.FM.load(tmp_path / "a.txt").save(tmp_path / "u.bin")  # none given: none claimed
+    assert streamfm.FM.load(tmp_path / "u.bin").info.get("hyper") is None
 
 
 def test_merge_refuses_a_model_that_holds_a_name_twice(tmp_path, data):

@@ -383,6 +383,13 @@ def test_info_of_a_corrupt_full_model_is_not_called_stripped(tmp_path):
     assert_one_line_error(proc, p, "line 3", "not a number")
 
 
+def test_two_binary_models_joined_are_refused(tmp_path, full_bin):
+    joined = tmp_path / "joined.bin"
+    joined.write_bytes(full_bin.read_bytes() * 2)
+    for proc in (fm_dump("info", joined), fm_predict("-m", joined, input=b"1 a\n")):
+        assert_one_line_error(proc, joined, "bytes after the end the header gives", "two files joined?")
+
+
 def test_feature_named_bias_is_a_normal_feature(tmp_path):
     m = train_model(b"1 bias:2 x\n0 bias x:3\n1 y bias\n" * 20, k=2, seed=1)
     assert m.table.lookup("bias") > 0

@@ -90,6 +90,22 @@ def test_bad_line_log_stop_and_fraction_messages():
     assert str(e.value) == "input line 7: bad thing (column 1); stopped (--on-error stop)"
 
 
+def test_stop_tells_only_the_line_that_stopped(model, tmp_path):
+    """--on-error stop ends the run at its first bad line: the later bad lines of
+    its block are neither warned about nor kept, and no counts are promised."""
+    data = b"1 a:1 b\n" * 5 + b"x bad\n" * 15 + b"0 a\n"
+    for cmd, args in ((fm_train, ("-m", tmp_path / "new.txt")), (fm_predict, ("-m", model))):
+        bad = tmp_path / "bad.txt"
+        r = cmd(*args, "--on-error", "stop", "--bad-lines", bad, input=data)
+        err = text(r.stderr)
+        assert r.returncode == 3, err
+        assert err.count("label is not a number") == 2, err  # the warning and the error
+        assert "input line 6: label is not a number (column 1); stopped (--on-error stop)" in err
+        assert "more bad lines" not in err and "line 7" not in err
+        assert bad.read_bytes() == b"6\tlabel is not a number\tx bad\n"
+    assert not (tmp_path / "new.txt").exists()
+
+
 def test_run_workers_raises_the_first_worker_error_after_all_stopped():
     data = b"".join(b"1 a%d\n" % i for i in range(20000))
     done = []

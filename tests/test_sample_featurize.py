@@ -271,3 +271,16 @@ def test_profile_tables_against_the_reference(tmp_path):
             got = fz.featurize({"user": req_u, "items": [{"iid": it["iid"]}]})[0]
             want = b" ".join(ref_features(spec.data, dict(u, hour=5), it))
             assert got == want, (u, it)
+
+
+def test_profile_table_key_column_is_also_an_attribute(tmp_path):
+    # the table's key column 'id' is the user key (uid) and, read by name, the attribute user.id
+    (tmp_path / "users.tsv").write_text("age\tid\n30\tu1\n41\tu2\n")
+    (tmp_path / "spec.toml").write_text(
+        '[user]\nkey = "uid"\ntable = { path = "users.tsv", key = "id" }\n[item]\nkey = "iid"\n'
+        '[[feature]]\nname = "uid"\nsource = "user.uid"\nkind = "categorical"\n'
+        '[[feature]]\nname = "rawid"\nsource = "user.id"\nkind = "categorical"\n'
+        '[[feature]]\nname = "age"\nsource = "user.age"\nkind = "categorical"\n')
+    fz = Featurizer(str(tmp_path / "spec.toml"))
+    assert fz.profiles.tables[0].n == 2
+    assert fz.featurize({"user": {"uid": "u2"}, "items": [{"iid": "i"}]}) == [b"uid=u2 rawid=u2 age=41"]

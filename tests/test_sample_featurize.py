@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 
 from sample_helpers import SPEC, make_dir, ref_features
@@ -284,3 +285,17 @@ def test_profile_table_key_column_is_also_an_attribute(tmp_path):
     fz = Featurizer(str(tmp_path / "spec.toml"))
     assert fz.profiles.tables[0].n == 2
     assert fz.featurize({"user": {"uid": "u2"}, "items": [{"iid": "i"}]}) == [b"uid=u2 rawid=u2 age=41"]
+
+
+def test_a_one_element_list_key_joins_its_profile_as_offline(tmp_path):
+    # a JSON-lines log's key ["u1"] is one value (logs.impressions) and joins u1's row; so does the request's
+    fz = Featurizer(make_dir(tmp_path))
+    whole = fz.featurize({"user": {"uid": "u1"}, "items": [{"iid": "i1"}]})
+    assert whole == [U1.replace(b" hour=13", b"") + b" iid=i1 genre=Action genre=Comedy price:9.5 "
+                     b"age_x_genre=1&Action age_x_genre=1&Comedy ov=1"]
+    assert fz.featurize({"user": {"uid": ["u1"]}, "items": [{"iid": ("i1",)}]}) == whole
+    assert fz.featurize({"user": {"uid": ["u1", None]}, "items": [{"iid": np.array(["i1"])}]}) == whole
+    # no value: no profile row (offline such a record is bad); two values are an error
+    assert fz.featurize({"user": {"uid": []}, "items": [{"price": 3}]}) == [b"price:3"]
+    with pytest.raises(ValueError, match=r"items\[0\]: item.iid: a list where one value is expected"):
+        fz.featurize({"user": {}, "items": [{"iid": ["i1", "i2"]}]})

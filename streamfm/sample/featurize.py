@@ -1474,11 +1474,14 @@ class Featurizer:
         has = np.zeros(len(records), bool)
         for r, rec in enumerate(records):
             v = rec.get(key) if isinstance(rec, dict) else None
-            if v is None or isinstance(v, (list, tuple, dict)):
+            if v is None or isinstance(v, dict):
                 continue
-            t = np.frombuffer(value_texts(v)[1][0], np.uint8) if value_texts(v)[0] else None
-            if t is None:
+            # a key of exactly one value joins, a one-element list too: as a log's key cell
+            # (logs.impressions: one element, else the record is bad)
+            texts = value_texts(v)[1]
+            if len(texts) != 1:
                 continue
+            t = np.frombuffer(texts[0], np.uint8)
             hashes[r] = hash_bytes(t, 0, t.shape[0])
             has[r] = True
         ent = self.profiles.tables[side].lookup(hashes) if len(records) else np.zeros(0, np.int64)

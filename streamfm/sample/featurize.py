@@ -1354,7 +1354,8 @@ class LogFeaturizer:
         bw = np.zeros(m, np.int64)
         bc = np.zeros(m, np.int64)
         logs.impressions(n, cols.n_cols, cols.first, cols.count, cols.col, cols.start, cols.length, cols.text,
-                         self.c_req, self.c_click, self.c_user, self.c_item, self.c_pos, 0.0 if self.click_min is None else self.click_min,
+                         self.c_req, self.c_click, self.c_user, self.c_item, self.c_pos,
+                         0.0 if self.click_min is None else self.click_min,
                          self.click_min is not None, bt.req_hash, bt.pos, bt.label, bt.uk_s, bt.uk_l, bt.ik_s,
                          bt.ik_l, uk_hash, ik_hash, br, bw, bc)
         bt.ue = self.profiles.tables[0].lookup(uk_hash[:n]) if n else np.zeros(0, np.int64)

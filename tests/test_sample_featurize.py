@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 
 from sample_helpers import SPEC, make_dir, ref_features
@@ -271,3 +272,30 @@ def test_profile_tables_against_the_reference(tmp_path):
             got = fz.featurize({"user": req_u, "items": [{"iid": it["iid"]}]})[0]
             want = b" ".join(ref_features(spec.data, dict(u, hour=5), it))
             assert got == want, (u, it)
+
+
+def test_profile_table_key_column_is_also_an_attribute(tmp_path):
+    # the table's key column 'id' is the user key (uid) and, read by name, the attribute user.id
+    (tmp_path / "users.tsv").write_text("age\tid\n30\tu1\n41\tu2\n")
+    (tmp_path / "spec.toml").write_text(
+        '[user]\nkey = "uid"\ntable = { path = "users.tsv", key = "id" }\n[item]\nkey = "iid"\n'
+        '[[feature]]\nname = "uid"\nsource = "user.uid"\nkind = "categorical"\n'
+        '[[feature]]\nname = "rawid"\nsource = "user.id"\nkind = "categorical"\n'
+        '[[feature]]\nname = "age"\nsource = "user.age"\nkind = "categorical"\n')
+    fz = Featurizer(str(tmp_path / "spec.toml"))
+    assert fz.profiles.tables[0].n == 2
+    assert fz.featurize({"user": {"uid": "u2"}, "items": [{"iid": "i"}]}) == [b"uid=u2 rawid=u2 age=41"]
+
+
+def test_a_one_element_list_key_joins_its_profile_as_offline(tmp_path):
+    # a JSON-lines log's key ["u1"] is one value (logs.impressions) and joins u1's row; so does the request's
+    fz = Featurizer(make_dir(tmp_path))
+    whole = fz.featurize({"user": {"uid": "u1"}, "items": [{"iid": "i1"}]})
+    assert whole == [U1.replace(b" hour=13", b"") + b" iid=i1 genre=Action genre=Comedy price:9.5 "
+                     b"age_x_genre=1&Action age_x_genre=1&Comedy ov=1"]
+    assert fz.featurize({"user": {"uid": ["u1"]}, "items": [{"iid": ("i1",)}]}) == whole
+    assert fz.featurize({"user": {"uid": ["u1", None]}, "items": [{"iid": np.array(["i1"])}]}) == whole
+    # no value: no profile row (offline such a record is bad); two values are an error
+    assert fz.featurize({"user": {"uid": []}, "items": [{"price": 3}]}) == [b"price:3"]
+    with pytest.raises(ValueError, match=r"items\[0\]: item.iid: a list where one value is expected"):
+        fz.featurize({"user": {}, "items": [{"iid": ["i1", "i2"]}]})

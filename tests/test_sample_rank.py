@@ -231,3 +231,29 @@ def test_profile_table_bad_rows(tmp_path):
     assert (tmp_path / "bad.txt").read_text().startswith("%s:3\tuser.age is not a number\tu2\tforty" % table)
     # u2's row was skipped: only what the log itself has
     assert r.stdout == b"1 uid=u2 hour=3 iid=i1 genre=Action genre=Comedy price:9.5\n"
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_a_fixed_log_column_may_also_be_an_attribute(tmp_path, fmt):
+    # the position as a feature, the request id as the user key: each column is read for both uses
+    spec = SPEC.replace('clicked = "click"', 'clicked = "click"\nfields = { pos = "item.slot" }') + \
+        '\n[[feature]]\nname = "slot"\nsource = "item.slot"\nkind = "categorical"\n'
+    (tmp_path / "spec.toml").write_text(spec)
+    if fmt == "tsv":
+        (tmp_path / "log.tsv").write_text(log_text())
+    else:
+        (tmp_path / "log.jsonl").write_text("".join(
+            '{"req": "%s", "pos": %d, "uid": "u%s", "iid": "x%d", "click": %d}\n' % (r, p, r[1:], n + 1, c)
+            for n, (r, p, c) in enumerate(REQUESTS)))
+    r = fm_sample("rank", "--spec", tmp_path / "spec.toml", "--input", tmp_path / ("log." + fmt), "--negatives",
+                  "skip-above")
+    assert r.returncode == 0, r.stderr
+    kept = [1, 2, 3, 9, 10, 11, 15]
+    assert r.stdout.decode() == "".join("%d uid=u%s iid=x%d slot=%d\n" % (
+        REQUESTS[n - 1][2], REQUESTS[n - 1][0][1:], n, REQUESTS[n - 1][1]) for n in kept)
+    assert b"bad records skipped  0" in r.stderr
+    # the request column as the user key too (one request per run of a user's records)
+    (tmp_path / "spec2.toml").write_text(SPEC.replace('clicked = "click"', 'clicked = "click"\nuser = "req"'))
+    r = fm_sample("rank", "--spec", tmp_path / "spec2.toml", "--input", tmp_path / ("log." + fmt), "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == "".join("%d uid=%s iid=x%d\n" % (c, q, n + 1) for n, (q, p, c) in enumerate(REQUESTS))

@@ -81,6 +81,10 @@ def test_spec_errors_name_the_problem(tmp_path, body, expected):
 def test_spec_errors_outside_features(tmp_path):
     assert "[user] is required" in spec_error(tmp_path, '[item]\nkey = "i"\n')
     assert "separator must be one printable byte" in spec_error(tmp_path, 'separator = "::"\n' + BASE)
+    for v in ("nan", "inf", "-inf", '"1"'):
+        assert "[log]: click_min must be a finite number, got " in spec_error(
+            tmp_path, BASE.replace("[item]", "[log]\nclick_min = %s\n[item]" % v, 1) +
+            '[[feature]]\nname = "a"\nsource = "user.a"\nkind = "categorical"\n'), v
     msg = spec_error(tmp_path, BASE + "[[feature]\n")
     assert "not valid TOML" in msg
     assert "the spec: unknown key 'features' (did you mean 'feature'?)" in spec_error(

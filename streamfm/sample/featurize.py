@@ -983,11 +983,16 @@ class ProfileTable:
         self.path = path
         attrs = plan.attrs[side]
         key_attr = attrs[0]
-        # wanted columns: the key column, then every other attribute by name
-        columns = [key_column] + [a for a in attrs if a != key_attr]
-        cell_of_attr = {key_attr: 0}
-        for j, a in enumerate(columns[1:], 1):
-            cell_of_attr[a] = j
+        # wanted columns: the key column, then every other attribute by name; each column once
+        # (the tokenizer fills a file column into one wanted column only, so an attribute named
+        # like the table's key column reads the key's cell)
+        columns = [key_column]
+        cell_of_attr = {}
+        for a in attrs:
+            c = key_column if a == key_attr else a
+            if c not in columns:
+                columns.append(c)
+            cell_of_attr[a] = columns.index(c)
         feat_cell = np.array([cell_of_attr[attrs[plan.bases[b]["attr"]]] for b in plan.local_b[side]], np.int64)
         self.bad = BadLineLog(opts, log, source=path, file=bad_file)
         self.store = Tokens()
@@ -1275,23 +1280,30 @@ class LogFeaturizer:
         self.plan = plan
         self.profiles = profiles
         L = plan.spec.data["log"]
-        cols = [L["request"], L["clicked"], L["user"], L["item"]]
-        self.c_pos = -1
-        if L["position"]:
-            self.c_pos = len(cols)
-            cols.append(L["position"])
-        attr_col = {(0, plan.attrs[0][0]): 2, (1, plan.attrs[1][0]): 3}
+        cols = []
+
+        def col(name):
+            # each log column is wanted once: the tokenizer fills a file column into one wanted
+            # column only, and a column may be both a fixed one and an attribute (the position
+            # as a feature, [log] fields = { pos = "item.slot" })
+            if name not in cols:
+                cols.append(name)
+            return cols.index(name)
+
+        self.c_req, self.c_click, self.c_user, self.c_item = (col(L[k]) for k in ("request", "clicked", "user",
+                                                                                  "item"))
+        self.c_pos = col(L["position"]) if L["position"] else -1
+        self.required = list(cols)
+        attr_col = {(0, plan.attrs[0][0]): self.c_user, (1, plan.attrs[1][0]): self.c_item}
         for colname, src in L["fields"].items():
             side, attr = src.split(".", 1)
-            attr_col[(SIDES.index(side), attr)] = len(cols)
-            cols.append(colname)
+            attr_col[(SIDES.index(side), attr)] = col(colname)
         self.columns = cols
         self.feat_cell = []
         for side in (0, 1):
             fc = [attr_col.get((side, plan.attrs[side][plan.bases[b]["attr"]]), -1) for b in plan.local_b[side]]
             self.feat_cell.append(np.array(fc, np.int64))
         self.tok = logs.Tokenizer(fmt, cols, header=header, source=source)
-        self.required = cols[:5] if self.c_pos >= 0 else cols[:4]
         self.store = Tokens()
         self.click_min = L["click_min"]
 
@@ -1342,7 +1354,8 @@ class LogFeaturizer:
         bw = np.zeros(m, np.int64)
         bc = np.zeros(m, np.int64)
         logs.impressions(n, cols.n_cols, cols.first, cols.count, cols.col, cols.start, cols.length, cols.text,
-                         0, 1, 2, 3, self.c_pos, 0.0 if self.click_min is None else self.click_min,
+                         self.c_req, self.c_click, self.c_user, self.c_item, self.c_pos,
+                         0.0 if self.click_min is None else self.click_min,
                          self.click_min is not None, bt.req_hash, bt.pos, bt.label, bt.uk_s, bt.uk_l, bt.ik_s,
                          bt.ik_l, uk_hash, ik_hash, br, bw, bc)
         bt.ue = self.profiles.tables[0].lookup(uk_hash[:n]) if n else np.zeros(0, np.int64)
@@ -1462,11 +1475,14 @@ class Featurizer:
         has = np.zeros(len(records), bool)
         for r, rec in enumerate(records):
             v = rec.get(key) if isinstance(rec, dict) else None
-            if v is None or isinstance(v, (list, tuple, dict)):
+            if v is None or isinstance(v, dict):
                 continue
-            t = np.frombuffer(value_texts(v)[1][0], np.uint8) if value_texts(v)[0] else None
-            if t is None:
+            # a key of exactly one value joins, a one-element list too: as a log's key cell
+            # (logs.impressions: one element, else the record is bad)
+            texts = value_texts(v)[1]
+            if len(texts) != 1:
                 continue
+            t = np.frombuffer(texts[0], np.uint8)
             hashes[r] = hash_bytes(t, 0, t.shape[0])
             has[r] = True
         ent = self.profiles.tables[side].lookup(hashes) if len(records) else np.zeros(0, np.int64)

@@ -309,8 +309,10 @@ def normalise(raw, where):
     if fmt is not None and fmt not in TABLE_FORMATS:
         c.fail("[log]: format must be one of %s, got %r" % (", ".join(TABLE_FORMATS), fmt))
     click_min = log.get("click_min")
-    if click_min is not None and (isinstance(click_min, bool) or not isinstance(click_min, (int, float))):
-        c.fail("[log]: click_min must be a number, got %r" % (click_min,))
+    if click_min is not None and (isinstance(click_min, bool) or not isinstance(click_min, (int, float))
+                                  or not math.isfinite(click_min)):
+        # TOML has nan and inf: no clicked value compares >= them, every impression would be a negative
+        c.fail("[log]: click_min must be a finite number, got %r" % (click_min,))
     fields = log.get("fields", {})
     if not isinstance(fields, dict):
         c.fail("[log]: fields must be a table of column = \"user.X\" / \"item.X\"")

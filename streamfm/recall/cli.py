@@ -650,7 +650,7 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
     first, user_of = group_users(held.key_hash)
     users = held.take(first)
     item_rows = index.keys.lookup(held.item_hash)
-    rel_ptr, rel_idx = relevant_csr(user_of, item_rows, users.n)
+    rel_ptr, rel_idx = relevant_csr(user_of, item_rows, users.n, held.item_hash)
     vec, own, _ = embed(users, model.weights, model.k)
     searcher = Searcher(index, True, "ip", cores)
     excl = pairs.for_queries(users.key_hash) if pairs is not None else None

@@ -87,12 +87,14 @@ def _load_index(path, cmd):
 
 
 def _check_match(index, model, cmd, quiet):
-    from .index import model_fingerprint
+    from .index import fingerprint_matches
 
     if index.k != model.k:
         fail(cmd, "%s has %d factors but the model %d: build the index from this model (fm_recall index)"
              % (index.path, index.k, model.k))
-    if not quiet and index.model_info.get("crc32") not in (None, model_fingerprint(model.weights)["crc32"]):
+    # fingerprint_matches: a float32 copy of the model (fm_dump strip --float) is the same model
+    if not quiet and index.model_info.get("crc32") is not None and not fingerprint_matches(index.model_info,
+                                                                                           model.weights):
         log("fm_recall %s: warning: %s was built from another model (or another version of it); "
             "scores mix two models" % (cmd, index.path))
 

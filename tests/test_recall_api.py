@@ -93,6 +93,9 @@ def test_recall_errors(both):
         Recall.train([b"u1 a | i1"], [b"i1 x", b"i2 y"], k=0)
     with pytest.raises(ParameterError, match="at least 2"):
         Recall.train([b"u1 a | i1"], [b"i1 x"], k=2)
+    for bad in (0, -1, 2.5, True):  # 0 rotated an empty memory for ever
+        with pytest.raises(ParameterError, match="seen_pairs must be a whole number >= 1"):
+            Recall.train([b"u1 a | i1"], [b"i1 x", b"i2 y"], k=2, seen_pairs=bad)
     with pytest.raises(TypeError):
         Recall(object())
     assert isinstance(rec.fm, FM)

@@ -154,6 +154,54 @@ def test_eval_beats_popularity(trained):
     assert "HitRate" in table and "NDCG" in table
 
 
+def test_eval_counts_a_repeated_held_out_click_once(trained):
+    """Two held-out clicks of a user on one item are one held-out item: ranked first, Recall@1 and
+    NDCG@1 are 1 (they were 0.5); distinct items missing from the index stay distinct misses."""
+    d = trained
+    ua = b"u0 user=u0 age=a4 gender=g0 city=c11"
+    ub = b"u1 user=u1 age=a1 gender=g1 city=c3"
+    out, _ = run(["query", "-m", d / "model.txt", "--index", d / "items.idx", "--mode", "u2i", "--topn", "1"],
+                 stdin=ua + b"\n" + ub + b"\n")
+    (_, [(top_a, _)]), (_, [(top_b, _)]) = parse_results(out)
+    held = b"".join(b"%s | %s\n" % (u, i.encode()) for u, i in [
+        (ua, top_a), (ua, top_a), (ub, top_b), (ub, "no_such_item_1"), (ub, "no_such_item_2"), (ub, top_b)])
+    out, _ = run(["eval", "-m", d / "model.txt", "--index", d / "items.idx", "-k", "1,3", "--json"], stdin=held)
+    info = json.loads(out)
+    assert (info["users"], info["held_out"], info["not_in_index"]) == (2, 6, 2)
+    m1, m3 = info["metrics"]["1"], info["metrics"]["3"]
+    assert m1["hit_rate"] == 1.0
+    # user a: 1 of 1 held-out item; user b: 1 of 3 (its item and two missing ones)
+    assert m1["recall"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-12)
+    assert m1["ndcg"] == pytest.approx(1.0, abs=1e-12)
+    # NDCG@3 of user b: a hit at rank 1 of an ideal 3 hits
+    idcg3 = 1 + 1 / np.log2(3) + 1 / np.log2(4)
+    assert m3["ndcg"] == pytest.approx((1 + 1 / idcg3) / 2, abs=1e-12)
+
+
+def test_float32_copy_of_the_model_is_not_another_model(trained, tmp_path):
+    """An index built from the model and queried with its float32 serving copy (fm_dump strip --float),
+    or the other way round, is the same model: no 'built from another model' warning (there was one:
+    the check compared crc32s without index.fingerprint_matches), and the same results. Another
+    model still warns."""
+    d = trained
+    s32 = tmp_path / "serve32.bin"
+    run(["convert", d / "model.txt", tmp_path / "model.bin"], exe=FM_DUMP)
+    run(["strip", "--float", tmp_path / "model.bin", s32], exe=FM_DUMP)
+    run(["index", "-m", s32, "--items", sample("items.txt"), "-o", tmp_path / "items32.idx", "-q"])
+    q = b"u0 user=u0 age=a4 gender=g0 city=c11\n"
+    outs = []
+    for model, idx in [(d / "model.txt", d / "items.idx"), (s32, d / "items.idx"), (d / "model.txt", tmp_path / "items32.idx")]:
+        out, err = run(["query", "-m", model, "--index", idx, "--mode", "u2i", "--topn", "3"], stdin=q)
+        assert "another model" not in err, (model, idx, err)
+        outs.append([k for k, _ in parse_results(out)[0][1]])
+    assert outs[0] == outs[1] == outs[2]
+    other = tmp_path / "other.txt"
+    run(["train", "-m", other, "--items", sample("items.txt"), "-dim", "1,1,8", "--epochs", "1", "--seed", "2",
+         "-q"], stdin=sample("clicks.txt"))
+    _, err = run(["query", "-m", other, "--index", d / "items.idx", "--mode", "u2i", "--topn", "3"], stdin=q)
+    assert "built from another model" in err
+
+
 def test_model_works_with_fm_dump_and_incremental_training(trained, tmp_path):
     d = trained
     out, _ = run(["info", d / "model.txt"], exe=FM_DUMP)

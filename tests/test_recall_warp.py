@@ -279,6 +279,40 @@ def test_seen_pairs_keep_the_last_capacity_pairs_in_bounded_memory():
     assert s2.contains(users, items).all() and s2.rotations == 0
 
 
+def test_seen_pairs_keep_the_last_capacity_distinct_pairs_when_clicks_repeat():
+    """Blocks holding repeated clicks (and items outside the catalog, -1) must not rotate the set
+    before it holds ``capacity`` distinct pairs: one click on (7, 3), then 2000 repeats of another
+    pair, capacity 1000, forgot (7, 3) though only 2 distinct pairs were ever added."""
+    s = sampling.SeenPairs(1000)
+    s.add(np.array([7], np.uint64), np.array([3], np.int64))
+    s.add(np.full(2000, 9, np.uint64), np.full(2000, 5, np.int64))
+    assert s.contains(np.array([7, 9], np.uint64), np.array([3, 5], np.int64)).all() and s.rotations == 0
+    # a stream of blocks with heavy repeats, against a slow reference of the last cap distinct pairs
+    cap = 300
+    s = sampling.SeenPairs(cap)
+    rng = np.random.default_rng(11)
+    last = {}   # pair -> when it was last added
+    t = 0
+    size = 1
+    while size < 2 * cap:
+        size *= 2
+    for b in range(60):
+        n = int(rng.integers(1, 900))
+        pool = int(rng.integers(1, 400))
+        users = rng.integers(0, pool, n).astype(np.uint64) + np.uint64(1000)
+        items = rng.integers(-1, 20, n).astype(np.int64)
+        s.add(users, items)
+        for u, i in zip(users.tolist(), items.tolist()):
+            if i >= 0:
+                last[(u, i)] = t
+                t += 1
+        want = sorted(last, key=last.get)[-cap:]
+        got = s.contains(np.array([u for u, _ in want], np.uint64), np.array([i for _, i in want], np.int64))
+        assert got.all(), (b, int((~got).sum()))
+        assert s.nbytes <= 2 * size * 8
+    assert s.rotations >= 3
+
+
 def test_one_pass_stream_remembers_only_seen_pairs_with_capacity():
     clicks, items, _ = own_click_case(n_users=10, per_user=20)
     model = Model(4, hp=HP, seed=1)

@@ -9,6 +9,7 @@ and install no signal handlers; errors are streamfm's typed exceptions.
 """
 
 import logging
+import numbers
 import os
 
 import numpy as np
@@ -164,6 +165,11 @@ class Recall:
         if hard_neg and loss == "warp":
             raise ParameterError("hard_neg is for hinge, bpr and logistic; warp draws its own hard negatives "
                                  "(max_sampled)")
+        if seen_pairs is not None and (isinstance(seen_pairs, bool) or not isinstance(seen_pairs, numbers.Integral)
+                                       or seen_pairs < 1):
+            # 0 would be a memory of nothing that rotates for ever
+            raise ParameterError("seen_pairs must be a whole number >= 1 (None: the default), not %r"
+                                 % (seen_pairs,))
         if hard_neg_model is not None and not hard_neg:
             raise ParameterError("hard_neg_model scores the hard_neg candidates: give hard_neg too")
         fm.require_fm("Recall.train")

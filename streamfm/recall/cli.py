@@ -87,12 +87,14 @@ def _load_index(path, cmd):
 
 
 def _check_match(index, model, cmd, quiet):
-    from .index import model_fingerprint
+    from .index import fingerprint_matches
 
     if index.k != model.k:
         fail(cmd, "%s has %d factors but the model %d: build the index from this model (fm_recall index)"
              % (index.path, index.k, model.k))
-    if not quiet and index.model_info.get("crc32") not in (None, model_fingerprint(model.weights)["crc32"]):
+    # fingerprint_matches: a float32 copy of the model (fm_dump strip --float) is the same model
+    if not quiet and index.model_info.get("crc32") is not None and not fingerprint_matches(index.model_info,
+                                                                                           model.weights):
         log("fm_recall %s: warning: %s was built from another model (or another version of it); "
             "scores mix two models" % (cmd, index.path))
 
@@ -650,7 +652,7 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
     first, user_of = group_users(held.key_hash)
     users = held.take(first)
     item_rows = index.keys.lookup(held.item_hash)
-    rel_ptr, rel_idx = relevant_csr(user_of, item_rows, users.n)
+    rel_ptr, rel_idx = relevant_csr(user_of, item_rows, users.n, held.item_hash)
     vec, own, _ = embed(users, model.weights, model.k)
     searcher = Searcher(index, True, "ip", cores)
     excl = pairs.for_queries(users.key_hash) if pairs is not None else None

@@ -75,8 +75,18 @@ def group_users(key_hash):
     return first[order], rank[inv.ravel()]
 
 
-def relevant_csr(user_of, item_rows, n_users):
-    """Held-out index rows per user (CSR)."""
+def relevant_csr(user_of, item_rows, n_users, item_hash):
+    """Held-out index rows per user (CSR), each held-out item once.
+
+    A user who clicked an item twice in the held-out log has one held-out
+    item, not two: counted twice, Recall@K and NDCG@K could never reach 1
+    (a hit is counted once). Items are told apart by their key hash, so
+    distinct items missing from the index (row -1) stay distinct misses.
+    """
+    by = np.lexsort((item_hash, user_of))
+    first = np.ones(by.shape[0], np.bool_)
+    first[1:] = (user_of[by][1:] != user_of[by][:-1]) | (item_hash[by][1:] != item_hash[by][:-1])
+    user_of, item_rows = user_of[by[first]], item_rows[by[first]]
     order = np.argsort(user_of, kind="stable")
     counts = np.bincount(user_of, minlength=n_users)
     ptr = np.zeros(n_users + 1, np.int64)

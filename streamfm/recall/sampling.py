@@ -199,11 +199,14 @@ def pair_in(tab, h):
 
 
 @njit(cache=True, nogil=True)
-def pairs_add(tab, user_hash, item, n):
-    """Insert pairs j < n (item[j] >= 0); returns how many were new."""
+def pairs_add(tab, user_hash, item, n, room):
+    """Insert pairs j < n (item[j] >= 0) until ``room`` of them were new;
+    returns (how many were new, the first j not inserted)."""
     mask = tab.shape[0] - 1
     new = 0
     for j in range(n):
+        if new >= room:
+            return new, j
         if item[j] < 0:
             continue
         h = pair_key(user_hash[j], item[j])
@@ -217,7 +220,7 @@ def pairs_add(tab, user_hash, item, n):
                 new += 1
                 break
             i = (i + 1) & mask
-    return new
+    return new, n
 
 
 @njit(cache=True, nogil=True)
@@ -261,14 +264,8 @@ class SeenPairs:
         self.count = 0
         self.rotations = 0
 
-    def _ensure(self, n):
-        """Room for n more pairs in the current table (rotating at the capacity)."""
-        if self.capacity is not None and self.count + n > self.capacity and self.count:
-            self.old = self.tab
-            self.tab = np.zeros(1024, np.uint64)
-            self.count = 0
-            self.rotations += 1
-        need = self.count + n
+    def _ensure(self, need):
+        """Room for ``need`` pairs in the current table (load at most 1/2)."""
         size = self.tab.shape[0]
         while 2 * need > size:
             size *= 2
@@ -278,15 +275,30 @@ class SeenPairs:
             self.tab = t
 
     def add(self, user_hash, item):
-        """Add the pairs (user_hash[j], item[j]) whose item is >= 0."""
-        if not len(item):
-            return
-        step = len(item) if self.capacity is None else max(1, min(len(item), self.capacity))
-        for a in range(0, len(item), step):
-            u = np.ascontiguousarray(user_hash[a:a + step], np.uint64)
-            i = np.ascontiguousarray(item[a:a + step], np.int64)
-            self._ensure(len(i))
-            self.count += int(pairs_add(self.tab, u, i, len(i)))
+        """Add the pairs (user_hash[j], item[j]) whose item is >= 0.
+
+        The current table rotates only once it holds ``capacity`` distinct
+        pairs, so the old one alone holds the last ``capacity`` before the
+        current one's. (Rotating when a block's clicks, repeats and items
+        outside the catalog included, would not fit dropped pairs that were
+        still among the last ``capacity`` distinct: a user's own item could
+        then be drawn as their negative.)
+        """
+        u = np.ascontiguousarray(user_hash, np.uint64)
+        it = np.ascontiguousarray(item, np.int64)
+        a = 0
+        while a < it.shape[0]:
+            if self.capacity is not None and self.count >= self.capacity:
+                self.old = self.tab
+                self.tab = np.zeros(1024, np.uint64)
+                self.count = 0
+                self.rotations += 1
+            m = it.shape[0] - a
+            room = m if self.capacity is None else min(m, self.capacity - self.count)
+            self._ensure(self.count + room)
+            new, done = pairs_add(self.tab, u[a:], it[a:], m, room)
+            self.count += int(new)
+            a += int(done)
 
     def contains(self, user_hash, item):
         out = np.zeros(len(item), np.bool_)

@@ -160,6 +160,23 @@ def test_empty_sample_list(server):
     assert r.status_code == 200 and r.json()["probabilities"] == []
 
 
+def test_model_whose_feature_names_hold_a_colon_is_served(tmp_path):
+    """A name may hold ':' (the last ':' of a token splits name and value): the probe
+    and the warm-up must not read such a name as NAME:VALUE and refuse the model."""
+    fm = FM(k=2, seed=1)
+    fm.partial_fit([b"1 url:http://x:1 b:1", b"0 url:http://y:1 c:1"])
+    path = str(tmp_path / "colon.bin")
+    fm.save(path)
+    srv = ServerThread(create_app(path, poll_interval=0))
+    try:
+        samples = ["url:http://x:1 b", "url:http://y:2"]
+        r = srv.post("/v1/score", {"samples": samples})
+        assert r.status_code == 200, r.text
+        assert r.json()["probabilities"] == fm.predict_proba([b"0 " + s.encode() for s in samples]).tolist()
+    finally:
+        srv.stop()
+
+
 # -- /v1/recall ----------------------------------------------------------------
 
 RECALL_CASES = [

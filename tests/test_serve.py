@@ -722,6 +722,36 @@ def test_server_with_ann_answers_exact_on_request(files):
         srv.stop()
 
 
+def test_ann_that_cannot_index_a_set_refuses_it(files, tmp_path):
+    """faiss refusing a new items index (IVF: fewer items than --ann-nlist cells) is a
+    refused reload, reported once, and a one-line start-up error: not an exception
+    out of every poll."""
+    pytest.importorskip("faiss", reason="faiss-cpu is in the [test] extra")
+    from streamfm.errors import StreamFMError
+    from streamfm.serve.cli import ann_builder
+    from streamfm.serve.state import Holder
+
+    d, p = files
+    ann = ann_builder("ivf", 1, 16, 40, 64, 30, 8)
+    served = {k: str(tmp_path / ("served." + k)) for k in ("model", "items")}
+    for k in served:
+        shutil.copyfile(p[k], served[k])
+    holder = Holder(served["model"], served["items"], ann=ann)
+    v0 = holder.load().model.version
+    rec = Recall.train(CLICKS[:3000], ITEMS, k=4, epochs=1, seed=2)
+    small = {"model": str(tmp_path / "small.bin"), "items": str(tmp_path / "small.idx")}
+    rec.fm.save(small["model"])
+    Recall.save_index(rec.index(ITEMS[:20], "items"), small["items"])
+    replace(small["items"], served["items"])
+    replace(small["model"], served["model"])
+    assert holder.poll() is False
+    assert holder.failures == 1 and "20 items" in holder.last_error and "30" in holder.last_error
+    assert holder.poll() is False and holder.failures == 1  # not tried again until a file changes
+    assert holder.state.model.version == v0 and holder.state.generation == 1
+    with pytest.raises(StreamFMError, match="cannot build the ivf index for u2i over 20 items"):
+        create_app(small["model"], small["items"], poll_interval=0, ann=ann)
+
+
 # -- the command -----------------------------------------------------------------------
 
 def start_cli(*args, timeout=900, cwd=None):

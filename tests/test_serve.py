@@ -158,6 +158,8 @@ def test_label_lines_kernel():
 def test_empty_sample_list(server):
     r = server.post("/v1/score", {"samples": []})
     assert r.status_code == 200 and r.json()["probabilities"] == []
+    r = server.post("/v1/score", {"samples": [], "explain": 2})
+    assert r.status_code == 200 and r.json()["probabilities"] == [] and r.json()["explain"] == []
 
 
 def test_model_whose_feature_names_hold_a_colon_is_served(tmp_path):

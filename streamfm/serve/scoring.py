@@ -180,7 +180,7 @@ def score_text(model, text, n, explain=0):
     nb, lines = label_lines(src, src.shape[0], block)
     block = block[:nb]
     if n == 0:
-        return Scored(np.zeros(0))
+        return Scored(np.zeros(0), [] if explain else None)  # explain asked: an empty list, as for n samples
     bufs = parse_buffers()
     p = parse.parse(block, lines, bufs, model.table)
     if len(p.bad_line):

@@ -673,6 +673,34 @@ def test_featurizer_plugs_in_records(files):
         srv.stop()
 
 
+def test_record_whose_profile_holds_bytes_that_are_not_utf8(tmp_path):
+    """A profile table's value that is not UTF-8 (a latin-1 file) goes into the
+    feature as its bytes, as fm_sample rank writes it: the record scores and is
+    explained as its line is by the API, not refused as "not valid Unicode"."""
+    from sample_helpers import make_dir
+    from streamfm.serve.records import RecordFeaturizer
+
+    spec = make_dir(tmp_path / "spec")
+    users = tmp_path / "spec" / "users.tsv"
+    users.write_bytes(users.read_bytes().replace(b"i1|i2|i3", b"i1|i\xe92|i3"))
+    featurizer = RecordFeaturizer(spec)
+    [line] = [x.encode("utf-8", "surrogateescape") for x in featurizer([{"uid": "u1", "iid": "i1"}])]
+    assert b" hist=i\xe92 " in line
+    fm = FM(k=2, seed=1)
+    fm.partial_fit([b"1" + line[1:], b"0 uid=u2 iid=i1"])
+    path = str(tmp_path / "m.bin")
+    fm.save(path)
+    srv = ServerThread(create_app(path, poll_interval=0, featurizer=featurizer))
+    try:
+        r = srv.post("/v1/score", {"records": [{"uid": "u1", "iid": "i1"}], "explain": 20})
+        assert r.status_code == 200, r.text
+        assert r.json()["probabilities"] == fm.predict_proba([line]).tolist()
+        assert [tuple(x) for x in r.json()["explain"][0]] == fm.explain([line], top=20)[0]
+        assert ["hist=i\\xe92"] == [n for n, _ in r.json()["explain"][0] if n.startswith("hist=i") and n != "hist=i3"]
+    finally:
+        srv.stop()
+
+
 # -- ANN ------------------------------------------------------------------------------
 
 def test_ann_searchers_recall_and_exclusions():

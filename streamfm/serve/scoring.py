@@ -177,7 +177,9 @@ def score_text(model, text, n, explain=0):
     Raises RequestError (400, "bad_sample") naming the first bad line.
     """
     try:
-        src = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        # surrogateescape: a featurizer's line carries bytes that are not UTF-8 (a profile
+        # table's) that way (records.py); JSON text never holds such surrogates
+        src = np.frombuffer(text.encode("utf-8", "surrogateescape"), dtype=np.uint8)
     except UnicodeEncodeError:
         raise RequestError(400, "bad_sample", "samples must be valid Unicode text") from None
     block = np.empty(src.shape[0] + 2 * n + 3, dtype=np.uint8)
@@ -204,6 +206,8 @@ def score_text(model, text, n, explain=0):
         top = np.empty((n, explain), np.int64)
         top_phi(p.indptr, phi, n, explain, top)
         buf = p.buf
-        explained = [[[bytes(buf[p.name_start[j]:p.name_start[j] + p.name_len[j]]).decode("utf-8"), float(phi[j])]
-                      for j in row if j >= 0] for row in top.tolist()]
+        # names as FM.explain gives them (a featurizer's bytes that are not UTF-8 escaped)
+        explained = [[[bytes(buf[p.name_start[j]:p.name_start[j] + p.name_len[j]]).decode("utf-8",
+                                                                                          "backslashreplace"),
+                       float(phi[j])] for j in row if j >= 0] for row in top.tolist()]
     return Scored(probs, explained)

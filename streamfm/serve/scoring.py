@@ -178,7 +178,8 @@ def score_text(model, text, n, explain=0):
     """
     try:
         # surrogateescape: a featurizer's line carries bytes that are not UTF-8 (a profile
-        # table's) that way (records.py); JSON text never holds such surrogates
+        # table's) that way (records.py); a client's "\udcXX" escapes become such bytes
+        # too, which the line parser then checks like any input's
         src = np.frombuffer(text.encode("utf-8", "surrogateescape"), dtype=np.uint8)
     except UnicodeEncodeError:
         raise RequestError(400, "bad_sample", "samples must be valid Unicode text") from None

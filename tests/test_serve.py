@@ -155,9 +155,51 @@ def test_label_lines_kernel():
     assert run(b"") == (b"0 \n", 1)
 
 
+def test_top_phi_kernel_equals_a_stable_sort():
+    from streamfm.serve.scoring import top_phi
+
+    rng = np.random.default_rng(7)
+    lens = [0, 1, 3, 7, 40, 200]
+    indptr = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    phi = rng.integers(-4, 5, size=indptr[-1]).astype(np.float64) / 2  # many ties, both signs
+    phi[indptr[4] + 3] = np.nan
+    for topn in (1, 2, 5, 50):
+        out = np.empty((len(lens), topn), np.int64)
+        top_phi(indptr, phi, len(lens), topn, out)
+        for s in range(len(lens)):
+            a, b = indptr[s], indptr[s + 1]
+            want = (a + np.argsort(-np.abs(phi[a:b]), kind="stable")[:topn]).tolist()
+            assert out[s].tolist() == want + [-1] * (topn - len(want))
+    # one long sample (the pick is m * topn steps, not m * topn^2 / 2: bench, not timed here)
+    m = 100_000
+    big = rng.normal(size=m)
+    out = np.empty((1, 100), np.int64)
+    top_phi(np.array([0, m], np.int64), big, 1, 100, out)
+    assert out[0].tolist() == np.argsort(-np.abs(big), kind="stable")[:100].tolist()
+
+
 def test_empty_sample_list(server):
     r = server.post("/v1/score", {"samples": []})
     assert r.status_code == 200 and r.json()["probabilities"] == []
+    r = server.post("/v1/score", {"samples": [], "explain": 2})
+    assert r.status_code == 200 and r.json()["probabilities"] == [] and r.json()["explain"] == []
+
+
+def test_model_whose_feature_names_hold_a_colon_is_served(tmp_path):
+    """A name may hold ':' (the last ':' of a token splits name and value): the probe
+    and the warm-up must not read such a name as NAME:VALUE and refuse the model."""
+    fm = FM(k=2, seed=1)
+    fm.partial_fit([b"1 url:http://x:1 b:1", b"0 url:http://y:1 c:1"])
+    path = str(tmp_path / "colon.bin")
+    fm.save(path)
+    srv = ServerThread(create_app(path, poll_interval=0))
+    try:
+        samples = ["url:http://x:1 b", "url:http://y:2"]
+        r = srv.post("/v1/score", {"samples": samples})
+        assert r.status_code == 200, r.text
+        assert r.json()["probabilities"] == fm.predict_proba([b"0 " + s.encode() for s in samples]).tolist()
+    finally:
+        srv.stop()
 
 
 # -- /v1/recall ----------------------------------------------------------------
@@ -629,6 +671,34 @@ def test_featurizer_plugs_in_records(files):
         srv.stop()
 
 
+def test_record_whose_profile_holds_bytes_that_are_not_utf8(tmp_path):
+    """A profile table's value that is not UTF-8 (a latin-1 file) goes into the
+    feature as its bytes, as fm_sample rank writes it: the record scores and is
+    explained as its line is by the API, not refused as "not valid Unicode"."""
+    from sample_helpers import make_dir
+    from streamfm.serve.records import RecordFeaturizer
+
+    spec = make_dir(tmp_path / "spec")
+    users = tmp_path / "spec" / "users.tsv"
+    users.write_bytes(users.read_bytes().replace(b"i1|i2|i3", b"i1|i\xe92|i3"))
+    featurizer = RecordFeaturizer(spec)
+    [line] = [x.encode("utf-8", "surrogateescape") for x in featurizer([{"uid": "u1", "iid": "i1"}])]
+    assert b" hist=i\xe92 " in line
+    fm = FM(k=2, seed=1)
+    fm.partial_fit([b"1" + line[1:], b"0 uid=u2 iid=i1"])
+    path = str(tmp_path / "m.bin")
+    fm.save(path)
+    srv = ServerThread(create_app(path, poll_interval=0, featurizer=featurizer))
+    try:
+        r = srv.post("/v1/score", {"records": [{"uid": "u1", "iid": "i1"}], "explain": 20})
+        assert r.status_code == 200, r.text
+        assert r.json()["probabilities"] == fm.predict_proba([line]).tolist()
+        assert [tuple(x) for x in r.json()["explain"][0]] == fm.explain([line], top=20)[0]
+        assert ["hist=i\\xe92"] == [n for n, _ in r.json()["explain"][0] if n.startswith("hist=i") and n != "hist=i3"]
+    finally:
+        srv.stop()
+
+
 # -- ANN ------------------------------------------------------------------------------
 
 def test_ann_searchers_recall_and_exclusions():
@@ -703,6 +773,36 @@ def test_server_with_ann_answers_exact_on_request(files):
         assert all(s[k] == v for k, v in zip(ap["keys"], ap["scores"]) if k in s)
     finally:
         srv.stop()
+
+
+def test_ann_that_cannot_index_a_set_refuses_it(files, tmp_path):
+    """faiss refusing a new items index (IVF: fewer items than --ann-nlist cells) is a
+    refused reload, reported once, and a one-line start-up error: not an exception
+    out of every poll."""
+    pytest.importorskip("faiss", reason="faiss-cpu is in the [test] extra")
+    from streamfm.errors import StreamFMError
+    from streamfm.serve.cli import ann_builder
+    from streamfm.serve.state import Holder
+
+    d, p = files
+    ann = ann_builder("ivf", 1, 16, 40, 64, 30, 8)
+    served = {k: str(tmp_path / ("served." + k)) for k in ("model", "items")}
+    for k in served:
+        shutil.copyfile(p[k], served[k])
+    holder = Holder(served["model"], served["items"], ann=ann)
+    v0 = holder.load().model.version
+    rec = Recall.train(CLICKS[:3000], ITEMS, k=4, epochs=1, seed=2)
+    small = {"model": str(tmp_path / "small.bin"), "items": str(tmp_path / "small.idx")}
+    rec.fm.save(small["model"])
+    Recall.save_index(rec.index(ITEMS[:20], "items"), small["items"])
+    replace(small["items"], served["items"])
+    replace(small["model"], served["model"])
+    assert holder.poll() is False
+    assert holder.failures == 1 and "20 items" in holder.last_error and "30" in holder.last_error
+    assert holder.poll() is False and holder.failures == 1  # not tried again until a file changes
+    assert holder.state.model.version == v0 and holder.state.generation == 1
+    with pytest.raises(StreamFMError, match="cannot build the ivf index for u2i over 20 items"):
+        create_app(small["model"], small["items"], poll_interval=0, ann=ann)
 
 
 # -- the command -----------------------------------------------------------------------

@@ -33,6 +33,7 @@ def _log_setup(quiet):
 
 def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
     """``create_app``'s ``ann``: faiss searchers for u2i and i2i (over the items index)."""
+    from ..errors import StreamFMError
     from ..recall.ann import AnnSearcher
 
     def build(slots):
@@ -41,8 +42,14 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
             return {}
         out = {}
         for mode, pair, metric in (("u2i", True, "ip"), ("i2i", False, "cos")):
-            s = AnnSearcher(items.obj, pair, metric, kind=kind, cores=cores, m=m, ef_construction=ef_construction,
-                            ef_search=ef_search, nlist=nlist, nprobe=nprobe)
+            try:
+                s = AnnSearcher(items.obj, pair, metric, kind=kind, cores=cores, m=m,
+                                ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, nprobe=nprobe)
+            except RuntimeError as e:
+                # faiss refuses a set it cannot index (IVF: fewer items than --ann-nlist cells): a
+                # StreamFMError, so that start-up fails with one line and a reload refuses the set
+                raise StreamFMError("%s: cannot build the %s index for %s over %d items: %s"
+                                    % (items.path, kind, mode, items.obj.n, str(e).rsplit("failed: ", 1)[-1]))
             logger.info("fm_serve: %s index for %s over %d items built in %.1f s", kind, mode, items.obj.n,
                         s.build_seconds)
             out[(mode, metric)] = s

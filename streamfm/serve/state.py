@@ -79,7 +79,8 @@ def _all_finite(a, rows=1 << 16):
 def probe_lines(model, n=16):
     """A probe block: an empty sample (the bias alone) and one made of the model's
     first ``n`` features, as input lines."""
-    names = [model.table.name_bytes(r) for r in range(1, min(model.n_rows, n + 1))]
+    # each as NAME:1: the last ':' of a token splits name and value, and a name may hold ':'
+    names = [model.table.name_bytes(r) + b":1" for r in range(1, min(model.n_rows, n + 1))]
     return b"0\n0 " + b" ".join(names) + b"\n"
 
 
@@ -166,14 +167,15 @@ def warm(state):
     from . import search
 
     model = state.model.obj
-    name = model.table.name(1) if model.n_rows > 1 else "a"
-    score_text(model, "1 %s:1 zz\n%s" % (name, name), 2, explain=2)
+    # a token NAME:1 (a name may hold ':'; the last ':' of a token splits name and value)
+    feat = (model.table.name(1) if model.n_rows > 1 else "a") + ":1"
+    score_text(model, "1 %s zz\n%s" % (feat, feat), 2, explain=2)
     for mode, (kind, _q, _pair) in MODES.items():
         index = state.index(kind)
         if index is None or index.n == 0:
             continue
         for exact in (True, False):
-            q = search.check_query({"mode": mode, "features": name, "topn": 2, "exact": exact,
+            q = search.check_query({"mode": mode, "features": feat, "topn": 2, "exact": exact,
                                     "exclude": [index.key(0).decode("utf-8", "replace")]}, 10)
             try:
                 search.run(state, q)

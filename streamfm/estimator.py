@@ -20,6 +20,12 @@ def _as_matrix(X):
     """X as a CSR matrix or a float64 2-D array, checked as scikit-learn checks it."""
     if hasattr(X, "tocsr") and hasattr(X, "shape"):
         X = X.tocsr()
+        if not X.has_canonical_format:
+            # a (row, column) stored twice means their sum to scipy (toarray, X @ w), as
+            # to scikit-learn; as two terms of one feature the FM added a pair <v, v> x x
+            # the dense matrix does not have. A copy: the caller's matrix is left as it was
+            X = X.copy()
+            X.sum_duplicates()
         if np.iscomplexobj(X.data):
             raise ValueError("Complex data not supported")
         data = np.asarray(X.data, dtype=np.float64)

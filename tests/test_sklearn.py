@@ -116,3 +116,26 @@ def test_classifier_trains_a_field_aware_fm():
         FMClassifier(k=2, model="ffm", max_fields=8).fit(X, y)
     with pytest.raises(ParameterError, match="model must be"):
         FMClassifier(model="xfm").fit(X, y)
+
+
+def test_a_sparse_matrix_with_repeated_entries_is_its_dense_sum():
+    """A CSR matrix storing (row, column) twice means their sum, as toarray() says: fit and
+    predict_proba give what the dense matrix gives (they added a pair term <v, v> x x)."""
+    sp = pytest.importorskip("scipy.sparse", reason="scipy is in the test extra")
+    X, y = data()
+    dense = FMClassifier(k=3, seed=4, epochs=2, v_alpha=0.3).fit(X, y)
+    # row i's entries, the first one split in two halves, stored unsorted
+    indptr, ind, val = [0], [], []
+    for row in X:
+        nz = np.flatnonzero(row)
+        if len(nz):
+            j = nz[0]
+            ind += [j] + list(nz[1:][::-1]) + [j]
+            val += [row[j] / 2] + list(row[nz[1:][::-1]]) + [row[j] / 2]
+        indptr.append(len(ind))
+    S = sp.csr_matrix((np.array(val), np.array(ind), np.array(indptr)), shape=X.shape)
+    assert not S.has_canonical_format and np.array_equal(S.toarray(), X)
+    assert np.array_equal(dense.predict_proba(S), dense.predict_proba(X))
+    fitted = FMClassifier(k=3, seed=4, epochs=2, v_alpha=0.3).fit(S, y)
+    assert np.array_equal(fitted.predict_proba(X), dense.predict_proba(X))
+    assert not S.has_canonical_format and len(S.data) == len(val)  # the caller's matrix as it was

@@ -225,6 +225,24 @@ class FMClassifier:
             elif hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             self._feature_names = names
+        elif names is not None and feature_names is None:
+            # a DataFrame's columns after fit: features are found by name, so other names
+            # were features the model does not know, scored silently as absent
+            fitted = self._feature_names
+            if fitted is None:
+                warnings.warn("X has feature names, but %s was fitted without feature names"
+                              % type(self).__name__, UserWarning, stacklevel=3)
+                return None  # by position, as fit named them: "0", "1", ...
+            unseen = sorted(set(names) - set(fitted))
+            missing = sorted(set(fitted) - set(names))
+            if unseen or missing:
+                msg = "The feature names should match those that were passed during fit.\n"
+                for title, group in (("Feature names unseen at fit time:\n", unseen),
+                                     ("Feature names seen at fit time, yet now missing:\n", missing)):
+                    if group:
+                        msg += title + "".join("- %s\n" % n for n in group[:5])
+                        msg += "- ...\n" if len(group) > 5 else ""
+                raise ValueError(msg)
         return self._feature_names if names is None else names
 
     def _check_n_features(self, X):

@@ -139,3 +139,30 @@ def test_a_sparse_matrix_with_repeated_entries_is_its_dense_sum():
     fitted = FMClassifier(k=3, seed=4, epochs=2, v_alpha=0.3).fit(S, y)
     assert np.array_equal(fitted.predict_proba(X), dense.predict_proba(X))
     assert not S.has_canonical_format and len(S.data) == len(val)  # the caller's matrix as it was
+
+
+def test_dataframe_column_names_after_fit():
+    """A DataFrame's columns name its features: after a fit without names they are taken by
+    position (with scikit-learn's warning), names fit did not see are a ValueError; they were
+    features the model does not know, every row scored as the bias alone."""
+    pd = pytest.importorskip("pandas")
+    X, y = data()
+    clf = FMClassifier(k=3, seed=4, epochs=2).fit(X, y)
+    cols = ["c%d" % j for j in range(12)]
+    with pytest.warns(UserWarning, match="^X has feature names, but FMClassifier was fitted without feature "
+                      "names$"):
+        p = clf.predict_proba(pd.DataFrame(X, columns=cols))
+    assert np.array_equal(p, clf.predict_proba(X))
+    named = FMClassifier(k=3, seed=4, epochs=2).fit(pd.DataFrame(X, columns=cols), y)
+    other = ["d%d" % j for j in range(6)] + cols[6:]
+    msg = ("The feature names should match those that were passed during fit.\n"
+           "Feature names unseen at fit time:\n- d0\n- d1\n- d2\n- d3\n- d4\n- ...\n"
+           "Feature names seen at fit time, yet now missing:\n- c0\n- c1\n- c2\n- c3\n- c4\n- ...\n")
+    for method in (named.predict_proba, named.predict, lambda X: named.partial_fit(X, y)):
+        with pytest.raises(ValueError) as e:
+            method(pd.DataFrame(X, columns=other))
+        assert str(e.value) == msg
+    # the same names in another order are the same features
+    back = pd.DataFrame(X, columns=cols)[cols[::-1]]
+    # (summed in another order: equal but for the last bits)
+    assert np.allclose(named.predict_proba(back), named.predict_proba(X), rtol=1e-13, atol=0)

@@ -250,10 +250,11 @@ class FMClassifier:
             raise ValueError("X has %d features, but %s is expecting %d features as input."
                              % (X.shape[1], type(self).__name__, self.n_features_in_))
 
-    def _targets(self, y):
-        pos = np.isin(y, self.classes_[1:])
-        if not np.all(np.isin(y, self.classes_)):
-            raise ValueError("y holds labels not in classes_ %s" % (list(self.classes_),))
+    def _targets(self, y, classes=None):
+        classes = self.classes_ if classes is None else classes
+        pos = np.isin(y, classes[1:])
+        if not np.all(np.isin(y, classes)):
+            raise ValueError("y holds labels not in classes_ %s" % (classes.tolist(),))
         return pos.astype(np.float64)
 
     def fit(self, X, y, *, feature_names=None):
@@ -294,12 +295,16 @@ class FMClassifier:
             if classes.shape[0] != 2:
                 raise ValueError("Only binary classification is supported. Give 2 classes, not %d"
                                  % classes.shape[0])
+            # the labels are checked before the estimator holds anything: a first call that
+            # raised here left it fitted (an empty model, those classes for good)
+            t = self._targets(y, classes)
             self.classes_ = classes
             self.n_features_in_ = M.shape[1]
             self.fm_ = self._new_fm()
         else:
             self._check_n_features(M)
-        self.fm_.partial_fit(M, self._targets(y), cores=self.cores, feature_names=names, on_error="stop")
+            t = self._targets(y)
+        self.fm_.partial_fit(M, t, cores=self.cores, feature_names=names, on_error="stop")
         return self
 
     # -- prediction ------------------------------------------------------------------

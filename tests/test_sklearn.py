@@ -166,3 +166,21 @@ def test_dataframe_column_names_after_fit():
     back = pd.DataFrame(X, columns=cols)[cols[::-1]]
     # (summed in another order: equal but for the last bits)
     assert np.allclose(named.predict_proba(back), named.predict_proba(X), rtol=1e-13, atol=0)
+
+
+def test_a_first_partial_fit_refused_for_its_labels_leaves_the_estimator_unfitted():
+    """y with a label not in ``classes``: the first partial_fit raises and the estimator is
+    not fitted (it was: an empty model predicting 0.5, those classes kept by the next call)."""
+    from sklearn.exceptions import NotFittedError
+
+    X = np.eye(4)
+    y = np.array(["a", "b", "c", "a"])
+    clf = FMClassifier(k=2)
+    with pytest.raises(ValueError) as e:
+        clf.partial_fit(X, y, classes=["a", "b"])
+    assert str(e.value) == "y holds labels not in classes_ ['a', 'b']"
+    assert not hasattr(clf, "fm_") and not hasattr(clf, "classes_")
+    with pytest.raises(NotFittedError):
+        clf.predict_proba(X)
+    clf.partial_fit(X[:3], y[:3] != "b", classes=[False, True])
+    assert clf.classes_.tolist() == [False, True] and clf.fm_.samples_seen == 3

@@ -302,6 +302,10 @@ class FMClassifier:
             self.n_features_in_ = M.shape[1]
             self.fm_ = self._new_fm()
         else:
+            # as scikit-learn's partial_fit: other classes later are an error, not ignored
+            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+                raise ValueError("`classes=%r` is not the same as on last call to partial_fit, was: %r"
+                                 % (classes, self.classes_))
             self._check_n_features(M)
             t = self._targets(y)
         self.fm_.partial_fit(M, t, cores=self.cores, feature_names=names, on_error="stop")

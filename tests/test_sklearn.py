@@ -184,3 +184,17 @@ def test_a_first_partial_fit_refused_for_its_labels_leaves_the_estimator_unfitte
         clf.predict_proba(X)
     clf.partial_fit(X[:3], y[:3] != "b", classes=[False, True])
     assert clf.classes_.tolist() == [False, True] and clf.fm_.samples_seen == 3
+
+
+def test_partial_fit_refuses_other_classes_after_the_first_call():
+    """scikit-learn's partial_fit contract: ``classes`` of a later call must be the first
+    call's (they were ignored: label 1, the negative of classes [1, 2], trained silently as
+    the positive of [0, 1])."""
+    X, y = data(60)
+    clf = FMClassifier(k=2).partial_fit(X, y, classes=[0, 1])
+    clf.partial_fit(X, y, classes=[1, 0])  # the same classes
+    with pytest.raises(ValueError) as e:
+        clf.partial_fit(X, np.ones(60, int), classes=[1, 2])
+    assert str(e.value) == ("`classes=[1, 2]` is not the same as on last call to partial_fit, was: "
+                            "array([0, 1])")
+    assert clf.fm_.samples_seen == 120

@@ -212,13 +212,16 @@ class FMClassifier:
         return FM(k0=self.k0, k1=self.k1, k=self.k, fvs=self.fvs, dtype=self.dtype, seed=self.seed,
                   model=self.model, field_sep=self.field_sep, max_fields=self.max_fields, **hp)
 
-    def _names(self, X, feature_names, reset):
+    @staticmethod
+    def _given_names(X, feature_names):
         if feature_names is not None:
-            names = [str(n) for n in feature_names]
-        elif hasattr(X, "columns") and all(isinstance(c, str) for c in X.columns):
-            names = list(X.columns)
-        else:
-            names = None
+            return [str(n) for n in feature_names]
+        if hasattr(X, "columns") and all(isinstance(c, str) for c in X.columns):
+            return list(X.columns)
+        return None
+
+    def _names(self, X, feature_names, reset):
+        names = self._given_names(X, feature_names)
         if reset:
             if names is not None and hasattr(X, "columns"):
                 self.feature_names_in_ = np.asarray(names, dtype=object)
@@ -268,7 +271,7 @@ class FMClassifier:
         epochs = self.epochs
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ParameterError("epochs must be an integer >= 1, not %r" % (epochs,))
-        names = self._names(X, feature_names, reset=True)
+        names = self._given_names(X, feature_names)  # kept by _names once trained
         M = _as_matrix(X)
         y = _as_labels(y, M.shape[0])
         classes = np.unique(y)
@@ -276,11 +279,14 @@ class FMClassifier:
             raise ValueError("Only binary classification is supported. y holds %d %s"
                              % (classes.shape[0], "class" if classes.shape[0] == 1 else "classes"))
         fm = self._new_fm()
-        self.classes_ = classes
-        self.n_features_in_ = M.shape[1]
-        t = self._targets(y)
+        t = self._targets(y, classes)
         for _ in range(int(epochs)):
             fm.partial_fit(M, t, cores=self.cores, feature_names=names, on_error="stop")
+        # set once trained: a refit that raised (BadInputError) left the new classes_,
+        # n_features_in_ and names on the previous fit's model, whose predictions they then labelled
+        self._names(X, feature_names, reset=True)
+        self.classes_ = classes
+        self.n_features_in_ = M.shape[1]
         self.fm_ = fm
         return self
 

@@ -198,3 +198,18 @@ def test_partial_fit_refuses_other_classes_after_the_first_call():
     assert str(e.value) == ("`classes=[1, 2]` is not the same as on last call to partial_fit, was: "
                             "array([0, 1])")
     assert clf.fm_.samples_seen == 120
+
+
+def test_a_refit_that_raises_keeps_the_previous_fit_whole():
+    """fit stopped by a bad sample (an FFM's 13th field of 8) kept the previous model but took
+    the new data's classes_ and n_features_in_: the old model's scores labelled with new classes."""
+    X, y = data()
+    names = ["g%d:c%d" % (j // 4, j) for j in range(12)]
+    clf = FMClassifier(k=2, seed=3, model="ffm", field_sep=":", max_fields=8).fit(X, y, feature_names=names)
+    p = clf.predict_proba(X, feature_names=names)
+    X13 = np.hstack([X, X[:, :1]])
+    with pytest.raises(BadInputError, match="field capacity"):
+        clf.fit(X13, np.where(y == 1, "yes", "no"))  # default names "0".."12": 13 fields
+    assert clf.classes_.tolist() == [0, 1] and clf.n_features_in_ == 12
+    assert np.array_equal(clf.predict_proba(X, feature_names=names), p)
+    assert np.array_equal(clf.predict_proba(X), p)  # the names given to the fit that stands

@@ -20,6 +20,12 @@ def _as_matrix(X):
     """X as a CSR matrix or a float64 2-D array, checked as scikit-learn checks it."""
     if hasattr(X, "tocsr") and hasattr(X, "shape"):
         X = X.tocsr()
+        if not X.has_canonical_format:
+            # a (row, column) stored twice means their sum to scipy (toarray, X @ w), as
+            # to scikit-learn; as two terms of one feature the FM added a pair <v, v> x x
+            # the dense matrix does not have. A copy: the caller's matrix is left as it was
+            X = X.copy()
+            X.sum_duplicates()
         if np.iscomplexobj(X.data):
             raise ValueError("Complex data not supported")
         data = np.asarray(X.data, dtype=np.float64)
@@ -206,19 +212,40 @@ class FMClassifier:
         return FM(k0=self.k0, k1=self.k1, k=self.k, fvs=self.fvs, dtype=self.dtype, seed=self.seed,
                   model=self.model, field_sep=self.field_sep, max_fields=self.max_fields, **hp)
 
-    def _names(self, X, feature_names, reset):
+    @staticmethod
+    def _given_names(X, feature_names):
         if feature_names is not None:
-            names = [str(n) for n in feature_names]
-        elif hasattr(X, "columns") and all(isinstance(c, str) for c in X.columns):
-            names = list(X.columns)
-        else:
-            names = None
+            return [str(n) for n in feature_names]
+        if hasattr(X, "columns") and all(isinstance(c, str) for c in X.columns):
+            return list(X.columns)
+        return None
+
+    def _names(self, X, feature_names, reset):
+        names = self._given_names(X, feature_names)
         if reset:
             if names is not None and hasattr(X, "columns"):
                 self.feature_names_in_ = np.asarray(names, dtype=object)
             elif hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             self._feature_names = names
+        elif names is not None and feature_names is None:
+            # a DataFrame's columns after fit: features are found by name, so other names
+            # were features the model does not know, scored silently as absent
+            fitted = self._feature_names
+            if fitted is None:
+                warnings.warn("X has feature names, but %s was fitted without feature names"
+                              % type(self).__name__, UserWarning, stacklevel=3)
+                return None  # by position, as fit named them: "0", "1", ...
+            unseen = sorted(set(names) - set(fitted))
+            missing = sorted(set(fitted) - set(names))
+            if unseen or missing:
+                msg = "The feature names should match those that were passed during fit.\n"
+                for title, group in (("Feature names unseen at fit time:\n", unseen),
+                                     ("Feature names seen at fit time, yet now missing:\n", missing)):
+                    if group:
+                        msg += title + "".join("- %s\n" % n for n in group[:5])
+                        msg += "- ...\n" if len(group) > 5 else ""
+                raise ValueError(msg)
         return self._feature_names if names is None else names
 
     def _check_n_features(self, X):
@@ -226,10 +253,11 @@ class FMClassifier:
             raise ValueError("X has %d features, but %s is expecting %d features as input."
                              % (X.shape[1], type(self).__name__, self.n_features_in_))
 
-    def _targets(self, y):
-        pos = np.isin(y, self.classes_[1:])
-        if not np.all(np.isin(y, self.classes_)):
-            raise ValueError("y holds labels not in classes_ %s" % (list(self.classes_),))
+    def _targets(self, y, classes=None):
+        classes = self.classes_ if classes is None else classes
+        pos = np.isin(y, classes[1:])
+        if not np.all(np.isin(y, classes)):
+            raise ValueError("y holds labels not in classes_ %s" % (classes.tolist(),))
         return pos.astype(np.float64)
 
     def fit(self, X, y, *, feature_names=None):
@@ -243,7 +271,7 @@ class FMClassifier:
         epochs = self.epochs
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ParameterError("epochs must be an integer >= 1, not %r" % (epochs,))
-        names = self._names(X, feature_names, reset=True)
+        names = self._given_names(X, feature_names)  # kept by _names once trained
         M = _as_matrix(X)
         y = _as_labels(y, M.shape[0])
         classes = np.unique(y)
@@ -251,11 +279,14 @@ class FMClassifier:
             raise ValueError("Only binary classification is supported. y holds %d %s"
                              % (classes.shape[0], "class" if classes.shape[0] == 1 else "classes"))
         fm = self._new_fm()
-        self.classes_ = classes
-        self.n_features_in_ = M.shape[1]
-        t = self._targets(y)
+        t = self._targets(y, classes)
         for _ in range(int(epochs)):
             fm.partial_fit(M, t, cores=self.cores, feature_names=names, on_error="stop")
+        # set once trained: a refit that raised (BadInputError) left the new classes_,
+        # n_features_in_ and names on the previous fit's model, whose predictions they then labelled
+        self._names(X, feature_names, reset=True)
+        self.classes_ = classes
+        self.n_features_in_ = M.shape[1]
         self.fm_ = fm
         return self
 
@@ -270,12 +301,20 @@ class FMClassifier:
             if classes.shape[0] != 2:
                 raise ValueError("Only binary classification is supported. Give 2 classes, not %d"
                                  % classes.shape[0])
+            # the labels are checked before the estimator holds anything: a first call that
+            # raised here left it fitted (an empty model, those classes for good)
+            t = self._targets(y, classes)
             self.classes_ = classes
             self.n_features_in_ = M.shape[1]
             self.fm_ = self._new_fm()
         else:
+            # as scikit-learn's partial_fit: other classes later are an error, not ignored
+            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+                raise ValueError("`classes=%r` is not the same as on last call to partial_fit, was: %r"
+                                 % (classes, self.classes_))
             self._check_n_features(M)
-        self.fm_.partial_fit(M, self._targets(y), cores=self.cores, feature_names=names, on_error="stop")
+            t = self._targets(y)
+        self.fm_.partial_fit(M, t, cores=self.cores, feature_names=names, on_error="stop")
         return self
 
     # -- prediction ------------------------------------------------------------------

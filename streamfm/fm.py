@@ -929,7 +929,11 @@ class FM:
             if self._kind == "ffm":
                 raw = np.empty(1)
                 sm.scores(p, raw)
-                return float(1.0 / (1.0 + math.exp(-raw[0])))
+                # the kernel's sigmoid, as predict_proba: math.exp here overflowed
+                # (OverflowError) for a raw score below about -709
+                out = np.empty(1)
+                probabilities(raw, 1, out)
+                return float(out[0])
             w, rows = sm.weights, p.rows
         else:
             m = self._model

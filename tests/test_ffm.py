@@ -358,3 +358,14 @@ def test_too_many_fields_are_counted_whole():
     with pytest.raises(ValueError, match="^4 fields, more than the capacity 2$"):
         ffm.Fields("=", 2, names=[b"user", b"item", b"hour", b"price"])
     assert ffm.Fields("=", 4, names=[b"user", b"item", b"hour", b"price"]).names[-1] == b"price"
+
+
+def test_predict_proba_one_of_a_very_negative_score_is_zero_not_an_overflow():
+    # w_a > 0 and a value of -1e5: a raw score near -3e4, whose exp(-raw) overflows a
+    # Python float; predict_proba_one said OverflowError where predict_proba says 0.0
+    fm = streamfm.FM(k=2, model="ffm", w_l1=0, w_l2=0, w_alpha=1)
+    for _ in range(2):
+        fm.learn_one({"a": 1, "b=1": 1}, 1)
+    assert fm.predict_proba([b"0 a:-1e5"]).tolist() == [0.0]
+    assert fm.predict_proba_one({"a": -1e5}) == 0.0
+    assert fm.predict_proba_one({"a": 1, "b=1": 1}) == fm.predict_proba([b"1 a b=1"])[0]

@@ -116,3 +116,100 @@ def test_classifier_trains_a_field_aware_fm():
         FMClassifier(k=2, model="ffm", max_fields=8).fit(X, y)
     with pytest.raises(ParameterError, match="model must be"):
         FMClassifier(model="xfm").fit(X, y)
+
+
+def test_a_sparse_matrix_with_repeated_entries_is_its_dense_sum():
+    """A CSR matrix storing (row, column) twice means their sum, as toarray() says: fit and
+    predict_proba give what the dense matrix gives (they added a pair term <v, v> x x)."""
+    sp = pytest.importorskip("scipy.sparse", reason="scipy is in the test extra")
+    X, y = data()
+    dense = FMClassifier(k=3, seed=4, epochs=2, v_alpha=0.3).fit(X, y)
+    # row i's entries, the first one split in two halves, stored unsorted
+    indptr, ind, val = [0], [], []
+    for row in X:
+        nz = np.flatnonzero(row)
+        if len(nz):
+            j = nz[0]
+            ind += [j] + list(nz[1:][::-1]) + [j]
+            val += [row[j] / 2] + list(row[nz[1:][::-1]]) + [row[j] / 2]
+        indptr.append(len(ind))
+    S = sp.csr_matrix((np.array(val), np.array(ind), np.array(indptr)), shape=X.shape)
+    assert not S.has_canonical_format and np.array_equal(S.toarray(), X)
+    assert np.array_equal(dense.predict_proba(S), dense.predict_proba(X))
+    fitted = FMClassifier(k=3, seed=4, epochs=2, v_alpha=0.3).fit(S, y)
+    assert np.array_equal(fitted.predict_proba(X), dense.predict_proba(X))
+    assert not S.has_canonical_format and len(S.data) == len(val)  # the caller's matrix as it was
+
+
+def test_dataframe_column_names_after_fit():
+    """A DataFrame's columns name its features: after a fit without names they are taken by
+    position (with scikit-learn's warning), names fit did not see are a ValueError; they were
+    features the model does not know, every row scored as the bias alone."""
+    pd = pytest.importorskip("pandas")
+    X, y = data()
+    clf = FMClassifier(k=3, seed=4, epochs=2).fit(X, y)
+    cols = ["c%d" % j for j in range(12)]
+    with pytest.warns(UserWarning, match="^X has feature names, but FMClassifier was fitted without feature "
+                      "names$"):
+        p = clf.predict_proba(pd.DataFrame(X, columns=cols))
+    assert np.array_equal(p, clf.predict_proba(X))
+    named = FMClassifier(k=3, seed=4, epochs=2).fit(pd.DataFrame(X, columns=cols), y)
+    other = ["d%d" % j for j in range(6)] + cols[6:]
+    msg = ("The feature names should match those that were passed during fit.\n"
+           "Feature names unseen at fit time:\n- d0\n- d1\n- d2\n- d3\n- d4\n- ...\n"
+           "Feature names seen at fit time, yet now missing:\n- c0\n- c1\n- c2\n- c3\n- c4\n- ...\n")
+    for method in (named.predict_proba, named.predict, lambda X: named.partial_fit(X, y)):
+        with pytest.raises(ValueError) as e:
+            method(pd.DataFrame(X, columns=other))
+        assert str(e.value) == msg
+    # the same names in another order are the same features
+    back = pd.DataFrame(X, columns=cols)[cols[::-1]]
+    # (summed in another order: equal but for the last bits)
+    assert np.allclose(named.predict_proba(back), named.predict_proba(X), rtol=1e-13, atol=0)
+
+
+def test_a_first_partial_fit_refused_for_its_labels_leaves_the_estimator_unfitted():
+    """y with a label not in ``classes``: the first partial_fit raises and the estimator is
+    not fitted (it was: an empty model predicting 0.5, those classes kept by the next call)."""
+    from sklearn.exceptions import NotFittedError
+
+    X = np.eye(4)
+    y = np.array(["a", "b", "c", "a"])
+    clf = FMClassifier(k=2)
+    with pytest.raises(ValueError) as e:
+        clf.partial_fit(X, y, classes=["a", "b"])
+    assert str(e.value) == "y holds labels not in classes_ ['a', 'b']"
+    assert not hasattr(clf, "fm_") and not hasattr(clf, "classes_")
+    with pytest.raises(NotFittedError):
+        clf.predict_proba(X)
+    clf.partial_fit(X[:3], y[:3] != "b", classes=[False, True])
+    assert clf.classes_.tolist() == [False, True] and clf.fm_.samples_seen == 3
+
+
+def test_partial_fit_refuses_other_classes_after_the_first_call():
+    """scikit-learn's partial_fit contract: ``classes`` of a later call must be the first
+    call's (they were ignored: label 1, the negative of classes [1, 2], trained silently as
+    the positive of [0, 1])."""
+    X, y = data(60)
+    clf = FMClassifier(k=2).partial_fit(X, y, classes=[0, 1])
+    clf.partial_fit(X, y, classes=[1, 0])  # the same classes
+    with pytest.raises(ValueError) as e:
+        clf.partial_fit(X, np.ones(60, int), classes=[1, 2])
+    assert str(e.value) == ("`classes=[1, 2]` is not the same as on last call to partial_fit, was: "
+                            "array([0, 1])")
+    assert clf.fm_.samples_seen == 120
+
+
+def test_a_refit_that_raises_keeps_the_previous_fit_whole():
+    """fit stopped by a bad sample (an FFM's 13th field of 8) kept the previous model but took
+    the new data's classes_ and n_features_in_: the old model's scores labelled with new classes."""
+    X, y = data()
+    names = ["g%d:c%d" % (j // 4, j) for j in range(12)]
+    clf = FMClassifier(k=2, seed=3, model="ffm", field_sep=":", max_fields=8).fit(X, y, feature_names=names)
+    p = clf.predict_proba(X, feature_names=names)
+    X13 = np.hstack([X, X[:, :1]])
+    with pytest.raises(BadInputError, match="field capacity"):
+        clf.fit(X13, np.where(y == 1, "yes", "no"))  # default names "0".."12": 13 fields
+    assert clf.classes_.tolist() == [0, 1] and clf.n_features_in_ == 12
+    assert np.array_equal(clf.predict_proba(X, feature_names=names), p)
+    assert np.array_equal(clf.predict_proba(X), p)  # the names given to the fit that stands

@@ -1242,16 +1242,17 @@ class FM:
             k = int(info["field_k"])
             args.update(model="ffm", field_sep=info["field_sep"], max_fields=int(info["max_fields"]))
         fm = cls(k0=k0, k1=k1, k=k, dtype=arrays.dtype, **args)
+        fm._model = None
+        fm._arrays = arrays
+        fm._reserve_rows = int(reserve_rows)
+        fm._loaded_info = dict(info)  # what the file said
         if not info.get("hyper") and set(hyper) & set(HYPER_PARAMETERS):
             # a text model's hyper-parameters, given by the caller: saved unchanged
             # as binary, the file says them (not the defaults a reader would assume)
             h = fm.hyper_parameters()
-            arrays.info.update(hyper={n: float(h[n]) for n in HYPER_PARAMETERS}, fvs=bool(h["fvs"]),
-                               seed=int(h["seed"]))
-        fm._model = None
-        fm._arrays = arrays
-        fm._reserve_rows = int(reserve_rows)
-        fm._loaded_info = dict(info)
+            arrays.info.update(hyper={n: float(h[n]) for n in HYPER_PARAMETERS}, fvs=bool(h["fvs"]))
+            if "seed" in hyper:
+                arrays.info["seed"] = int(h["seed"])
         return fm
 
     @property

@@ -782,6 +782,13 @@ def test_merged_model_file_says_the_hyper_parameters_it_was_merged_with(tmp_path
     assert {h: got[h] for h in want} == want
     streamfm.FM.load(tmp_path / "a.txt").save(tmp_path / "u.bin")  # none given: none claimed
     assert streamfm.FM.load(tmp_path / "u.bin").info.get("hyper") is None
+    # a text model has no seed to differ from: fm_train -im takes --seed without a warning
+    proc = run(FM_TRAIN, "-im", tmp_path / "a.txt", "-m", tmp_path / "c2.bin", "-mf", "bin", "-dim", "1,1,%d" % K,
+               "--seed", "7", "-v_alpha", "0.2", "-w_l2", "1", input=b"".join(x + b"\n" for x in data[1000:1100]))
+    assert_ok(proc)
+    assert b"differs from the model's seed" not in proc.stderr
+    got = streamfm.FM.load(tmp_path / "c2.bin").hyper_parameters()
+    assert {h: got[h] for h in want} == want
 
 
 def test_merge_refuses_a_model_that_holds_a_name_twice(tmp_path, data):

@@ -909,6 +909,52 @@ def test_cli_workers_share_the_port_and_a_dead_worker_is_replaced(files, tmp_pat
     assert "Traceback" not in err, err
 
 
+def test_cli_worker_that_cannot_start_is_retried_less_and_less_often(files, tmp_path):
+    """A worker that dies while the model on disk is one it refuses cannot start
+    again: its slot waits twice as long after each quick death (0.5 s, 1 s, ...),
+    instead of a new process five times a second for ever; the live worker keeps
+    serving, and once the model is good again the slot fills."""
+    d, p = files
+    served = str(tmp_path / "served.bin")
+    shutil.copyfile(p["model"], served)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    log = open(tmp_path / "err.txt", "wb")
+    proc = subprocess.Popen([FM_SERVE, "-m", served, "--workers", "2", "--poll-interval", "0", "--port",
+                             str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    url = "http://127.0.0.1:%d" % port
+    err = lambda: (tmp_path / "err.txt").read_text()  # noqa: E731
+    try:
+        def up():
+            try:
+                return httpx.get(url + "/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+        assert wait_for(lambda: "2 workers serving" in err(), timeout=900), err()  # both started
+        good = open(served, "rb").read()
+        (tmp_path / "broken.bin").write_bytes(good[:1000])
+        replace(str(tmp_path / "broken.bin"), served)
+        victim = sorted(children(proc.pid))[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: "starting another in 1.0 s" in err(), timeout=600), err()
+        assert "starting another in 0.5 s" in err()
+        for _ in range(10):  # the other worker serves meanwhile
+            assert httpx.post(url + "/v1/score", json={"samples": ["a:1"]}).status_code == 200
+        (tmp_path / "good.bin").write_bytes(good)
+        replace(str(tmp_path / "good.bin"), served)
+        assert err().count(", ready in ") == 2  # the first two workers only: no start succeeded
+        assert wait_for(lambda: err().count(", ready in ") == 3, timeout=600), err()
+        assert len(children(proc.pid)) == 2 and up()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        log.close()
+    assert code == 0, err()
+    assert "Traceback" not in err(), err()
+
+
 @pytest.mark.parametrize("what", ["no_model", "broken_model", "mismatched_index"])
 def test_cli_refuses_to_start_on_a_bad_set(files, tmp_path, what):
     d, p = files

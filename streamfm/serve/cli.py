@@ -218,6 +218,31 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
     server.run(sockets=sockets)
 
 
+RESTART_FIRST = 0.5    # seconds before the second quick restart of a worker slot
+RESTART_MAX = 60.0     # the longest wait between restarts
+RESTART_SETTLED = 60.0  # a worker that served this long died of something else: restart at once
+
+
+def restart_delay(previous, ran):
+    """Seconds before a dead worker's slot starts another, given the wait
+    ``previous`` before the one that died and how long it ``ran``.
+
+    A worker dying soon after its start most likely cannot start (the model
+    on disk now is one it refuses): restarting it five times a second for
+    ever would spend the live workers' cores on numba's start-up, so quick
+    deaths wait twice as long each time, up to RESTART_MAX. A worker that
+    served RESTART_SETTLED seconds or more is replaced at once.
+
+    >>> [restart_delay(d, 1.0) for d in (0.0, 0.5, 16.0, 60.0)]
+    [0.5, 1.0, 32.0, 60.0]
+    >>> restart_delay(32.0, 600.0)
+    0.0
+    """
+    if ran >= RESTART_SETTLED:
+        return 0.0
+    return min(RESTART_MAX, max(RESTART_FIRST, 2.0 * previous))
+
+
 def _supervise(workers, host, port, quiet):
     """Bind the port, run ``workers`` worker processes on it, restart any that dies."""
     try:
@@ -264,13 +289,27 @@ def _supervise(workers, host, port, quiet):
         procs.append(p)
     if not quiet:
         logger.info("%d workers serving on http://%s:%d", workers, host, port)
+    started = [time.time()] * workers
+    delay = [0.0] * workers  # the wait before each slot's last start
+    due = [None] * workers   # when a dead worker's slot starts another
     while not stopping:
         time.sleep(0.2)
         for i, p in enumerate(procs):
-            if p.poll() is not None and not stopping:
-                logger.error("worker %d exited (%s); starting another", p.pid, p.returncode)
+            if stopping:
+                break
+            now = time.time()
+            if due[i] is None:
+                if p.poll() is None:
+                    continue
+                delay[i] = restart_delay(delay[i], now - started[i])
+                due[i] = now + delay[i]
+                logger.error("worker %d exited (%s); starting another%s", p.pid, p.returncode,
+                             " in %.1f s (it ran %.1f s)" % (delay[i], now - started[i]) if delay[i] else "")
+            if now >= due[i]:
                 procs[i], r = spawn()
                 os.close(r)
+                started[i] = time.time()
+                due[i] = None
     deadline = time.time() + 30
     for p in procs:
         try:

@@ -870,43 +870,61 @@ def children(pid):
         return set()
 
 
+class Workers:
+    """fm_serve -m MODEL --workers 2 on a free port, its stderr in tmp_path/err.txt."""
+
+    def __init__(self, model, tmp_path):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        self.log_path = tmp_path / "err.txt"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([FM_SERVE, "-m", model, "--workers", "2", "--poll-interval", "0", "--port",
+                                      str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.log)
+        self.url = "http://127.0.0.1:%d" % port
+
+    def err(self):
+        return self.log_path.read_text()
+
+    def up(self):
+        try:
+            return httpx.get(self.url + "/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self):
+        """SIGTERM (passed on to every worker); the supervisor's exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self.log.close()
+        return code
+
+
 def test_cli_workers_share_the_port_and_a_dead_worker_is_replaced(files, tmp_path):
     d, p = files
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    log = open(tmp_path / "err.txt", "wb")
-    proc = subprocess.Popen([FM_SERVE, "-m", p["model"], "--workers", "2", "--poll-interval", "0", "--port",
-                             str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-    url = "http://127.0.0.1:%d" % port
+    w = Workers(p["model"], tmp_path)
+    url = w.url
     try:
-        def up():
-            try:
-                return httpx.get(url + "/healthz", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-        assert wait_for(up, timeout=900), (tmp_path / "err.txt").read_text()
-        workers = children(proc.pid)
+        assert wait_for(w.up, timeout=900), w.err()
+        workers = children(w.proc.pid)
         assert len(workers) == 2
         pids = {httpx.get(url + "/healthz").json()["pid"] for _ in range(5)}
         assert pids <= workers
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: len(children(proc.pid) - {victim}) == 2, timeout=300)
-        assert wait_for(lambda: "starting another" in (tmp_path / "err.txt").read_text(), timeout=10)
+        assert wait_for(lambda: len(children(w.proc.pid) - {victim}) == 2, timeout=300)
+        assert wait_for(lambda: "starting another" in w.err(), timeout=10)
         for _ in range(20):  # every answer comes from a live worker
             r = httpx.post(url + "/v1/score", json={"samples": ["a:1"]})
             assert r.status_code == 200
-        proc.send_signal(signal.SIGHUP)  # passed on to every worker
+        w.proc.send_signal(signal.SIGHUP)  # passed on to every worker
         assert wait_for(lambda: httpx.get(url + "/healthz").json()["generation"] == 2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        log.close()
-    err = (tmp_path / "err.txt").read_text()
-    assert code == 0, err
-    assert "Traceback" not in err, err
+        code = w.stop()
+    assert code == 0, w.err()
+    assert "Traceback" not in w.err(), w.err()
 
 
 def test_cli_worker_that_cannot_start_is_retried_less_and_less_often(files, tmp_path):
@@ -917,42 +935,27 @@ def test_cli_worker_that_cannot_start_is_retried_less_and_less_often(files, tmp_
     d, p = files
     served = str(tmp_path / "served.bin")
     shutil.copyfile(p["model"], served)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    log = open(tmp_path / "err.txt", "wb")
-    proc = subprocess.Popen([FM_SERVE, "-m", served, "--workers", "2", "--poll-interval", "0", "--port",
-                             str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-    url = "http://127.0.0.1:%d" % port
-    err = lambda: (tmp_path / "err.txt").read_text()  # noqa: E731
+    w = Workers(served, tmp_path)
     try:
-        def up():
-            try:
-                return httpx.get(url + "/healthz", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-        assert wait_for(lambda: "2 workers serving" in err(), timeout=900), err()  # both started
+        assert wait_for(lambda: "2 workers serving" in w.err(), timeout=900), w.err()  # both started
         good = open(served, "rb").read()
         (tmp_path / "broken.bin").write_bytes(good[:1000])
         replace(str(tmp_path / "broken.bin"), served)
-        victim = sorted(children(proc.pid))[0]
+        victim = sorted(children(w.proc.pid))[0]
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: "starting another in 1.0 s" in err(), timeout=600), err()
-        assert "starting another in 0.5 s" in err()
+        assert wait_for(lambda: "starting another in 1.0 s" in w.err(), timeout=600), w.err()
+        assert "starting another in 0.5 s" in w.err()
         for _ in range(10):  # the other worker serves meanwhile
-            assert httpx.post(url + "/v1/score", json={"samples": ["a:1"]}).status_code == 200
+            assert httpx.post(w.url + "/v1/score", json={"samples": ["a:1"]}).status_code == 200
         (tmp_path / "good.bin").write_bytes(good)
         replace(str(tmp_path / "good.bin"), served)
-        assert err().count(", ready in ") == 2  # the first two workers only: no start succeeded
-        assert wait_for(lambda: err().count(", ready in ") == 3, timeout=600), err()
-        assert len(children(proc.pid)) == 2 and up()
+        assert w.err().count(", ready in ") == 2  # the first two workers only: no start succeeded
+        assert wait_for(lambda: w.err().count(", ready in ") == 3, timeout=600), w.err()
+        assert len(children(w.proc.pid)) == 2 and w.up()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        log.close()
-    assert code == 0, err()
-    assert "Traceback" not in err(), err()
+        code = w.stop()
+    assert code == 0, w.err()
+    assert "Traceback" not in w.err(), w.err()
 
 
 @pytest.mark.parametrize("what", ["no_model", "broken_model", "mismatched_index"])

@@ -328,17 +328,10 @@ def first_nonfinite(a):
     return -1
 
 
-def check_finite(kind, path, name, arr):
-    """``kind.error`` when a float array read from a file holds NaN or an
-    infinity (the text reader refuses them too): nothing trained could be one."""
-    if arr.size:
-        i = first_nonfinite(arr.reshape(-1))
-        if i >= 0:
-            nonfinite_error(kind, path, name, arr, i)
-
-
 def nonfinite_error(kind, path, name, arr, i):
-    """Raise ``check_finite``'s error for the number at flat position i of arr."""
+    """``kind.error`` for the number at flat position i of a float array read from a
+    file, NaN or an infinity (``checked`` finds it; the text reader refuses them
+    too): nothing trained could be one."""
     row = i // max(arr.shape[1], 1) if arr.ndim == 2 else i
     raise kind.error("%s: corrupted: array %r row %d holds %r, not a finite number"
                      % (path, name, row, float(arr.reshape(-1)[i])))

@@ -92,13 +92,43 @@ def format_explained(ys, raw, indptr, phi, src, name_start, name_len, n_samples,
 
 
 @njit(cache=True, nogil=True)
-def accumulate_importance(rows, phi, nnz, count, sum_phi, sum_abs):
-    for j in range(nnz):
-        r = rows[j]
-        if r >= 0:
-            count[r] += 1
-            sum_phi[r] += phi[j]
-            sum_abs[r] += abs(phi[j])
+def accumulate_importance(rows, phi, indptr, n_samples, group, clock, last, cur, seen, hit, count, sum_phi,
+                          sum_abs):
+    """Add a block's phis to per-group sums: a group (a feature, or a field with
+    ``--by-field``) counts once per sample it takes part in, with its share of
+    that sample's score, the sum of its occurrences' phis (a feature written
+    twice, or a field with several values, is one share, not two).
+
+    ``group[row]``: the row's group (< 0: not counted, e.g. the bias).
+    ``clock[0]``: samples seen so far by this accumulator; ``last[g]``: the
+    clock of the last sample group g took part in; ``cur``: its share so far
+    in that sample; ``seen``: scratch of at least a sample's terms; ``hit[row]``
+    is set for every row that occurs.
+    """
+    t = clock[0]
+    for i in range(n_samples):
+        m = 0
+        for j in range(indptr[i], indptr[i + 1]):
+            r = rows[j]
+            if r < 0:
+                continue
+            hit[r] = True
+            g = group[r]
+            if g < 0:
+                continue
+            if last[g] != t:
+                last[g] = t
+                cur[g] = 0.0
+                seen[m] = g
+                m += 1
+            cur[g] += phi[j]
+        for q in range(m):
+            g = seen[q]
+            count[g] += 1
+            sum_phi[g] += cur[g]
+            sum_abs[g] += abs(cur[g])
+        t += 1
+    clock[0] = t
 
 
 @njit(cache=True, nogil=True)
@@ -120,21 +150,29 @@ def field_prefix_hash(arena, name_off, n_rows, sep, key):
 class Explainer:
     """Per-block attribution for fm_predict --explain and fm_dump importance."""
 
-    def __init__(self, model, topn=0, importance=False):
+    def __init__(self, model, topn=0, importance=False, group=None, n_groups=None):
         self.model = model
         self.topn = topn
         self.importance = importance
+        if importance and group is None:  # one group a feature, the bias none
+            group = np.arange(model.n_rows, dtype=np.int64)
+            group[0] = -1
+            n_groups = model.n_rows
+        self.group = group
+        self.n_groups = n_groups
         self._acc = []
 
     def accumulators(self):
-        n = self.model.n_rows
-        acc = (np.zeros(n, np.int64), np.zeros(n), np.zeros(n))
+        n = self.n_groups
+        # count, sum of phi, sum of |phi|; then the per-sample bookkeeping (clock, last, cur)
+        acc = (np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(1, np.int64),
+               np.full(n, -1, np.int64), np.zeros(n), np.zeros(self.model.n_rows, np.bool_))
         self._acc.append(acc)
         return acc
 
     def on_block_factory(self):
         """A per-thread on_block callback for predict_stream."""
-        state = {"phi": np.empty(0), "out": np.empty(0, np.uint8), "acc": None}
+        state = {"phi": np.empty(0), "out": np.empty(0, np.uint8), "acc": None, "seen": np.empty(0, np.int64)}
         m = self.model
 
         def on_block(p, raw):
@@ -145,8 +183,11 @@ class Explainer:
             if self.importance:
                 if state["acc"] is None:
                     state["acc"] = self.accumulators()
-                c, sp, sa = state["acc"]
-                accumulate_importance(p.rows, phi, p.nnz, c, sp, sa)
+                if state["seen"].shape[0] < p.nnz:
+                    state["seen"] = np.empty(max(p.nnz, 2 * state["seen"].shape[0]), np.int64)
+                c, sp, sa, clock, last, cur, hit = state["acc"]
+                accumulate_importance(p.rows, phi, p.indptr, p.n_samples, self.group, clock, last, cur,
+                                      state["seen"], hit, c, sp, sa)
                 return b""
             need = p.n_samples * 40 + p.nnz * 30 + p.buf.shape[0]
             if state["out"].shape[0] < need:
@@ -158,12 +199,16 @@ class Explainer:
         return on_block
 
     def totals(self):
-        n = self.model.n_rows
+        """(count, sum of phi, sum of |phi|) per group, all threads' accumulators added,
+        and the number of features (rows but the bias) that occurred."""
+        n = self.n_groups
         c = np.zeros(n, np.int64)
         sp = np.zeros(n)
         sa = np.zeros(n)
-        for a, b, d in self._acc:
+        hit = np.zeros(self.model.n_rows, np.bool_)
+        for a, b, d, _, _, _, h in self._acc:
+            hit |= h
             c += a
             sp += b
             sa += d
-        return c, sp, sa
+        return c, sp, sa, int(hit[1:].sum())

@@ -3,8 +3,9 @@
     y = w0 + sum_i w_i x_i + sum_{i<j} <v_{i,f(j)}, v_{j,f(i)}> x_i x_j
 
 A feature's field f(i) is the part of its name before the first field
-separator (default ``=``: ``age_b=3`` is in field ``age_b``); a name without
-it (or starting with it) is a field of its own, the whole name. Fields get
+separator after its first byte (default ``=``: ``age_b=3`` is in field
+``age_b``, ``=a=b`` in ``=a``); a name without one is a field of its own, the
+whole name (so a field is never empty). Fields get
 dense ids in order of first appearance, up to a capacity F (``max_fields``).
 
 A feature's row is an FM row (``ftrl.py``'s layout) with K = F * k factors:
@@ -35,13 +36,13 @@ DEFAULT_MAX_FIELDS = 64
 
 
 def field_of(name, sep):
-    """The field of a feature name (bytes): the bytes before the first ``sep``; the
-    whole name when it holds no ``sep`` or starts with it.
+    """The field of a feature name (bytes): the bytes before the first ``sep`` after
+    its first byte (the kernels' ``_field_end``); the whole name when there is none.
 
-    >>> field_of(b"age_b=3", b"="), field_of(b"price", b"="), field_of(b"=x", b"=")
-    (b'age_b', b'price', b'=x')
+    >>> field_of(b"age_b=3", b"="), field_of(b"price", b"="), field_of(b"=x", b"="), field_of(b"=a=b", b"=")
+    (b'age_b', b'price', b'=x', b'=a')
     """
-    i = name.find(sep)
+    i = name.find(sep, 1)
     return name[:i] if i > 0 else name
 
 

@@ -1122,35 +1122,37 @@ class FM:
         if by_field is not None and (not isinstance(by_field, str) or len(by_field.encode()) != 1):
             raise ParameterError("by_field must be a single byte such as '_', not %r" % (by_field,))
         sm = self.serving_model()
-        ex = Explainer(sm, importance=True)
-        _, report = self._score(data, cores, on_error, feature_names, "importance", metrics=False,
-                                make_on_block=ex.on_block_factory)
-        count, sum_phi, sum_abs = ex.totals()
         arena, name_off = sm.table.names_view()
-        report.n_features = int((count[1:] > 0).sum())
+        n = sm.n_rows
         if by_field is not None:
             sep = by_field.encode()
-            keys = field_prefix_hash(arena, name_off, sm.n_rows, sep[0], sm.table.key)
-            seen = count > 0
-            seen[0] = False
-            _, first, inv = np.unique(keys[seen], return_index=True, return_inverse=True)
-            rows = np.flatnonzero(seen)
-            g_count = np.bincount(inv, weights=count[seen]).astype(np.int64)
-            g_phi = np.bincount(inv, weights=sum_phi[seen])
-            g_abs = np.bincount(inv, weights=sum_abs[seen])
-            names = [bytes(arena[name_off[r]:name_off[r + 1]]).split(sep, 1)[0] for r in rows[first]]
+            keys = field_prefix_hash(arena, name_off, n, sep[0], sm.table.key)
+            _, first, inv = np.unique(keys[1:], return_index=True, return_inverse=True)
+            group = np.empty(n, np.int64)
+            group[0] = -1
+            group[1:] = inv
+            first_row = first + 1  # a field's first feature in the model
         else:
-            rows = np.flatnonzero(count[1:] > 0) + 1
-            g_count, g_phi, g_abs = count[rows], sum_phi[rows], sum_abs[rows]
-            names = None
+            group = np.arange(n, dtype=np.int64)
+            group[0] = -1
+            first_row = group
+        ex = Explainer(sm, importance=True, group=group, n_groups=first_row.shape[0])
+        _, report = self._score(data, cores, on_error, feature_names, "importance", metrics=False,
+                                make_on_block=ex.on_block_factory)
+        count, sum_phi, sum_abs, report.n_features = ex.totals()
+        groups = np.flatnonzero(count > 0)
+        rows = first_row[groups]
+        g_count, g_phi, g_abs = count[groups], sum_phi[groups], sum_abs[groups]
         mean_phi = g_phi / np.maximum(g_count, 1)
         mean_abs = g_abs / np.maximum(g_count, 1)
-        order = np.lexsort((np.arange(len(mean_abs)), -mean_abs))
+        order = np.lexsort((rows, -mean_abs))
         if top is not None:
             order = order[:_check_int("top", top, 0)]
         out = []
         for i in order.tolist():
-            name = names[i] if names is not None else bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
+            name = bytes(arena[name_off[rows[i]]:name_off[rows[i] + 1]])
+            if by_field is not None:
+                name = name.split(sep, 1)[0]
             out.append((name, int(g_count[i]), float(mean_phi[i]), float(mean_abs[i])))
         return out
 

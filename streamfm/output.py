@@ -23,9 +23,11 @@ import errno
 import os
 import re
 import select
+import socket
 import stat
 import sys
 import tempfile
+import zlib
 
 from .errors import OutputError, SameFileError  # the writers' errors, re-exported
 
@@ -191,7 +193,8 @@ class Output:
         base = "." + os.path.basename(target) + "."
         remove_orphans(d, base)
         try:
-            self.fd, self.tmp = tempfile.mkstemp(prefix=base + "%d." % os.getpid(), suffix=".tmp", dir=d)
+            self.fd, self.tmp = tempfile.mkstemp(prefix=base + "%d-%s." % (os.getpid(), pid_space()),
+                                                 suffix=".tmp", dir=d)
         except OSError as e:
             raise _error(path, e) from None
 
@@ -335,28 +338,56 @@ def open_output(path, append=False, durable=True):
     return Output(path, append=append, durable=durable)
 
 
-# what follows ``<base>`` in a temporary file's name: the writer's pid, then
-# mkstemp's random part (letters, digits, '_': never a dot)
-_TEMP_TAIL = re.compile(r"^(\d+)\.[A-Za-z0-9_]+\.tmp$")
+# what follows ``<base>`` in a temporary file's name: the writer's pid and pid space,
+# then mkstemp's random part (letters, digits, '_': never a dot)
+_TEMP_TAIL = re.compile(r"^(\d+)-([0-9a-f]{8})\.[A-Za-z0-9_]+\.tmp$")
+_PID_SPACE = None
+
+
+def pid_space():
+    """8 hex digits naming the space this process's pid is a pid in: this kernel
+    boot and its pid namespace (a container has its own; the host's initial
+    namespace has the same inode on every machine, hence the boot id). Two
+    writers of one directory (a shared volume, NFS) are told apart by it: a pid
+    means something only within its space."""
+    global _PID_SPACE
+    if _PID_SPACE is None:
+        parts = []
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+                parts.append(f.read().strip())
+        except OSError:
+            parts.append(socket.gethostname().encode("utf-8", "surrogateescape"))
+        try:
+            parts.append(b"%d" % os.stat("/proc/self/ns/pid").st_ino)
+        except OSError:
+            pass
+        _PID_SPACE = "%08x" % zlib.crc32(b"/".join(parts))
+    return _PID_SPACE
 
 
 def remove_orphans(d, base):
-    """Remove temporary files ``<base><pid>.<random>.tmp`` in ``d`` whose writer is dead.
+    """Remove temporary files ``<base><pid>-<space>.<random>.tmp`` in ``d`` whose writer is dead.
 
-    Only names of exactly that form: another target whose name extends this
-    one's (``pred.txt.20261201`` beside ``pred.txt``) has temporary files
-    ``.pred.txt.20261201.<pid>.<random>.tmp``, with more fields, and a
-    running writer of it must never lose its file.
+    Only names of exactly that form, and only this process's pid space
+    (``pid_space``): a writer in another container or on another machine
+    sharing the directory has pids this process cannot check, and its file
+    is left alone (so is a temporary of another form, such as an older
+    version's ``<base><pid>.<random>.tmp``). Another target whose name
+    extends this one's (``pred.txt.20261201`` beside ``pred.txt``) has
+    temporary files ``.pred.txt.20261201.<pid>-<space>.<random>.tmp``, with
+    more fields, and a running writer of it must never lose its file.
     """
     try:
         names = os.listdir(d)
     except OSError:
         return
+    space = pid_space()
     for name in names:
         if not name.startswith(base):
             continue
         m = _TEMP_TAIL.match(name[len(base):])
-        if m is None:
+        if m is None or m.group(2) != space:
             continue
         pid = m.group(1)
         try:

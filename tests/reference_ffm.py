@@ -26,7 +26,7 @@ from reference import Unit, ftrl_step, ftrl_weight, initial_v, logistic_mult
 
 
 def field_of(name, sep):
-    i = name.find(sep)
+    i = name.find(sep, 1)  # as the kernels: a name starting with sep is not cut there
     return name[:i] if i > 0 else name
 
 

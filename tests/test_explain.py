@@ -175,3 +175,72 @@ def test_phi_block_on_empty_and_label_only_lines():
     assert p.n_samples == 2
     assert raw.tolist()[0] == 0.3
     assert phi.tolist() == [0.2]
+
+
+def _importance_reference(fm, lines, sep=None):
+    """FM.importance from FM.explain: per sample, each feature's (or field's) share
+    is the sum of its terms' phis; count = samples it takes part in; ties by
+    the first row of the feature (field) in the model; features the model does
+    not hold are left out."""
+    order = {}
+    sm = fm.serving_model()
+    arena, off = sm.table.names_view()
+    for r in range(1, sm.n_rows):
+        name = bytes(arena[off[r]:off[r + 1]])
+        key = name.split(sep, 1)[0] if sep else name
+        order.setdefault(key, r)
+    acc = {}
+    for ex in fm.explain(lines, top=1 << 30):
+        share = {}
+        for name, phi in ex or []:
+            if (name.encode().split(sep, 1)[0] if sep else name.encode()) not in order:
+                continue
+            key = name.encode().split(sep, 1)[0] if sep else name.encode()
+            share[key] = share.get(key, 0.0) + phi
+        for key, phi in share.items():
+            c, p, a = acc.get(key, (0, 0.0, 0.0))
+            acc[key] = (c + 1, p + phi, a + abs(phi))
+    rows = [(key, c, p / c, a / c) for key, (c, p, a) in acc.items()]
+    rows.sort(key=lambda t: (-t[3], order[t[0]]))
+    return rows
+
+
+@pytest.mark.parametrize("sep", [None, "_"])
+def test_importance_counts_a_feature_once_a_sample_with_its_whole_share(sep):
+    """A feature written twice in a sample, or a field with several values, takes
+    part once, with the sum of its terms' phis (it was counted once a term: a
+    sample "a_1 a_1" made a_1 count 2 with half its share each); equal mean
+    |phi| are ordered by first appearance in the model (they were by hash)."""
+    from streamfm import FM
+
+    rng = np.random.default_rng(5)
+    train = [b"%d a_%d b_%d c_%d" % (rng.integers(2), rng.integers(4), rng.integers(3), rng.integers(3))
+             for _ in range(400)]
+    fm = FM(k=3, seed=2)
+    fm.partial_fit(train)
+    data = [b"1 a_1 a_1 b_2", b"0 a_2 a_3 c_1 c_1 c_1", b"1 b_1 b_2 a_0", b"0 c_2", b"1 zz a_1"]
+    sep_b = sep.encode() if sep else None
+    got = fm.importance(data, by_field=sep)
+    # features seen (zz is not in the model): a_0..a_3, b_1, b_2, c_1, c_2
+    assert fm.last_report.n_features == 8
+    want = _importance_reference(fm, data, sep_b)
+    assert [(n, c) for n, c, _, _ in got] == [(n, c) for n, c, _, _ in want]
+    for (_, _, p, a), (_, _, wp, wa) in zip(got, want):
+        assert p == pytest.approx(wp, rel=1e-12, abs=1e-15) and a == pytest.approx(wa, rel=1e-12, abs=1e-15)
+    counts = dict((n, c) for n, c, _, _ in got)
+    if sep:
+        assert counts == {b"a": 4, b"b": 2, b"c": 2}
+    else:
+        assert counts[b"a_1"] == 2 and counts[b"c_1"] == 1
+
+
+def test_importance_ties_follow_the_model_order():
+    from streamfm import FM
+
+    # k = 0, no regularisation: every feature of one weight has the same |phi|
+    fm = FM(k=0, w_l1=0, w_l2=0, w_alpha=1)
+    fm.partial_fit([b"1 m_1 z_1 a_1"])
+    got = fm.importance([b"1 m_1 z_1 a_1"])
+    assert [n for n, _, _, _ in got] == [b"m_1", b"z_1", b"a_1"]
+    assert fm.importance([b"1 m_1 z_1 a_1"], by_field="_")[0][0] == b"m"
+    assert [n for n, *_ in fm.importance([b"1 m_1 z_1 a_1"], by_field="_")] == [b"m", b"z", b"a"]

@@ -369,3 +369,18 @@ def test_predict_proba_one_of_a_very_negative_score_is_zero_not_an_overflow():
     assert fm.predict_proba([b"0 a:-1e5"]).tolist() == [0.0]
     assert fm.predict_proba_one({"a": -1e5}) == 0.0
     assert fm.predict_proba_one({"a": 1, "b=1": 1}) == fm.predict_proba([b"1 a b=1"])[0]
+
+
+def test_field_of_is_the_kernels_field_for_names_that_start_with_the_separator():
+    """ffm.field_of (and the reference) cut at the first separator after the
+    name's first byte, as the kernels do: "=a=b" is in field "=a" (field_of said
+    "=a=b", the whole name)."""
+    from streamfm import FM
+
+    names = [b"=a=b", b"=x", b"a=b=c", b"==", b"===", b"price", b"=a=c"]
+    fm = FM(model="ffm", k=2, seed=1)
+    fm.partial_fit([b"1 " + b" ".join(names), b"0 =x =a=c price"])
+    m = fm.training_model()
+    got = {m.table.name_bytes(r): m.fields.names[m.row_field[r]] for r in range(1, m.n_rows)}
+    assert got == {n: ffm.field_of(n, b"=") for n in names}
+    assert got[b"=a=b"] == got[b"=a=c"] == b"=a" and got[b"=="] == got[b"==="] == b"="

@@ -27,7 +27,7 @@ from streamfm.model import ModelArrays, read_model, write_model
 FM_RECALL = os.path.join(BIN_DIR, "fm_recall")
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (mknod / mount tmpfs inside tmp_path)")
-TMP_RE = re.compile(r"^\..+\.\d+\..+\.tmp$")
+TMP_RE = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\..+\.tmp$")
 
 
 def call(exe, *args, stdin=None, stdout=subprocess.PIPE, timeout=180, env=None):
@@ -604,17 +604,18 @@ def _dead_pid():
 
 
 def test_orphans_are_only_this_targets_temporaries_of_dead_writers(tmp_path):
-    """Opening pred.txt removes .pred.txt.<dead pid>.<random>.tmp and nothing else:
+    """Opening pred.txt removes .pred.txt.<dead pid>-<space>.<random>.tmp and nothing else:
     not a live writer's, and not those of a target whose name extends this one's
-    (pred.txt.20261201's temporaries, ``.pred.txt.20261201.<pid>.<random>.tmp``,
+    (pred.txt.20261201's temporaries, ``.pred.txt.20261201.<pid>-<space>.<random>.tmp``,
     once read as pid 20261201's and deleted under a running fm_predict)."""
     dead = _dead_pid()
-    orphan = tmp_path / (".pred.txt.%d.ab_c12xy.tmp" % dead)
-    keep = [tmp_path / (".pred.txt.%d.ab_c12xy.tmp" % os.getpid()),           # alive
-            tmp_path / (".pred.txt.20261201.%d.q1w2e3r4.tmp" % dead),          # another target's
-            tmp_path / (".pred.txt.%d.tmp" % dead),                            # not mkstemp's form
-            tmp_path / (".pred.txt.x%d.ab_c12xy.tmp" % dead),
-            tmp_path / (".pred.txt.%d.ab.c12xy.tmp" % dead)]
+    sp = output.pid_space()
+    orphan = tmp_path / (".pred.txt.%d-%s.ab_c12xy.tmp" % (dead, sp))
+    keep = [tmp_path / (".pred.txt.%d-%s.ab_c12xy.tmp" % (os.getpid(), sp)),     # alive
+            tmp_path / (".pred.txt.20261201.%d-%s.q1w2e3r4.tmp" % (dead, sp)),  # another target's
+            tmp_path / (".pred.txt.%d-%s.tmp" % (dead, sp)),                    # not mkstemp's form
+            tmp_path / (".pred.txt.x%d-%s.ab_c12xy.tmp" % (dead, sp)),
+            tmp_path / (".pred.txt.%d-%s.ab.c12xy.tmp" % (dead, sp))]
     for f in [orphan] + keep:
         f.write_bytes(b"partial")
     with output.open_output(str(tmp_path / "pred.txt")) as out:
@@ -626,6 +627,30 @@ def test_orphans_are_only_this_targets_temporaries_of_dead_writers(tmp_path):
     with output.open_output(str(tmp_path / "pred.txt.20261201")) as out:
         out.write(b"2\n")
     assert not keep[1].exists() and keep[0].exists()
+
+
+def test_a_temporary_of_another_pid_space_is_never_taken_for_an_orphan(tmp_path):
+    """A directory shared with another container or machine (a volume, NFS): its
+    writer's pid means nothing here, so its temporary model stays while it writes
+    (the sweep used to delete it when that pid was free in this namespace, and
+    its rename then failed: a trained model lost). Ours are named with our pid
+    space, and the writer's own file is renamed into place as before."""
+    dead = _dead_pid()
+    sp = output.pid_space()
+    assert re.fullmatch(r"[0-9a-f]{8}", sp) and output.pid_space() == sp
+    other = "%08x" % ((int(sp, 16) + 1) % (1 << 32))
+    theirs = tmp_path / (".model.bin.%d-%s.Zx_9k2.tmp" % (dead, other))
+    legacy = tmp_path / (".model.bin.%d.Zx_9k2.tmp" % dead)  # an older version's name: its space unknown
+    for f in (theirs, legacy):
+        f.write_bytes(b"half a model")
+    seen = []
+    with output.open_output(str(tmp_path / "model.bin")) as out:
+        seen = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+        out.write(b"model")
+    assert theirs.read_bytes() == legacy.read_bytes() == b"half a model"
+    ours = [n for n in seen if n not in (theirs.name, legacy.name)]
+    assert len(ours) == 1 and re.fullmatch(r"\.model\.bin\.%d-%s\.[A-Za-z0-9_]+\.tmp" % (os.getpid(), sp), ours[0])
+    assert (tmp_path / "model.bin").read_bytes() == b"model" and not (tmp_path / ours[0]).exists()
 
 
 def test_check_distinct_compares_files_not_names(tmp_path):

@@ -178,6 +178,24 @@ def test_eval_counts_a_repeated_held_out_click_once(trained):
     assert m3["ndcg"] == pytest.approx((1 + 1 / idcg3) / 2, abs=1e-12)
 
 
+def test_eval_with_no_held_out_click_is_an_error_not_a_table_of_zeros(trained):
+    """Every held-out line bad (or none at all): eval used to print HitRate 0.0000 for
+    0 users and exit 0, a number a pipeline would record; now it says why and fails
+    (3 when the lines were bad, 1 for an empty input). Bad lines among good ones are
+    counted in the summary."""
+    d = trained
+    args = ["eval", "-m", d / "model.txt", "--index", d / "items.idx", "-k", "1"]
+    out, err = run(args, stdin=b"garbage line\nanother\n", code=3)
+    assert out == ""
+    assert "fm_recall eval: error: no held-out click to evaluate in stdin (2 lines, 2 bad)" in err
+    out, err = run(args + ["--json"], stdin=b"", code=1)
+    assert out == "" and "no held-out click to evaluate in stdin (0 lines, 0 bad)" in err
+    good = b"u0 user=u0 age=a4 gender=g0 city=c11 | i1\n"
+    info = json.loads(run(args + ["--json"], stdin=good + b"garbage\n")[0])
+    assert (info["users"], info["held_out"], info["bad_lines"]) == (1, 1, 1)
+    assert "bad lines skipped 1" in run(args, stdin=good + b"garbage\n")[0]
+
+
 def test_float32_copy_of_the_model_is_not_another_model(trained, tmp_path):
     """An index built from the model and queried with its float32 serving copy (fm_dump strip --float),
     or the other way round, is the same model: no 'built from another model' warning (there was one:

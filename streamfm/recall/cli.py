@@ -640,8 +640,9 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
     _check_match(index, model, cmd, quiet)
     opts = _opts(1, on_error, None, quiet, None)
     try:
-        held = RecordReader(_input(input_path, cmd), parse.CLICK, opts, log, input_path or "stdin",
-                            table=model.table).read_all()
+        reader = RecordReader(_input(input_path, cmd), parse.CLICK, opts, log, input_path or "stdin",
+                              table=model.table)
+        held = reader.read_all()
         pairs = None
         if train_path:
             with _open(train_path, cmd, "--train") as f:
@@ -649,6 +650,11 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
             pairs = PairTable(tr.key_hash, index.keys.lookup(tr.item_hash))
     except BadInputStop as e:
         fail(cmd, str(e), EXIT_BAD_INPUT)
+    if held.n == 0:
+        # rates over no user are not 0: say so instead of printing a table of zeros
+        fail(cmd, "no held-out click to evaluate in %s (%s lines, %s bad)" % (
+            input_path or "stdin", fmt_int(reader.lines), fmt_int(reader.bad.count)),
+            EXIT_BAD_INPUT if reader.bad.count else 1)
     first, user_of = group_users(held.key_hash)
     users = held.take(first)
     item_rows = index.keys.lookup(held.item_hash)
@@ -659,13 +665,15 @@ def eval_cmd(model_path, index_path, train_path, ks, cores, input_path, as_json,
     t0 = time.time()
     out_idx, _sc = searcher.search(query_vectors(vec, "ip", True), min(klist[-1], max(index.n, 1)), excl)
     res = evaluate(out_idx, rel_ptr, rel_idx, klist, index.n)
-    info = {"users": int(users.n), "held_out": int(held.n), "not_in_index": int((item_rows < 0).sum()),
+    info = {"users": int(users.n), "held_out": int(held.n), "bad_lines": int(reader.bad.count),
+            "not_in_index": int((item_rows < 0).sum()),
             "items": int(index.n), "seconds": time.time() - t0, "metrics": {str(k): v for k, v in res.items()}}
     if as_json:
         print(json.dumps(info, indent=1))
         return
-    print("users %s   held-out clicks %s   items in index %s%s" % (
-        fmt_int(info["users"]), fmt_int(info["held_out"]), fmt_int(info["items"]),
+    print("users %s   held-out clicks %s%s   items in index %s%s" % (
+        fmt_int(info["users"]), fmt_int(info["held_out"]),
+        "   bad lines skipped %s" % fmt_int(info["bad_lines"]) if info["bad_lines"] else "", fmt_int(info["items"]),
         "   held-out items not in the index %s (misses)" % fmt_int(info["not_in_index"])
         if info["not_in_index"] else ""))
     print("%-6s %9s %9s %9s %9s" % ("K", "HitRate", "Recall", "NDCG", "Coverage"))

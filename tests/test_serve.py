@@ -392,6 +392,80 @@ def test_unknown_path_and_method_are_json_errors(server):
     assert r.status_code == 405
 
 
+def raw_answer(sock):
+    """One answer read off ``sock``: (status, headers, JSON body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)  # socket.timeout if the server does not answer
+        assert chunk, "the server closed the connection without an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection within its answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+STALLED = {  # a request whose body stops short: headers and 10 of its bytes
+    "content-length": b"Content-Length: 100\r\n\r\n" + b'{"samples"',
+    "chunked": b"Transfer-Encoding: chunked\r\n\r\n" + b'64\r\n{"samples"',
+}
+
+
+@pytest.mark.parametrize("framing", sorted(STALLED))
+def test_body_that_stops_short_gets_408_and_the_server_serves_on(files, framing):
+    """A client that declares more body than it sends held a connection and a
+    task for ever (uvicorn has no body-read timeout); now --body-timeout ends
+    it with a 408 JSON error and closes that connection only."""
+    d, p = files
+    srv = ServerThread(create_app(p["model"], p["items"], poll_interval=0, limits=Limits(body_timeout=0.5)))
+    try:
+        stalled = socket.create_connection(("127.0.0.1", srv.port))
+        stalled.settimeout(60)  # generous: the server answers after 0.5 s
+        stalled.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + STALLED[framing])
+        assert srv.get("/healthz").status_code == 200  # served while the body is awaited
+        status, headers, body = raw_answer(stalled)
+        assert stalled.recv(1) == b""  # and closed that connection: its rest would be read as a request
+        stalled.close()
+        assert status == 408 and headers["connection"] == "close"
+        assert headers["content-type"] == "application/json"
+        assert body["error"]["code"] == "body_timeout" and "0.5 s" in body["error"]["message"]
+        r = srv.post("/v1/score", {"samples": SAMPLES})
+        assert r.status_code == 200 and len(r.json()["probabilities"]) == len(SAMPLES)
+        m = srv.get("/metrics").text
+        assert metric(m, "streamfm_request_errors_total", endpoint="score", code="body_timeout") == 1
+    finally:
+        srv.stop()
+
+
+def test_body_that_arrives_slowly_within_the_timeout_is_served(files):
+    """A body sent in pieces that all arrive within the timeout is answered as
+    usual, on a connection that stays open."""
+    d, p = files
+    srv = ServerThread(create_app(p["model"], p["items"], poll_interval=0, limits=Limits(body_timeout=30)))
+    try:
+        # first: loading a model can take longer than uvicorn keeps an idle connection open
+        want = FM.load(p["model"]).predict_proba(lines_of(SAMPLES)).tolist()
+        body = json.dumps({"samples": SAMPLES}).encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.settimeout(60)
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.3)
+        s.sendall(body[10:])
+        status, headers, got = raw_answer(s)
+        assert status == 200 and "connection" not in headers
+        assert got["probabilities"] == want
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection serves on
+        assert raw_answer(s)[0] == 200
+        s.close()
+    finally:
+        srv.stop()
+
+
 def test_index_missing_for_the_mode(files):
     d, p = files
     srv = ServerThread(create_app(p["model"], items_index=p["items"], poll_interval=0))
@@ -842,8 +916,25 @@ def test_cli_help():
     out = proc.stdout.decode()
     assert proc.returncode == 0
     for flag in ("--items-index", "--users-index", "--host", "--port", "--workers", "--ann", "--max-topn",
-                 "--max-body-bytes", "/v1/score", "/v1/recall", "/healthz", "/metrics", "SIGHUP"):
+                 "--max-body-bytes", "--body-timeout", "/v1/score", "/v1/recall", "/healthz", "/metrics", "SIGHUP"):
         assert flag in out
+
+
+def test_cli_body_timeout_answers_a_stalled_body_408(files):
+    """--body-timeout reaches the app: fm_serve answers a body that stops short."""
+    d, p = files
+    proc, url = start_cli("-m", p["model"], "--poll-interval", "0", "--body-timeout", "0.5")
+    try:
+        s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        s.settimeout(60)
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n" + STALLED["content-length"])
+        status, headers, body = raw_answer(s)
+        s.close()
+        assert status == 408 and body["error"]["code"] == "body_timeout" and "0.5 s" in body["error"]["message"]
+        assert httpx.post(url + "/v1/score", json={"samples": SAMPLES}).status_code == 200
+    finally:
+        code, err = stop_cli(proc)
+    assert "Traceback" not in err, err
 
 
 def test_cli_sighup_reloads_and_sigterm_stops(files):

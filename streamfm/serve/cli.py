@@ -86,6 +86,9 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
               help="Largest topn of a recall request.")
 @click.option("--max-explain", type=click.IntRange(0), default=100, show_default=True,
               help="Largest explain (top features) of a score request.")
+@click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", help="Time a request body has to arrive in full once the server reads it; a "
+                                      "body still short then gets 408 and its connection is closed.")
 @click.option("--ann", type=click.Choice(["none", "hnsw", "ivf"]), default="none", show_default=True,
               help="Approximate search for u2i and i2i (faiss: pip install 'streamfm[faiss]'); a request with "
                    "\"exact\": true still searches exactly.")
@@ -104,8 +107,8 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
 @click.option("--worker-fd", type=int, default=None, hidden=True)
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def fm_serve(model_path, items_index, users_index, host, port, workers, cores, dim, poll_interval, no_mmap,
-             probe_path, max_body_bytes, max_samples, max_topn, max_explain, ann, ann_m, ann_ef_construction,
-             ann_ef_search, ann_nlist, ann_nprobe, spec_path, quiet, worker_fd, ready_fd):
+             probe_path, max_body_bytes, max_samples, max_topn, max_explain, body_timeout, ann, ann_m,
+             ann_ef_construction, ann_ef_search, ann_nlist, ann_nprobe, spec_path, quiet, worker_fd, ready_fd):
     """Serve an FM over HTTP/JSON: scores, recall, health and metrics.
 
     \b
@@ -137,7 +140,7 @@ def fm_serve(model_path, items_index, users_index, host, port, workers, cores, d
         except OSError as e:
             raise click.ClickException("%s: %s" % (probe_path, e.strerror or e))
     _serve_one(model_path, items_index, users_index, host, port, cores, dim, poll_interval, not no_mmap,
-               probe_text, max_body_bytes, max_samples, max_topn, max_explain,
+               probe_text, max_body_bytes, max_samples, max_topn, max_explain, body_timeout,
                None if ann == "none" else ann_builder(ann, cores, ann_m, ann_ef_construction, ann_ef_search,
                                                       ann_nlist, ann_nprobe),
                worker_fd, ready_fd, quiet, spec_path)
@@ -148,7 +151,8 @@ def _fail(msg):
 
 
 def _serve_one(model_path, items_index, users_index, host, port, cores, dim, poll_interval, mmap, probe_text,
-               max_body_bytes, max_samples, max_topn, max_explain, ann, worker_fd, ready_fd, quiet, spec_path=None):
+               max_body_bytes, max_samples, max_topn, max_explain, body_timeout, ann, worker_fd, ready_fd, quiet,
+               spec_path=None):
     try:
         import uvicorn
         from .app import Limits, create_app
@@ -175,8 +179,8 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
         warm_kernels(model_path, bool(items_index), bool(users_index), mmap)
         jit.release_compiler_memory()  # the kernels are loaded: LLVM's pages go before the model's come in
         app = create_app(model_path, items_index, users_index, k=dim, mmap=mmap, poll_interval=poll_interval,
-                         limits=Limits(max_body_bytes, max_samples, max_explain, max_topn), ann=ann, cores=cores,
-                         probe_text=probe_text, featurizer=featurizer)
+                         limits=Limits(max_body_bytes, max_samples, max_explain, max_topn, body_timeout), ann=ann,
+                         cores=cores, probe_text=probe_text, featurizer=featurizer)
     except (StreamFMError, OSError, FaissMissing) as e:
         _fail(str(e))
     jit.release_compiler_memory()

@@ -34,7 +34,7 @@ def _log_setup(quiet):
 def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
     """``create_app``'s ``ann``: faiss searchers for u2i and i2i (over the items index)."""
     from ..errors import StreamFMError
-    from ..recall.ann import AnnSearcher
+    from ..recall.ann import MIN_ROWS_A_CELL, AnnSearcher
 
     def build(slots):
         items = slots.get("items")
@@ -46,13 +46,17 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
                 s = AnnSearcher(items.obj, pair, metric, kind=kind, cores=cores, m=m,
                                 ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, nprobe=nprobe)
             except RuntimeError as e:
-                # faiss refuses a set it cannot index (IVF: fewer items than --ann-nlist cells): a
+                # faiss refuses a set it cannot index (IVF over no items): a
                 # StreamFMError, so that start-up fails with one line and a reload refuses the set
                 raise StreamFMError("%s: cannot build the %s index for %s over %d items: %s"
                                     % (items.path, kind, mode, items.obj.n, str(e).rsplit("failed: ", 1)[-1]))
             logger.info("fm_serve: %s index for %s over %d items built in %.1f s", kind, mode, items.obj.n,
                         s.build_seconds)
             out[(mode, metric)] = s
+        if s.nlist_asked is not None and s.nlist < s.nlist_asked:  # the same cells in every mode: said once
+            logger.warning("fm_serve: --ann-nlist %d is more cells than %d items can train (%d a cell): the ivf "
+                           "index over %s has %d cell%s", s.nlist_asked, items.obj.n, MIN_ROWS_A_CELL, items.path,
+                           s.nlist, "" if s.nlist == 1 else "s")
         return out
     return build
 
@@ -97,7 +101,9 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
               help="HNSW build breadth.")
 @click.option("--ann-ef-search", type=click.IntRange(8), default=128, show_default=True,
               help="HNSW search breadth (recall against speed).")
-@click.option("--ann-nlist", type=click.IntRange(1), default=None, help="IVF cells (default: about sqrt(items)).")
+@click.option("--ann-nlist", type=click.IntRange(1), default=None,
+              help="IVF cells (default: about sqrt(items)); at most one a 39 items, fewer for a small set "
+                   "(said on stderr).")
 @click.option("--ann-nprobe", type=click.IntRange(1), default=32, show_default=True, help="IVF cells searched.")
 @click.option("--spec", "spec_path", metavar="SPEC", default=None,
               help="Frozen fm_sample spec (fm_sample fit -o): /v1/score then also takes \"records\", raw "

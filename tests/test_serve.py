@@ -392,6 +392,80 @@ def test_unknown_path_and_method_are_json_errors(server):
     assert r.status_code == 405
 
 
+def raw_answer(sock):
+    """One answer read off ``sock``: (status, headers, JSON body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)  # socket.timeout if the server does not answer
+        assert chunk, "the server closed the connection without an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection within its answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+STALLED = {  # a request whose body stops short: headers and 10 of its bytes
+    "content-length": b"Content-Length: 100\r\n\r\n" + b'{"samples"',
+    "chunked": b"Transfer-Encoding: chunked\r\n\r\n" + b'64\r\n{"samples"',
+}
+
+
+@pytest.mark.parametrize("framing", sorted(STALLED))
+def test_body_that_stops_short_gets_408_and_the_server_serves_on(files, framing):
+    """A client that declares more body than it sends held a connection and a
+    task for ever (uvicorn has no body-read timeout); now --body-timeout ends
+    it with a 408 JSON error and closes that connection only."""
+    d, p = files
+    srv = ServerThread(create_app(p["model"], p["items"], poll_interval=0, limits=Limits(body_timeout=0.5)))
+    try:
+        stalled = socket.create_connection(("127.0.0.1", srv.port))
+        stalled.settimeout(60)  # generous: the server answers after 0.5 s
+        stalled.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + STALLED[framing])
+        assert srv.get("/healthz").status_code == 200  # served while the body is awaited
+        status, headers, body = raw_answer(stalled)
+        assert stalled.recv(1) == b""  # and closed that connection: its rest would be read as a request
+        stalled.close()
+        assert status == 408 and headers["connection"] == "close"
+        assert headers["content-type"] == "application/json"
+        assert body["error"]["code"] == "body_timeout" and "0.5 s" in body["error"]["message"]
+        r = srv.post("/v1/score", {"samples": SAMPLES})
+        assert r.status_code == 200 and len(r.json()["probabilities"]) == len(SAMPLES)
+        m = srv.get("/metrics").text
+        assert metric(m, "streamfm_request_errors_total", endpoint="score", code="body_timeout") == 1
+    finally:
+        srv.stop()
+
+
+def test_body_that_arrives_slowly_within_the_timeout_is_served(files):
+    """A body sent in pieces that all arrive within the timeout is answered as
+    usual, on a connection that stays open."""
+    d, p = files
+    srv = ServerThread(create_app(p["model"], p["items"], poll_interval=0, limits=Limits(body_timeout=30)))
+    try:
+        # first: loading a model can take longer than uvicorn keeps an idle connection open
+        want = FM.load(p["model"]).predict_proba(lines_of(SAMPLES)).tolist()
+        body = json.dumps({"samples": SAMPLES}).encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.settimeout(60)
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.3)
+        s.sendall(body[10:])
+        status, headers, got = raw_answer(s)
+        assert status == 200 and "connection" not in headers
+        assert got["probabilities"] == want
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection serves on
+        assert raw_answer(s)[0] == 200
+        s.close()
+    finally:
+        srv.stop()
+
+
 def test_index_missing_for_the_mode(files):
     d, p = files
     srv = ServerThread(create_app(p["model"], items_index=p["items"], poll_interval=0))
@@ -701,18 +775,26 @@ def test_record_whose_profile_holds_bytes_that_are_not_utf8(tmp_path):
 
 # -- ANN ------------------------------------------------------------------------------
 
+def random_index(n, k, seed):
+    """A recall Index in memory: ``n`` random rows of ``k`` factors and a bias, keys k0, k1, ..."""
+    from streamfm.recall.index import Index
+
+    vec = np.random.default_rng(seed).normal(size=(n, k + 1)).astype(np.float32)
+    keys = [b"k%d" % i for i in range(n)]
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum([len(x) for x in keys], out=off[1:])
+    return Index("items", vec, np.frombuffer(b"".join(keys), np.uint8), off, {})
+
+
 def test_ann_searchers_recall_and_exclusions():
     pytest.importorskip("faiss", reason="faiss-cpu is in the [test] extra")
     from streamfm.recall.ann import AnnSearcher
-    from streamfm.recall.index import Exclusions, Index, brute_force
+    from streamfm.recall.index import Exclusions, brute_force
 
     rng = np.random.default_rng(3)
     n, k = 4000, 8
-    vec = rng.normal(size=(n, k + 1)).astype(np.float32)
-    keys = b"".join(b"k%d" % i for i in range(n))
-    off = np.zeros(n + 1, np.int64)
-    np.cumsum([len(b"k%d" % i) for i in range(n)], out=off[1:])
-    index = Index("items", vec, np.frombuffer(keys, np.uint8), off, {})
+    index = random_index(n, k, 3)
+    vec = index.vectors
     qs = rng.normal(size=(50, k + 1)).astype(np.float32)
     qs[:, k] = 1.0
     want, want_sc = brute_force(vec, qs, 20)
@@ -775,15 +857,92 @@ def test_server_with_ann_answers_exact_on_request(files):
         srv.stop()
 
 
-def test_ann_that_cannot_index_a_set_refuses_it(files, tmp_path):
-    """faiss refusing a new items index (IVF: fewer items than --ann-nlist cells) is a
-    refused reload, reported once, and a one-line start-up error: not an exception
-    out of every poll."""
+def test_ivf_cells_are_at_most_one_a_39_items_and_faiss_prints_nothing(capfd):
+    """--ann-nlist 64 over 200 items: faiss printed "WARNING clustering 200 points
+    to 64 centroids: please provide at least 2496 training points" on stderr and
+    trained cells of 3 rows. Now the cells are clamped to 200 // 39 = 5 (recorded
+    as ``nlist``, asked ``nlist_asked``) and nothing reaches stderr; fewer items
+    than one cell's worth get one cell; no items at all is still refused."""
+    pytest.importorskip("faiss", reason="faiss-cpu is in the [test] extra")
+    from streamfm.recall.ann import AnnSearcher
+    from streamfm.recall.index import brute_force
+
+    index = random_index(200, 8, 5)
+    qs = np.random.default_rng(6).normal(size=(10, 9)).astype(np.float32)
+    capfd.readouterr()
+    s = AnnSearcher(index, True, kind="ivf", nlist=64, nprobe=8)
+    assert capfd.readouterr() == ("", "")
+    assert (s.nlist, s.nlist_asked, s.faiss_index.nlist) == (5, 64, 5)
+    # nprobe 8 covers the 5 cells: the search is exact
+    assert np.array_equal(s.search(qs, 10)[0], brute_force(index.vectors, qs, 10)[0])
+    s = AnnSearcher(random_index(20, 8, 7), True, kind="ivf", nlist=30)
+    assert capfd.readouterr() == ("", "")
+    assert (s.nlist, s.nlist_asked) == (1, 30)
+    s = AnnSearcher(random_index(2000, 8, 8), True, kind="ivf")  # the default, about sqrt(n), fits
+    assert (s.nlist, s.nlist_asked) == (45, None) and capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError, match="Number of training points"):
+        AnnSearcher(random_index(0, 8, 9), True, kind="ivf")
+
+
+def test_ann_nlist_clamp_is_reported_by_the_command_layer(files):
+    """fm_serve says on stderr (its log) that --ann-nlist was more cells than
+    the items can train, and serves the set: before, 20 items with
+    --ann-nlist 30 were refused."""
+    pytest.importorskip("faiss", reason="faiss-cpu is in the [test] extra")
+    import logging
+
+    from streamfm.serve.cli import ann_builder
+
+    d, p = files
+    rec = Recall.train(CLICKS[:3000], ITEMS, k=4, epochs=1, seed=2)
+    small = {"model": os.path.join(d, "small20.bin"), "items": os.path.join(d, "small20.idx")}
+    rec.fm.save(small["model"])
+    Recall.save_index(rec.index(ITEMS[:20], "items"), small["items"])
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # the command's logger may not propagate to pytest's
+    log = logging.getLogger("streamfm.serve")
+    log.addHandler(handler)
+    try:
+        srv = ServerThread(create_app(small["model"], small["items"], poll_interval=0,
+                                      ann=ann_builder("ivf", 1, 16, 40, 64, 30, 8)))
+    finally:
+        log.removeHandler(handler)
+    try:
+        said = [r for r in records if "--ann-nlist" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING
+        assert "30" in said[0].getMessage() and "20 items" in said[0].getMessage()
+        assert "1 cell" in said[0].getMessage()
+        assert sorted(srv.get("/healthz").json()["ann"]) == ["i2i/cos:ivf", "u2i/ip:ivf"]
+        ap = srv.post("/v1/recall", {"mode": "i2i", "key": "i7", "topn": 5})
+        ex = srv.post("/v1/recall", {"mode": "i2i", "key": "i7", "topn": 5, "exact": True})
+        assert ap.status_code == 200 and ap.json()["keys"] == ex.json()["keys"]  # one cell: all of it searched
+    finally:
+        srv.stop()
+
+
+def test_ann_that_cannot_index_a_set_refuses_it(files, tmp_path, monkeypatch):
+    """faiss refusing a new items index is a refused reload, reported once, and a
+    one-line start-up error: not an exception out of every poll. (IVF over fewer
+    items than --ann-nlist cells no longer fails: the cells are clamped; faiss
+    still refuses an empty set, which no served index can be, so its refusal is
+    played here.)"""
     pytest.importorskip("faiss", reason="faiss-cpu is in the [test] extra")
     from streamfm.errors import StreamFMError
+    from streamfm.recall import ann as ann_module
     from streamfm.serve.cli import ann_builder
     from streamfm.serve.state import Holder
 
+    real = ann_module.AnnSearcher
+
+    def refusing(index, *a, **kw):
+        if index.n < 100:
+            raise RuntimeError("Error in void faiss::Clustering::train_encoded(...) at Clustering.cpp:66: Error: "
+                               "'nx >= static_cast<idx_t>(k)' failed: Number of training points (%d) should be at "
+                               "least as large as number of clusters (30)" % index.n)
+        return real(index, *a, **kw)
+
+    monkeypatch.setattr(ann_module, "AnnSearcher", refusing)
     d, p = files
     ann = ann_builder("ivf", 1, 16, 40, 64, 30, 8)
     served = {k: str(tmp_path / ("served." + k)) for k in ("model", "items")}
@@ -842,8 +1001,25 @@ def test_cli_help():
     out = proc.stdout.decode()
     assert proc.returncode == 0
     for flag in ("--items-index", "--users-index", "--host", "--port", "--workers", "--ann", "--max-topn",
-                 "--max-body-bytes", "/v1/score", "/v1/recall", "/healthz", "/metrics", "SIGHUP"):
+                 "--max-body-bytes", "--body-timeout", "/v1/score", "/v1/recall", "/healthz", "/metrics", "SIGHUP"):
         assert flag in out
+
+
+def test_cli_body_timeout_answers_a_stalled_body_408(files):
+    """--body-timeout reaches the app: fm_serve answers a body that stops short."""
+    d, p = files
+    proc, url = start_cli("-m", p["model"], "--poll-interval", "0", "--body-timeout", "0.5")
+    try:
+        s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        s.settimeout(60)
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n" + STALLED["content-length"])
+        status, headers, body = raw_answer(s)
+        s.close()
+        assert status == 408 and body["error"]["code"] == "body_timeout" and "0.5 s" in body["error"]["message"]
+        assert httpx.post(url + "/v1/score", json={"samples": SAMPLES}).status_code == 200
+    finally:
+        code, err = stop_cli(proc)
+    assert "Traceback" not in err, err
 
 
 def test_cli_sighup_reloads_and_sigterm_stops(files):

@@ -13,7 +13,8 @@ for i2i and u2u with cosine. The rows faiss returns are re-scored in float64
   ``n * (4 d + 8 M)`` bytes.
 - ``ivf``: ``IndexIVFFlat`` with ``nlist`` k-means cells (trained on at most
   256 rows a cell) and ``nprobe`` cells searched: faster to build, ``4 d`` bytes
-  a row.
+  a row. A set too small for the cells asked gets fewer (``ivf_cells``: at
+  least 39 rows a cell), so faiss neither warns on stderr nor trains poor cells.
 
 faiss is the optional extra ``streamfm[faiss]``.
 """
@@ -26,6 +27,19 @@ from .embed import normalized
 from .index import FaissMissing, filter_results, search_args
 
 KINDS = ("hnsw", "ivf")
+MIN_ROWS_A_CELL = 39  # faiss's min_points_per_centroid: with fewer it prints a warning on stderr
+
+
+def ivf_cells(n, asked=None):
+    """IVF cells for ``n`` rows: ``asked`` (None: about sqrt(n)), but no more
+    than one a MIN_ROWS_A_CELL rows, and at least one.
+
+    >>> ivf_cells(200, 64), ivf_cells(20, 30), ivf_cells(10 ** 6), ivf_cells(10 ** 6, 64)
+    (5, 1, 1000, 64)
+    """
+    if asked is None:
+        asked = int(round(np.sqrt(max(n, 1))))
+    return max(1, min(int(asked), n // MIN_ROWS_A_CELL))
 
 
 def _faiss():
@@ -57,7 +71,10 @@ class AnnSearcher:
     ``kind`` ("hnsw" or "ivf"), ``cores`` (faiss threads), ``m``,
     ``ef_construction``, ``ef_search`` (HNSW), ``nlist``, ``nprobe`` (IVF;
     ``nlist`` default: about sqrt(n)), ``seed`` (IVF training sample).
-    ``build_seconds`` says how long the build took.
+    ``build_seconds`` says how long the build took; ``nlist`` is the IVF cells
+    built (``ivf_cells``: fewer than ``nlist_asked`` for a small set, which the
+    caller reports; both None for HNSW). faiss raises RuntimeError for IVF
+    over no rows.
     """
 
     def __init__(self, index, pair, metric="ip", kind="hnsw", cores=1, m=32, ef_construction=80, ef_search=128,
@@ -72,6 +89,8 @@ class AnnSearcher:
         self.use_self = not pair
         self.kind = kind
         self.fallbacks = 0
+        self.nlist_asked = nlist if kind == "ivf" else None
+        self.nlist = None
         self.x = ann_rows(index, pair, self.metric)
         n, d = self.x.shape
         faiss.omp_set_num_threads(max(1, int(cores)))
@@ -81,9 +100,13 @@ class AnnSearcher:
             ix.hnsw.efSearch = int(ef_search)
             ix.add(self.x)
         else:
-            nlist = int(nlist or max(1, min(n // 39, int(round(np.sqrt(max(n, 1)))))))
+            self.nlist = nlist = ivf_cells(n, nlist)
             quantizer = faiss.IndexFlatIP(d)
             ix = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            if nlist == 1:
+                # one cell holds every row, whatever its centroid: under 39 rows is
+                # no worse training, and faiss must not warn about it
+                ix.cp.min_points_per_centroid = 1
             sample = self.x
             if n > 256 * nlist:
                 rng = np.random.default_rng(seed)

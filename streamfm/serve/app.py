@@ -43,17 +43,28 @@ def _json(obj, status=200):
 
 class Limits:
     """Request limits: ``max_body_bytes``, ``max_samples`` a score request,
-    ``max_explain`` (top-N phi), ``max_topn`` a recall request."""
+    ``max_explain`` (top-N phi), ``max_topn`` a recall request, ``body_timeout``
+    (seconds for the whole body to arrive once the handler reads it)."""
 
-    def __init__(self, max_body_bytes=8 << 20, max_samples=10000, max_explain=100, max_topn=1000):
+    def __init__(self, max_body_bytes=8 << 20, max_samples=10000, max_explain=100, max_topn=1000,
+                 body_timeout=10.0):
         self.max_body_bytes = int(max_body_bytes)
         self.max_samples = int(max_samples)
         self.max_explain = int(max_explain)
         self.max_topn = int(max_topn)
+        self.body_timeout = float(body_timeout)
 
 
-async def read_json(request, limit):
-    """The request body as JSON; RequestError for a body over ``limit`` bytes (413) or bad JSON (400)."""
+async def read_json(request, limits):
+    """The request body as JSON; RequestError for a body over ``limits.max_body_bytes``
+    (413), one not all there ``limits.body_timeout`` seconds after the read began
+    (408, and the connection is closed), or bad JSON (400).
+
+    The one place request bodies are read: uvicorn has no body-read timeout,
+    so without ours a client that declares more body than it sends holds its
+    connection and this task until it gives up.
+    """
+    limit = limits.max_body_bytes
     cl = request.headers.get("content-length")
     if cl is not None:
         try:
@@ -62,6 +73,19 @@ async def read_json(request, limit):
             raise RequestError(400, "bad_request", "Content-Length is not a number") from None
         if declared > limit:
             raise RequestError(413, "body_too_large", "the body has %d bytes; the limit is %d" % (declared, limit))
+    try:
+        body = await asyncio.wait_for(_read_body(request, limit), limits.body_timeout)
+    except asyncio.TimeoutError:
+        # the rest of the body may still come and would be read as the next request
+        raise RequestError(408, "body_timeout", "the body did not all arrive within %g s" % limits.body_timeout,
+                           close=True) from None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise RequestError(400, "malformed_json", "the body is not valid JSON: %s" % str(e)[:200]) from None
+
+
+async def _read_body(request, limit):
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -69,11 +93,7 @@ async def read_json(request, limit):
         if size > limit:
             raise RequestError(413, "body_too_large", "the body is over the limit of %d bytes" % limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise RequestError(400, "malformed_json", "the body is not valid JSON: %s" % str(e)[:200]) from None
+    return b"".join(chunks)
 
 
 def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=True, poll_interval=1.0,
@@ -125,6 +145,8 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
                 except RequestError as e:
                     err = e.code
                     resp = _json(e.body(), e.status)
+                    if e.close:
+                        resp.headers["connection"] = "close"  # uvicorn then closes the connection
                 except Exception:  # a bug: logged and answered, the worker keeps serving
                     logger.exception("fm_serve: %s failed", name)
                     err = "internal"
@@ -136,7 +158,7 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
 
     @endpoint("score")
     async def score(request):
-        doc = await read_json(request, limits.max_body_bytes)
+        doc = await read_json(request, limits)
         if type(doc) is not dict:
             raise RequestError(400, "wrong_type", "the request must be a JSON object, not %s" % json_type(doc))
         unknown = sorted(set(doc) - {"samples", "records", "explain"})
@@ -179,7 +201,7 @@ def create_app(model_path, items_index=None, users_index=None, *, k=None, mmap=T
 
     @endpoint("recall")
     async def recall(request):
-        doc = await read_json(request, limits.max_body_bytes)
+        doc = await read_json(request, limits)
         q = search.check_query(doc, limits.max_topn)
         state = holder.state
         out = await asyncio.get_running_loop().run_in_executor(pool, search.run, state, q)

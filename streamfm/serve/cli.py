@@ -34,7 +34,7 @@ def _log_setup(quiet):
 def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
     """``create_app``'s ``ann``: faiss searchers for u2i and i2i (over the items index)."""
     from ..errors import StreamFMError
-    from ..recall.ann import AnnSearcher
+    from ..recall.ann import MIN_ROWS_A_CELL, AnnSearcher
 
     def build(slots):
         items = slots.get("items")
@@ -46,13 +46,17 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
                 s = AnnSearcher(items.obj, pair, metric, kind=kind, cores=cores, m=m,
                                 ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, nprobe=nprobe)
             except RuntimeError as e:
-                # faiss refuses a set it cannot index (IVF: fewer items than --ann-nlist cells): a
+                # faiss refuses a set it cannot index (IVF over no items): a
                 # StreamFMError, so that start-up fails with one line and a reload refuses the set
                 raise StreamFMError("%s: cannot build the %s index for %s over %d items: %s"
                                     % (items.path, kind, mode, items.obj.n, str(e).rsplit("failed: ", 1)[-1]))
             logger.info("fm_serve: %s index for %s over %d items built in %.1f s", kind, mode, items.obj.n,
                         s.build_seconds)
             out[(mode, metric)] = s
+        if s.nlist_asked is not None and s.nlist < s.nlist_asked:  # the same cells in every mode: said once
+            logger.warning("fm_serve: --ann-nlist %d is more cells than %d items can train (%d a cell): the ivf "
+                           "index over %s has %d cell%s", s.nlist_asked, items.obj.n, MIN_ROWS_A_CELL, items.path,
+                           s.nlist, "" if s.nlist == 1 else "s")
         return out
     return build
 
@@ -86,6 +90,9 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
               help="Largest topn of a recall request.")
 @click.option("--max-explain", type=click.IntRange(0), default=100, show_default=True,
               help="Largest explain (top features) of a score request.")
+@click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", help="Time a request body has to arrive in full once the server reads it; a "
+                                      "body still short then gets 408 and its connection is closed.")
 @click.option("--ann", type=click.Choice(["none", "hnsw", "ivf"]), default="none", show_default=True,
               help="Approximate search for u2i and i2i (faiss: pip install 'streamfm[faiss]'); a request with "
                    "\"exact\": true still searches exactly.")
@@ -94,7 +101,9 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
               help="HNSW build breadth.")
 @click.option("--ann-ef-search", type=click.IntRange(8), default=128, show_default=True,
               help="HNSW search breadth (recall against speed).")
-@click.option("--ann-nlist", type=click.IntRange(1), default=None, help="IVF cells (default: about sqrt(items)).")
+@click.option("--ann-nlist", type=click.IntRange(1), default=None,
+              help="IVF cells (default: about sqrt(items)); at most one a 39 items, fewer for a small set "
+                   "(said on stderr).")
 @click.option("--ann-nprobe", type=click.IntRange(1), default=32, show_default=True, help="IVF cells searched.")
 @click.option("--spec", "spec_path", metavar="SPEC", default=None,
               help="Frozen fm_sample spec (fm_sample fit -o): /v1/score then also takes \"records\", raw "
@@ -104,8 +113,8 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
 @click.option("--worker-fd", type=int, default=None, hidden=True)
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def fm_serve(model_path, items_index, users_index, host, port, workers, cores, dim, poll_interval, no_mmap,
-             probe_path, max_body_bytes, max_samples, max_topn, max_explain, ann, ann_m, ann_ef_construction,
-             ann_ef_search, ann_nlist, ann_nprobe, spec_path, quiet, worker_fd, ready_fd):
+             probe_path, max_body_bytes, max_samples, max_topn, max_explain, body_timeout, ann, ann_m,
+             ann_ef_construction, ann_ef_search, ann_nlist, ann_nprobe, spec_path, quiet, worker_fd, ready_fd):
     """Serve an FM over HTTP/JSON: scores, recall, health and metrics.
 
     \b
@@ -137,7 +146,7 @@ def fm_serve(model_path, items_index, users_index, host, port, workers, cores, d
         except OSError as e:
             raise click.ClickException("%s: %s" % (probe_path, e.strerror or e))
     _serve_one(model_path, items_index, users_index, host, port, cores, dim, poll_interval, not no_mmap,
-               probe_text, max_body_bytes, max_samples, max_topn, max_explain,
+               probe_text, max_body_bytes, max_samples, max_topn, max_explain, body_timeout,
                None if ann == "none" else ann_builder(ann, cores, ann_m, ann_ef_construction, ann_ef_search,
                                                       ann_nlist, ann_nprobe),
                worker_fd, ready_fd, quiet, spec_path)
@@ -148,7 +157,8 @@ def _fail(msg):
 
 
 def _serve_one(model_path, items_index, users_index, host, port, cores, dim, poll_interval, mmap, probe_text,
-               max_body_bytes, max_samples, max_topn, max_explain, ann, worker_fd, ready_fd, quiet, spec_path=None):
+               max_body_bytes, max_samples, max_topn, max_explain, body_timeout, ann, worker_fd, ready_fd, quiet,
+               spec_path=None):
     try:
         import uvicorn
         from .app import Limits, create_app
@@ -175,8 +185,8 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
         warm_kernels(model_path, bool(items_index), bool(users_index), mmap)
         jit.release_compiler_memory()  # the kernels are loaded: LLVM's pages go before the model's come in
         app = create_app(model_path, items_index, users_index, k=dim, mmap=mmap, poll_interval=poll_interval,
-                         limits=Limits(max_body_bytes, max_samples, max_explain, max_topn), ann=ann, cores=cores,
-                         probe_text=probe_text, featurizer=featurizer)
+                         limits=Limits(max_body_bytes, max_samples, max_explain, max_topn, body_timeout), ann=ann,
+                         cores=cores, probe_text=probe_text, featurizer=featurizer)
     except (StreamFMError, OSError, FaissMissing) as e:
         _fail(str(e))
     jit.release_compiler_memory()

@@ -2,7 +2,9 @@
 
 Errors print one line ``fm_sample <command>: error: ...``; bad input under
 ``--on-error stop`` or ``--max-bad-fraction`` exits 3, other failures 1;
-output files are written atomically (a failed run leaves none).
+output files are written atomically (a failed run leaves none). A failed
+output goes through ``command.output_failed``, as for every command: a reader
+that closed the pipe (``| head``) ends the run with exit 1 and no message.
 """
 
 import contextlib
@@ -160,10 +162,10 @@ def _run(cmd, body):
         fail(cmd, str(e), EXIT_BAD_INPUT)
     except SpecError as e:
         fail(cmd, str(e))
-    except (ModelError, OutputError) as e:
+    except ModelError as e:
         fail(cmd, str(e))
-    except BrokenPipeError:
-        sys.exit(1)
+    except (OutputError, BrokenPipeError) as e:
+        command.output_failed("fm_sample " + cmd, e)
     except OSError as e:
         fail(cmd, "%s" % (e.strerror and "%s: %s" % (getattr(e, "filename", "") or "I/O", e.strerror) or e))
 

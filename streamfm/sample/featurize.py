@@ -1050,7 +1050,7 @@ class ProfileTable:
                         SIDES[side], path, key_column, ", ".join(src.header)))
                 self.missing = [a for a in columns[1:] if a not in src.header]
             tok = logs.Tokenizer(fmt, columns, header=src.header, source=path)
-            for data, first_line, _ in src:
+            for data, first_line in src:
                 cols = tok.tokenize(data, first_line)
                 self.lines += cols.n_lines
                 logs.report_tokenizer_bad(self.bad, cols)

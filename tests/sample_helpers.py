@@ -177,14 +177,15 @@ def ref_features(spec, user, item, learned=None):
         return out
 
     def mapped(f, vals):
-        out = []
+        # the first of equal values counts (a dict keeps insertion order); linear, for long tag lists
+        kept = set(learned[f["name"]]["kept"]) if f.get("min_count") else None
+        out = {}
         for v in vals:
             e = ref_escape(v)
-            if f.get("min_count") and e.decode("utf-8", "surrogateescape") not in set(learned[f["name"]]["kept"]):
+            if kept is not None and e.decode("utf-8", "surrogateescape") not in kept:
                 e = rare
-            if e not in out:
-                out.append(e)
-        return out
+            out.setdefault(e)
+        return list(out)
 
     def base(f):
         present, texts = raw(f["source"])

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from helpers import REPO, run
-from sample_helpers import fm_sample, make_dir
+from sample_helpers import FM_SAMPLE, fm_sample, make_dir
 
 
 @pytest.mark.parametrize("cmd, words", [
@@ -71,3 +71,42 @@ def test_empty_log(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     r = fm_sample("fit", "--spec", path, "--input", tmp_path / "empty.jsonl", "-o", tmp_path / "f.json")
     assert r.returncode == 0, r.stderr
+
+
+def _reader_leaves_early(*cmd):
+    """Run a command whose standard output is read for one line and closed (``| head -1``):
+    (exit status, stderr)."""
+    import subprocess
+
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline()
+        p.stdout.close()
+        err = p.stderr.read()
+        return p.wait(120), err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_a_reader_that_leaves_early_ends_it_quietly_as_fm_predict(tmp_path):
+    # both outputs are far beyond a pipe's 64 KiB, so each command is still writing when the reader leaves
+    from helpers import FM_PREDICT, FM_TRAIN, assert_ok
+    from sample_helpers import random_rows, write_log
+
+    path = make_dir(tmp_path)
+    log = tmp_path / "log.tsv"
+    write_log(log, random_rows(4000), "tsv")
+    lines = tmp_path / "lines.txt"
+    assert_ok(fm_sample("rank", "--spec", path, "--input", log, "-o", lines, "-q"))
+    assert lines.stat().st_size > 1 << 19
+    model = tmp_path / "model.txt"
+    assert_ok(run(FM_TRAIN, "-m", model, "-dim", "1,1,2", "-core", "1", "--input", lines, "-q"))
+    want, predict_err = _reader_leaves_early(FM_PREDICT, "-m", model, "-core", "1", "--input", lines, "-q")
+    assert predict_err == b"" and want == 1
+    for args in (["rank", "--spec", path, "--input", log], ["rank", "--spec", path, "--input", log, "-q"],
+                 ["correct", "--neg-rate", "0.5", "--input", lines]):
+        status, err = _reader_leaves_early(FM_SAMPLE, *args)
+        assert status == want, (args, err)
+        assert b"Broken pipe" not in err and b"Traceback" not in err and b"error" not in err, (args, err)

@@ -260,6 +260,28 @@ def test_against_the_reference_on_random_records(tmp_path):
     assert checked > 500
 
 
+def test_long_tag_lists_against_the_reference():
+    # thousands of tags a record: encode's duplicate check hashes them past a few (it scanned every
+    # earlier tag, 186 s for 300,000); the output is the reference's, first occurrence first, and the
+    # rare value once however many ids map to it. Records of many sizes reuse and grow its table.
+    import tomllib
+
+    spec = spec_from_dict(tomllib.loads(REF_SPEC))
+    spec.learned = {"uh": {"kept": ["v%d" % i for i in range(0, 3000, 7)]},
+                    "it": {"kept": ["v%d" % i for i in range(0, 3000, 3)]}}
+    fz = Featurizer(spec, load_tables=False)
+    rng = random.Random(11)
+    for n in (0, 1, 15, 16, 17, 18, 40, 300, 5000, 20, 2500, 17):
+        vocab = max(1, n // 2)
+        user = {"u": "x", "ut": "|".join("v%d" % rng.randrange(vocab) for _ in range(n)),
+                "uh": ["v%d" % rng.randrange(vocab) for _ in range(n)]}
+        items = [{"it": ["v%d" % rng.randrange(3 * vocab) for _ in range(n)] + ["v0", "v%d" % (vocab - 1)]},
+                 {"it": ["same"] * n}]
+        got = fz.featurize({"user": user, "items": items})
+        for it, line in zip(items, got):
+            assert line == b" ".join(ref_features(spec.data, user, it, spec.learned)), n
+
+
 def test_profile_tables_against_the_reference(tmp_path):
     path = make_dir(tmp_path)
     spec = load_spec(path)

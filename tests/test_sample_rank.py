@@ -91,6 +91,107 @@ def test_requests_across_block_boundaries(tmp_path):
         assert part == whole, bs
 
 
+def long_request_rows(rng, n_long):
+    """Short requests around one of n_long impressions, 150 of them bad (None: blocks of 1000
+    bytes that hold no valid record)."""
+    rows = []
+    for r in range(30):
+        rows += [("a%d" % r, int(p), int(rng.random() < 0.3)) for p in rng.permutation(int(rng.integers(1, 6)))]
+    long = [("same", int(p), int(rng.random() < 0.05)) for p in rng.permutation(n_long)]
+    long[n_long // 3:n_long // 3 + 150] = [None] * 150
+    rows += long
+    for r in range(30):
+        rows += [("b%d" % r, int(p), int(rng.random() < 0.3)) for p in rng.permutation(int(rng.integers(1, 6)))]
+    return rows
+
+
+def rows_text(rows, ids=None):
+    """log_text, a None row written as a record with no click (bad); ``ids``: other request ids
+    for the rows (the rest of each line the same)."""
+    lines = log_text([r or ("bad", 0, 0) for r in rows]).split("\n")
+    for n, r in enumerate(rows):
+        if r is None:
+            lines[n + 1] = lines[n + 1].rsplit("\t", 1)[0] + "\t"
+        if ids:
+            lines[n + 1] = ids[n] + lines[n + 1][lines[n + 1].index("\t"):]
+    return "\n".join(lines)
+
+
+def test_a_request_spanning_many_blocks_is_parsed_once(tmp_path, monkeypatch):
+    # a request id that does not change for thousands of records: its records used to be carried
+    # to the next block and parsed again there, every block (quadratic); now each record is parsed
+    # once and the lines, weights and counts are those of one block holding the whole log
+    from streamfm.sample import logs
+
+    (tmp_path / "spec.toml").write_text(SPEC)
+    spec = load_spec(str(tmp_path / "spec.toml"))
+    text = rows_text(long_request_rows(np.random.default_rng(7), 3000))
+    parsed = []
+    tokenize = logs.Tokenizer.tokenize
+
+    def counting(self, data, first_line):
+        c = tokenize(self, data, first_line)
+        parsed.append(c.n)
+        return c
+
+    monkeypatch.setattr(logs.Tokenizer, "tokenize", counting)
+    for negatives in ("all", "skip-above", "skip-above+2"):
+        runs = []
+        for bs in (1 << 20, 1000):
+            parsed.clear()
+            w = io.BytesIO()
+            out, s = rank_bytes(spec, text, bs, negatives=negatives, neg_rate=0.5, seed=3, weights_write=w.write)
+            runs.append((out, w.getvalue(), s.stats.tolist(), s.records, s.bad, s.lines, sum(parsed)))
+            if bs == 1000:
+                assert len(parsed) > 50  # many blocks
+        assert runs[1] == runs[0], negatives
+        assert runs[0][2][0] == 61  # requests: 'same' is one
+
+
+def test_a_request_longer_than_max_request_is_cut_and_reported(tmp_path):
+    # held whole until it ends, a request is bounded: past --max-request impressions the rest is
+    # another request (each cut said with its line), as if the log had given it another id there
+    (tmp_path / "spec.toml").write_text(SPEC)
+    spec = load_spec(str(tmp_path / "spec.toml"))
+    rows = long_request_rows(np.random.default_rng(8), 450)  # 300 valid: cut after 100 and 200
+    ids = [r[0] if r else "bad" for r in rows]
+    cut_lines = []
+    seen = 0
+    for i, r in enumerate(rows):
+        if r is not None and r[0] == "same":
+            if seen and seen % 100 == 0:
+                cut_lines.append(i + 2)  # the header is line 1
+            ids[i] = "same%d" % (seen // 100)
+            seen += 1
+    renamed = rows_text(rows, ids)
+    assert len(cut_lines) == 2
+    for negatives in ("skip-above", "skip-above+1"):
+        want, ws = rank_bytes(spec, renamed, 1 << 20, negatives=negatives)
+        for bs in (1 << 20, 700):
+            said = []
+            out = io.BytesIO()
+            s = rank_stream(spec, io.BytesIO(rows_text(rows).encode()), out.write, Options(), said.append, "tsv",
+                            negatives=negatives, block_size=bs, max_request=100)
+            assert out.getvalue() == want and s.stats.tolist() == ws.stats.tolist(), (negatives, bs)
+            assert s.cut == 2 and s.first_cut == cut_lines[0]
+            cuts = [m for m in said if "max-request" in m]
+            assert len(cuts) == 2
+            for m, line in zip(cuts, cut_lines):
+                assert "input line %d: request same has more than 100 impressions" % line in m, m
+    # under 'all' nothing is held, so nothing is cut: 'same' is one request
+    out, s = rank_bytes(spec, rows_text(rows), 700, negatives="all", max_request=100)
+    assert s.cut == 0 and s.stats[0] == 61
+    # the command: the cut on stderr and in the summary
+    (tmp_path / "log.tsv").write_text(rows_text(rows))
+    r = fm_sample("rank", "--spec", tmp_path / "spec.toml", "--input", tmp_path / "log.tsv", "--negatives",
+                  "skip-above", "--max-request", "100")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == rank_bytes(spec, renamed, 1 << 20, negatives="skip-above")[0]
+    assert b"input line %d: request same has more than 100 impressions" % cut_lines[0] in r.stderr
+    assert b"requests cut         2 (more than 100 impressions, --max-request; the first at line %d)" \
+        % cut_lines[0] in r.stderr
+
+
 def test_negative_down_sampling_and_weights(tmp_path):
     (tmp_path / "spec.toml").write_text(SPEC)
     rng = np.random.default_rng(4)

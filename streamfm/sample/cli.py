@@ -2,7 +2,9 @@
 
 Errors print one line ``fm_sample <command>: error: ...``; bad input under
 ``--on-error stop`` or ``--max-bad-fraction`` exits 3, other failures 1;
-output files are written atomically (a failed run leaves none).
+output files are written atomically (a failed run leaves none). A failed
+output goes through ``command.output_failed``, as for every command: a reader
+that closed the pipe (``| head``) ends the run with exit 1 and no message.
 """
 
 import contextlib
@@ -18,6 +20,7 @@ from ..command import (CONTEXT, EXIT_BAD_INPUT, check_distinct_or_fail, check_wr
 from ..metrics import fmt_int
 from ..model import ModelError
 from ..output import OutputError, open_output
+from .rank import MAX_REQUEST
 from .spec import SpecError
 
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["tsv", "csv", "jsonl"]), default=None,
@@ -160,10 +163,10 @@ def _run(cmd, body):
         fail(cmd, str(e), EXIT_BAD_INPUT)
     except SpecError as e:
         fail(cmd, str(e))
-    except (ModelError, OutputError) as e:
+    except ModelError as e:
         fail(cmd, str(e))
-    except BrokenPipeError:
-        sys.exit(1)
+    except (OutputError, BrokenPipeError) as e:
+        command.output_failed("fm_sample " + cmd, e)
     except OSError as e:
         fail(cmd, "%s" % (e.strerror and "%s: %s" % (getattr(e, "filename", "") or "I/O", e.strerror) or e))
 
@@ -283,11 +286,15 @@ def fit_cmd(spec_path, out_path, input_path, fmt, users_path, items_path, sketch
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the negative down-sampling.")
 @click.option("--weights", "weights_path", metavar="FILE", default=None,
               help="Also write each line's sample weight (1, or 1/R for a down-sampled negative), one a line.")
+@click.option("--max-request", type=click.IntRange(0), default=MAX_REQUEST, show_default=True, metavar="N",
+              help="Under skip-above a request is held until its last impression: one of more than N "
+                   "impressions (a request id that never changes) is cut into requests of N, each cut "
+                   "reported with its line. 0: no limit (memory grows with the request).")
 @_options(_TABLES)
 @_options(_POLICY)
 @interruptible("fm_sample rank")
-def rank_cmd(spec_path, input_path, out_path, fmt, negatives, neg_rate, seed, weights_path, users_path, items_path,
-             on_error, max_bad_fraction, bad_lines, progress_every, quiet):
+def rank_cmd(spec_path, input_path, out_path, fmt, negatives, neg_rate, seed, weights_path, max_request, users_path,
+             items_path, on_error, max_bad_fraction, bad_lines, progress_every, quiet):
     """Write fm_train lines ('1 FEATS' / '0 FEATS') from an impression log.
 
     Each record is one impression: request id, position (optional),
@@ -317,7 +324,8 @@ def rank_cmd(spec_path, input_path, out_path, fmt, negatives, neg_rate, seed, we
                 (_output(weights_path) if weights_path else contextlib.nullcontext()) as wf:
             return rank_stream(spec, stream, out.write, opts, log, fmt, negatives=negatives, neg_rate=neg_rate,
                                seed=seed, weights_write=wf.write if wf is not None else None,
-                               tables=_tables(users_path, items_path), bad_file=bf, progress_every=progress_every)
+                               tables=_tables(users_path, items_path), bad_file=bf, progress_every=progress_every,
+                               max_request=max_request)
 
     s = _run(cmd, body)
     if not quiet:
@@ -327,6 +335,9 @@ def rank_cmd(spec_path, input_path, out_path, fmt, negatives, neg_rate, seed, we
         log("  impressions          %s" % fmt_int(s.records))
         _report_bad("rank", s)
         log("  requests             %s (%s with a click)" % (fmt_int(st[0]), fmt_int(st[1])))
+        if s.cut:
+            log("  requests cut         %s (more than %s impressions, --max-request; the first at line %d)"
+                % (fmt_int(s.cut), fmt_int(max_request), s.first_cut))
         log("  positives            %s" % fmt_int(st[2]))
         log("  negatives written    %s" % fmt_int(st[3]))
         if st[4]:

@@ -115,7 +115,7 @@ def fit_stream(spec, stream, opts, log, fmt, tables=None, bad_file=None, k=DEFAU
     r_src, r_a, r_b = (np.zeros(nb, np.int64) for _ in range(3))
     progress = Progress(log, name, progress_every, opts.quiet)
     pr = profiles
-    for data, first_line, _ in src:
+    for data, first_line in src:
         bt = lf.batch(data, first_line)
         s.bad += lf.report(bt, bad_log)
         s.lines += bt.cols.n_lines

@@ -799,17 +799,12 @@ def read_header(first_line, fmt):
 
 
 class BlockSource:
-    """Blocks of whole lines from a binary stream, the header taken off (TSV/CSV).
-
-    ``carry(data, first_line)`` puts bytes back in front of the next block
-    (the unfinished request at a block's end).
-    """
+    """Blocks of whole lines from a binary stream, the header taken off (TSV/CSV)."""
 
     def __init__(self, stream, fmt, block_size=1 << 20):
         self.fmt = fmt
         self.reader = BlockReader(stream, block_size=block_size)
         self.header = None
-        self._carry = None
         self._pending = None
         self.bytes_read = 0
         if fmt in ("tsv", "csv"):
@@ -830,12 +825,8 @@ class BlockSource:
             self._pending = (data[cut:], blk.first_line + 1)
             return
 
-    def carry(self, data, first_line):
-        self._carry = (data, first_line)
-
     def __iter__(self):
-        """(data, first_line, final): blocks as read (final False), then what
-        is still carried at the end (final True: nothing comes after it)."""
+        """(data, first_line) of each block, as read."""
         try:
             while True:
                 if self._pending is not None:
@@ -846,23 +837,11 @@ class BlockSource:
                     if blk is None:
                         break
                     data, first = blk.data, blk.first_line
-                if self._carry is not None:
-                    cdata, cfirst = self._carry
-                    self._carry = None
-                    if len(cdata) and cdata[-1] != 10:
-                        cdata = np.concatenate([cdata, np.array([10], np.uint8)])
-                    data = np.concatenate([cdata, data]) if len(data) else cdata
-                    first = cfirst
                 if not len(data):
                     continue
-                yield data, first, False
+                yield data, first
             if self.reader.error is not None:
                 raise self.reader.error
-            if self._carry is not None:
-                data, first = self._carry
-                self._carry = None
-                if len(data):
-                    yield data, first, True
         finally:
             self.reader.stop()
             self.bytes_read = self.reader.bytes_read

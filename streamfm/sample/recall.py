@@ -100,7 +100,7 @@ def recall_stream(spec, stream, catalog_write, clicks_write, opts, log, fmt, use
                 log("%s: warning: %s" % (name, msg))
     bad_log = BadLineLog(opts, log, file=bad_file)
     last = time.time()
-    for data, first_line, _ in src:
+    for data, first_line in src:
         bt = lf.batch(data, first_line)
         s.bad += lf.report(bt, bad_log)
         s.lines += bt.cols.n_lines

@@ -442,6 +442,34 @@ def test_body_that_stops_short_gets_408_and_the_server_serves_on(files, framing)
         srv.stop()
 
 
+def test_client_that_hangs_up_mid_body_is_not_a_server_error(files, caplog):
+    """A client that closes its connection before its body is all sent was
+    logged as "score failed" with a traceback and counted as a 500 "internal"
+    error (a bug by the metrics' count); now it is the client's: 499
+    client_disconnected, no traceback, and the server serves on."""
+    d, p = files
+    srv = ServerThread(create_app(p["model"], p["items"], poll_interval=0, limits=Limits(body_timeout=60)))
+    try:
+        gone = socket.create_connection(("127.0.0.1", srv.port))
+        gone.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b'{"samples"')
+        time.sleep(0.3)  # the handler is reading the body
+        gone.close()
+        deadline = time.time() + 60
+        m = ""
+        while time.time() < deadline:
+            m = srv.get("/metrics").text
+            if metric(m, "streamfm_request_errors_total", endpoint="score", code="client_disconnected"):
+                break
+            time.sleep(0.05)
+        assert metric(m, "streamfm_request_errors_total", endpoint="score", code="client_disconnected") == 1, m
+        assert metric(m, "streamfm_request_errors_total", endpoint="score", code="internal") in (None, 0)
+        assert metric(m, "streamfm_requests_total", endpoint="score", status="499") == 1
+        assert "score failed" not in caplog.text
+        assert srv.post("/v1/score", {"samples": SAMPLES}).status_code == 200
+    finally:
+        srv.stop()
+
+
 def test_body_that_arrives_slowly_within_the_timeout_is_served(files):
     """A body sent in pieces that all arrive within the timeout is answered as
     usual, on a connection that stays open."""

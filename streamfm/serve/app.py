@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -88,11 +89,16 @@ async def read_json(request, limits):
 async def _read_body(request, limit):
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "body_too_large", "the body is over the limit of %d bytes" % limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body_too_large", "the body is over the limit of %d bytes" % limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the client's doing, not a bug: no traceback, not an "internal" 500 (nginx's 499; no one reads it)
+        raise RequestError(499, "client_disconnected", "the client closed the connection before its body "
+                           "was all sent", close=True) from None
     return b"".join(chunks)
 
 

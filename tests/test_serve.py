@@ -992,6 +992,30 @@ def test_ann_that_cannot_index_a_set_refuses_it(files, tmp_path, monkeypatch):
         create_app(small["model"], small["items"], poll_interval=0, ann=ann)
 
 
+def test_an_empty_index_is_refused_with_one_line_at_start_and_on_reload(files, tmp_path):
+    """An index of no items (``Recall.index([])`` writes one; fm_recall index does
+    not) crashed the loader with a TypeError out of the crc32 (a memoryview of a
+    zero-size array); now it is a refused file: one line at start-up, and a
+    reload that keeps serving the set it has."""
+    from streamfm.errors import StreamFMError
+    from streamfm.serve.state import Holder
+
+    d, p = files
+    empty = str(tmp_path / "empty.idx")
+    Recall.save_index(Recall(FM.load(p["model"])).index([], "items"), empty)
+    with pytest.raises(StreamFMError, match="empty.idx holds no items: an empty index"):
+        create_app(p["model"], empty, poll_interval=0)
+    served = {k: str(tmp_path / ("served." + k)) for k in ("model", "items")}
+    for k in served:
+        shutil.copyfile(p[k], served[k])
+    holder = Holder(served["model"], served["items"])
+    n = holder.load().items.obj.n
+    replace(empty, served["items"])
+    assert holder.poll() is False
+    assert holder.failures == 1 and "holds no items" in holder.last_error
+    assert holder.state.items.obj.n == n > 0
+
+
 # -- the command -----------------------------------------------------------------------
 
 def start_cli(*args, timeout=900, cwd=None):

@@ -136,9 +136,13 @@ def load_index(path, kind):
     index = read_index(path)
     if index.kind != kind:
         raise ModelFormatError("%s holds %s, not %s" % (path, index.kind, kind))
+    if index.n == 0:
+        # nothing to recall from (fm_recall index writes none; the API can): refused like a
+        # bad file, so a reload keeps serving the set it has
+        raise ModelFormatError("%s holds no %s: an empty index" % (path, kind))
     if not _all_finite(index.vectors):
         raise ModelFormatError("%s: a vector holds NaN or infinity" % path)
-    crc = zlib.crc32(memoryview(np.ascontiguousarray(index.vectors)).cast("B"))
+    crc = zlib.crc32(np.ascontiguousarray(index.vectors).reshape(-1).view(np.uint8))
     built = (index.model_info or {}).get("crc32")
     extra = {"records": index.n, "k": index.k, "model_version": None if built is None else "%08x" % built}
     return Loaded(path, ident, index, "%08x" % crc, time.time(), extra)

@@ -53,13 +53,14 @@ def make_set(d, seed, clicks=CLICKS[:3000], stem="model"):
 class ServerThread:
     """uvicorn serving ``app`` on 127.0.0.1:<free port> in a thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, **config):
         self.app = app
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = "http://127.0.0.1:%d" % self.port
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                                                    **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.time() + 60
@@ -465,6 +466,66 @@ def test_client_that_hangs_up_mid_body_is_not_a_server_error(files, caplog):
         assert metric(m, "streamfm_request_errors_total", endpoint="score", code="internal") in (None, 0)
         assert metric(m, "streamfm_requests_total", endpoint="score", status="499") == 1
         assert "score failed" not in caplog.text
+        assert srv.post("/v1/score", {"samples": SAMPLES}).status_code == 200
+    finally:
+        srv.stop()
+
+
+def _closed_after(sock, limit=60):
+    """Seconds until the server closes ``sock`` (it must send nothing first)."""
+    t0 = time.time()
+    sock.settimeout(limit)
+    try:
+        assert sock.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    return time.time() - t0
+
+
+@pytest.mark.parametrize("base", ["httptools", "h11"])
+def test_headers_that_never_end_close_the_connection(files, base):
+    """uvicorn waits for ever on headers that stop short (its keep-alive timer is
+    reset by every byte): a connection that sends half its headers, or trickles
+    them, or sends nothing, is closed --header-timeout after it opened or the
+    request began; a complete request is answered, and an idle keep-alive
+    connection (no byte since the answer) is not closed by it."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from streamfm.serve.protocol import with_header_timeout
+
+    d, p = files
+    proto = with_header_timeout({"httptools": HttpToolsProtocol, "h11": H11Protocol}[base], 0.5)
+    srv = ServerThread(create_app(p["model"], p["items"], poll_interval=0), http=proto, timeout_keep_alive=30)
+    try:
+        addr = ("127.0.0.1", srv.port)
+        half = socket.create_connection(addr)
+        half.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")
+        silent = socket.create_connection(addr)
+        trickle = socket.create_connection(addr)
+        slow = b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 200  # a byte each 0.05 s: 11.6 s
+        sent = 0
+        try:
+            for c in slow:
+                trickle.sendall(bytes([c]))
+                sent += 1
+                time.sleep(0.05)
+        except OSError:  # closed under it
+            pass
+        assert sent < len(slow)
+        assert srv.get("/healthz").status_code == 200  # served meanwhile
+        assert _closed_after(half) < 30 and _closed_after(silent) < 30 and _closed_after(trickle) < 30
+        keep = socket.create_connection(addr)
+        keep.settimeout(60)
+        keep.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw_answer(keep)[0] == 200
+        time.sleep(1.5)  # idle, three header timeouts long: still open
+        keep.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw_answer(keep)[0] == 200
+        keep.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next request stops short: closed
+        assert _closed_after(keep) < 30
+        for sock in (half, silent, trickle, keep):
+            sock.close()
         assert srv.post("/v1/score", {"samples": SAMPLES}).status_code == 200
     finally:
         srv.stop()
@@ -1053,14 +1114,17 @@ def test_cli_help():
     out = proc.stdout.decode()
     assert proc.returncode == 0
     for flag in ("--items-index", "--users-index", "--host", "--port", "--workers", "--ann", "--max-topn",
-                 "--max-body-bytes", "--body-timeout", "/v1/score", "/v1/recall", "/healthz", "/metrics", "SIGHUP"):
+                 "--max-body-bytes", "--body-timeout", "--header-timeout", "/v1/score", "/v1/recall", "/healthz", "/metrics", "SIGHUP"):
         assert flag in out
 
 
 def test_cli_body_timeout_answers_a_stalled_body_408(files):
-    """--body-timeout reaches the app: fm_serve answers a body that stops short."""
+    """--body-timeout reaches the app: fm_serve answers a body that stops short;
+    --header-timeout reaches the protocol: headers that stop short close the
+    connection (they held it for ever)."""
     d, p = files
-    proc, url = start_cli("-m", p["model"], "--poll-interval", "0", "--body-timeout", "0.5")
+    proc, url = start_cli("-m", p["model"], "--poll-interval", "0", "--body-timeout", "0.5",
+                          "--header-timeout", "0.5")
     try:
         s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
         s.settimeout(60)
@@ -1068,6 +1132,11 @@ def test_cli_body_timeout_answers_a_stalled_body_408(files):
         status, headers, body = raw_answer(s)
         s.close()
         assert status == 408 and body["error"]["code"] == "body_timeout" and "0.5 s" in body["error"]["message"]
+        s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        s.settimeout(60)
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")
+        assert s.recv(100) == b""  # closed, no answer: there is no request yet
+        s.close()
         assert httpx.post(url + "/v1/score", json={"samples": SAMPLES}).status_code == 200
     finally:
         code, err = stop_cli(proc)

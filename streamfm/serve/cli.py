@@ -93,6 +93,10 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
 @click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               metavar="SECONDS", help="Time a request body has to arrive in full once the server reads it; a "
                                       "body still short then gets 408 and its connection is closed.")
+@click.option("--header-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS", help="Time a connection has to send a request's headers in full, from its "
+                                      "opening or the request's first byte; one still short then is closed "
+                                      "(an idle keep-alive connection is not).")
 @click.option("--ann", type=click.Choice(["none", "hnsw", "ivf"]), default="none", show_default=True,
               help="Approximate search for u2i and i2i (faiss: pip install 'streamfm[faiss]'); a request with "
                    "\"exact\": true still searches exactly.")
@@ -113,7 +117,7 @@ def ann_builder(kind, cores, m, ef_construction, ef_search, nlist, nprobe):
 @click.option("--worker-fd", type=int, default=None, hidden=True)
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def fm_serve(model_path, items_index, users_index, host, port, workers, cores, dim, poll_interval, no_mmap,
-             probe_path, max_body_bytes, max_samples, max_topn, max_explain, body_timeout, ann, ann_m,
+             probe_path, max_body_bytes, max_samples, max_topn, max_explain, body_timeout, header_timeout, ann, ann_m,
              ann_ef_construction, ann_ef_search, ann_nlist, ann_nprobe, spec_path, quiet, worker_fd, ready_fd):
     """Serve an FM over HTTP/JSON: scores, recall, health and metrics.
 
@@ -146,7 +150,7 @@ def fm_serve(model_path, items_index, users_index, host, port, workers, cores, d
         except OSError as e:
             raise click.ClickException("%s: %s" % (probe_path, e.strerror or e))
     _serve_one(model_path, items_index, users_index, host, port, cores, dim, poll_interval, not no_mmap,
-               probe_text, max_body_bytes, max_samples, max_topn, max_explain, body_timeout,
+               probe_text, max_body_bytes, max_samples, max_topn, max_explain, body_timeout, header_timeout,
                None if ann == "none" else ann_builder(ann, cores, ann_m, ann_ef_construction, ann_ef_search,
                                                       ann_nlist, ann_nprobe),
                worker_fd, ready_fd, quiet, spec_path)
@@ -157,8 +161,8 @@ def _fail(msg):
 
 
 def _serve_one(model_path, items_index, users_index, host, port, cores, dim, poll_interval, mmap, probe_text,
-               max_body_bytes, max_samples, max_topn, max_explain, body_timeout, ann, worker_fd, ready_fd, quiet,
-               spec_path=None):
+               max_body_bytes, max_samples, max_topn, max_explain, body_timeout, header_timeout, ann, worker_fd,
+               ready_fd, quiet, spec_path=None):
     try:
         import uvicorn
         from .app import Limits, create_app
@@ -198,8 +202,14 @@ def _serve_one(model_path, items_index, users_index, host, port, cores, dim, pol
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    config = uvicorn.Config(app, host=host, port=port, loop=loop, http="httptools", lifespan="on",
-                            log_level="warning", access_log=False, server_header=False, timeout_keep_alive=30)
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from .protocol import with_header_timeout
+
+    config = uvicorn.Config(app, host=host, port=port, loop=loop, http=with_header_timeout(HttpToolsProtocol,
+                                                                                           header_timeout),
+                            lifespan="on", log_level="warning", access_log=False, server_header=False,
+                            timeout_keep_alive=30)
     server = uvicorn.Server(config)
     sockets = None
     if worker_fd is not None:

@@ -279,6 +279,17 @@ def _vocab_build(slots, vh, vb):
 _SCAN_MAX = 16
 
 
+@njit(inline="always")
+def _slot(keys, stamp, now, mask, h):
+    """Where hash h is in an open-addressing set of mask + 1 slots (slot i in use
+    when stamp[i] == now), or the empty slot it would take: encode's duplicate
+    check and overlap_value's item tags both probe here."""
+    i = pair_home(h, 0, mask)
+    while stamp[i] == now and keys[i] != h:
+        i = (i + 1) & mask
+    return i
+
+
 @njit(cache=True, nogil=True)
 def write_int(x, out, pos):
     if x < 0:
@@ -476,19 +487,12 @@ def encode(n_rec, n_cols, cfirst, ccount, cpresent, ccol, estart, elen, text, n_
                                         dgen = np.zeros(dcap, np.int64)
                                         dn = t0
                                     dmask = dcap - 1
-                                    while dn < nt:  # the tokens written since: each is new
-                                        vi = pair_home(tok_hash[dn], 0, dmask)
-                                        while dgen[vi] == gen:
-                                            vi = (vi + 1) & dmask
+                                    while dn < nt:  # the tokens written since
+                                        vi = _slot(dkey, dgen, gen, dmask, tok_hash[dn])
                                         dgen[vi] = gen
                                         dkey[vi] = tok_hash[dn]
                                         dn += 1
-                                    vi = pair_home(h, 0, dmask)
-                                    while dgen[vi] == gen:
-                                        if dkey[vi] == h:
-                                            dup = True
-                                            break
-                                        vi = (vi + 1) & dmask
+                                    dup = dgen[_slot(dkey, dgen, gen, dmask, h)] == gen
                                 if dup:
                                     ap = s
                                 else:
@@ -698,22 +702,16 @@ def overlap_value(bu, bi, r_src, r_a, r_b, p_hash, i_hash, measure):
             cap *= 2
         mask = cap - 1
         keys = np.empty(cap, np.uint64)
-        used = np.zeros(cap, np.bool_)
+        stamp = np.zeros(cap, np.int64)  # 1: in use
         for u in range(r_a[bi], r_b[bi]):
             h2 = p_hash[u] if r_src[bi] == 0 else i_hash[u]
-            vi = pair_home(h2, 0, mask)
-            while used[vi] and keys[vi] != h2:
-                vi = (vi + 1) & mask
-            used[vi] = True
+            vi = _slot(keys, stamp, 1, mask, h2)
+            stamp[vi] = 1
             keys[vi] = h2
         for t in range(r_a[bu], r_b[bu]):
             h = p_hash[t] if r_src[bu] == 0 else i_hash[t]
-            vi = pair_home(h, 0, mask)
-            while used[vi]:
-                if keys[vi] == h:
-                    c += 1
-                    break
-                vi = (vi + 1) & mask
+            if stamp[_slot(keys, stamp, 1, mask, h)] == 1:
+                c += 1
     if measure == 0:
         return True, float(c)
     return True, c / float(nu + ni - c)

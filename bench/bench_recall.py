@@ -17,16 +17,23 @@ trained on all the training clicks and scored on the test clicks, HR@K over
 all items, each user's training clicks excluded. fm_recall runs with its
 defaults (`fm_recall train --items I -m M -dim 1,1,16 -core 2`, chosen by
 (c) on the same validation split), through its console script.
-User features: id, age decade, gender, occupation, first two zip characters;
-item features: id, release decade, genres. Peers: EASE (numpy), LightFM
-WARP (ids only, and with the same side features), implicit ALS; each on
+User features: id, age decade, gender, occupation, first two zip characters,
+and the user's history: the last --history (10) clicks before the click as
+hist=ITEM (oldest first, what fm_sample's ``kind = "history"`` writes from a
+log column of clicked ids); at query time the user's last 10 training clicks.
+Item features: id, release decade, genres. Peers: EASE (numpy), LightFM
+WARP (ids only; with the profile features; with the profile and, as LightFM
+has no per-click features, the last 10 training clicks as static user
+features), implicit ALS; each on
 --threads threads (BLAS too). Training seconds: the peers' fit calls;
 fm_recall's own training time (reading and parsing the clicks included,
 process start and model writing not; the whole command is printed too).
 Cold start: every method that can use features is trained again without
 10% of the test users' clicks and without 10% of the items (left out of its
 catalog and clicks), and ranks those users' test clicks (their id unknown)
-and the test clicks on those items (HR@50), without their id features.
+and the test clicks on those items (HR@50), without their id features
+(the cold users' training-period clicks are their history at query time:
+known, never trained on).
 
 (b) 1,000,000 synthetic items at dim 16 (rows [V, b], 17 float32 columns),
 u2i top-100 of random user vectors [V_U, 1], with the exact kernel on
@@ -69,6 +76,7 @@ FM_RECALL = os.path.join(os.path.dirname(sys.executable), "fm_recall")
 if not os.path.exists(FM_RECALL):
     FM_RECALL = os.path.join(ROOT, "bin", "fm_recall")
 KS = (10, 50, 100)
+HISTORY = 10   # --history: each user's previous clicks as user features (0: none)
 
 
 def say(msg=""):
@@ -141,11 +149,17 @@ def last_of_each(u):
 
 
 class Split:
-    """Training clicks (tr_u, tr_i) and held-out ones (te_u, te_i), with the features."""
+    """Training clicks (tr_u, tr_i) and held-out ones (te_u, te_i), with the features.
 
-    def __init__(self, tr_u, tr_i, te_u, te_i, ufeat, ifeat):
+    (hist_u, hist_i): the clicks a query knows as the user's history (by
+    default the training clicks; the cold split's cold users have clicks
+    that are known at query time but never trained on)."""
+
+    def __init__(self, tr_u, tr_i, te_u, te_i, ufeat, ifeat, hist_u=None, hist_i=None):
         self.tr_u, self.tr_i, self.te_u, self.te_i = tr_u, tr_i, te_u, te_i
         self.ufeat, self.ifeat = ufeat, ifeat
+        self.hist_u = tr_u if hist_u is None else hist_u
+        self.hist_i = tr_i if hist_i is None else hist_i
         self.n_users = max(ufeat) + 1
         self.n_items = max(ifeat) + 1
 
@@ -196,7 +210,7 @@ class Cold:
         ids = np.array(sorted(sp.ifeat))
         self.items = np.sort(rng.choice(ids, size=len(ids) // 10, replace=False))
         keep = ~np.isin(sp.tr_u, self.users) & ~np.isin(sp.tr_i, self.items)
-        self.train = Split(sp.tr_u[keep], sp.tr_i[keep], sp.te_u, sp.te_i, sp.ufeat, sp.ifeat)
+        self.train = Split(sp.tr_u[keep], sp.tr_i[keep], sp.te_u, sp.te_i, sp.ufeat, sp.ifeat, sp.tr_u, sp.tr_i)
         self.cu = np.isin(sp.te_u, self.users)
         self.ci = np.isin(sp.te_i, self.items) & ~self.cu
 
@@ -216,8 +230,28 @@ def write_lines(path, lines):
         f.write("".join(x + "\n" for x in lines))
 
 
-def click_lines(u, i, ufeat):
-    return ["u%d %s | i%d" % (a, ufeat[a], b) for a, b in zip(u.tolist(), i.tolist())]
+def hist_tokens(items):
+    """The last HISTORY clicked items as user features, oldest first: what fm_sample writes for a
+    ``kind = "history"``, ``last = HISTORY`` feature named hist from a log's column of clicked ids."""
+    return "".join(" hist=%d" % x for x in items[len(items) - HISTORY:]) if HISTORY else ""
+
+
+def click_lines(sp):
+    """The training clicks, each with its user's features and the user's clicks before it (time order)."""
+    out, seen = [], {}
+    for a, b in zip(sp.tr_u.tolist(), sp.tr_i.tolist()):
+        prev = seen.setdefault(a, [])
+        out.append("u%d %s%s | i%d" % (a, sp.ufeat[a], hist_tokens(prev), b))
+        prev.append(b)
+    return out
+
+
+def query_feat(sp):
+    """{user: features} at query time: the profile and the user's last known clicks (sp.hist_*)."""
+    seen = {}
+    for a, b in zip(sp.hist_u.tolist(), sp.hist_i.tolist()):
+        seen.setdefault(a, []).append(b)
+    return {u: f + hist_tokens(seen.get(u, [])) for u, f in sp.ufeat.items()}
 
 
 def fm_recall(args, stdin_path=None, quiet=True):
@@ -233,7 +267,7 @@ def fm_scores_from_model(model_path, sp, d):
     """Score matrix of every user and item through fm_recall index + the index vectors."""
     from streamfm.recall.index import read_index
 
-    write_lines(os.path.join(d, "users.txt"), ["u%d %s" % kv for kv in sorted(sp.ufeat.items())])
+    write_lines(os.path.join(d, "users.txt"), ["u%d %s" % kv for kv in sorted(query_feat(sp).items())])
     write_lines(os.path.join(d, "items.txt"), ["i%d %s" % kv for kv in sorted(sp.ifeat.items())])
     fm_recall(["index", "-m", model_path, "--users", os.path.join(d, "users.txt"), "-o", os.path.join(d, "u.idx")])
     fm_recall(["index", "-m", model_path, "--items", os.path.join(d, "items.txt"), "-o", os.path.join(d, "i.idx")])
@@ -253,7 +287,7 @@ def run_fm(tag, sp, args, cores, catalog_skip=()):
     """Train through the console script; (score matrix, training s, command s)."""
     d = os.path.join(OUT, tag)
     os.makedirs(d, exist_ok=True)
-    write_lines(os.path.join(d, "train.txt"), click_lines(sp.tr_u, sp.tr_i, sp.ufeat))
+    write_lines(os.path.join(d, "train.txt"), click_lines(sp))
     write_lines(os.path.join(d, "catalog.txt"),
                 ["i%d %s" % kv for kv in sorted(sp.ifeat.items()) if kv[0] not in set(catalog_skip)])
     model = os.path.join(d, "model.bin")
@@ -365,9 +399,10 @@ def lightfm(sp, params, cold=None, checkpoints=None):
     if params["features"]:
         cu = cold.users if cold is not None else []
         ci = cold.items if cold is not None else []
-        uf_train = _side_features(sp, sp.ufeat, sp.n_users, [], params["normalize"])
+        ufeat = query_feat(sp) if params.get("history") else sp.ufeat   # static: LightFM has no per-click features
+        uf_train = _side_features(sp, ufeat, sp.n_users, [], params["normalize"])
         itf_train = _side_features(sp, sp.ifeat, sp.n_items, [], params["normalize"])
-        uf = _side_features(sp, sp.ufeat, sp.n_users, cu, params["normalize"])
+        uf = _side_features(sp, ufeat, sp.n_users, cu, params["normalize"])
         itf = _side_features(sp, sp.ifeat, sp.n_items, ci, params["normalize"])
 
     def scores():
@@ -400,8 +435,11 @@ PEERS = {
     "LightFM WARP + features": (lightfm, [{"components": 64, "lr": 0.05, "alpha": al, "max_sampled": 10,
                                            "features": True, "normalize": nz}
                                           for al in (0.0, 1e-5) for nz in (False, True)]),
+    "LightFM WARP + features + history": (lightfm, [{"components": 64, "lr": 0.05, "alpha": al, "max_sampled": 10,
+                                                     "features": True, "normalize": nz, "history": True}
+                                                    for al in (0.0, 1e-5) for nz in (False, True)]),
 }
-USES_FEATURES = {"LightFM WARP + features"}
+USES_FEATURES = {"LightFM WARP + features", "LightFM WARP + features + history"}
 
 
 def tune(name, fit, grid, val, runs):
@@ -436,6 +474,8 @@ def bench_ml(a):
     cold_pop, _ = popularity(cold.train)
     rows.append(("popularity", hit_rates(popular, sp, sp.te_u, sp.te_i), cold.hit_rates(cold_pop), 0.0, ""))
     for name, (fit, grid) in PEERS.items():
+        if "history" in name and not HISTORY:
+            continue
         try:
             params, vh = tune(name, fit, grid, val, a.runs)
         except ImportError as e:
@@ -536,7 +576,7 @@ def fm_fit_inprocess(sp, settings, seed, k=16):
             hp[n] = s.pop(n)
     model = Model(k, hp=[hp[n] for n in ftrl.HP_NAMES], seed=seed, row_capacity=1 << 14, arena_capacity=1 << 18)
     items = "".join("i%d %s\n" % kv for kv in sorted(sp.ifeat.items())).encode()
-    clicks = "".join(x + "\n" for x in click_lines(sp.tr_u, sp.tr_i, sp.ufeat)).encode()
+    clicks = "".join(x + "\n" for x in click_lines(sp)).encode()
     cat = Catalog(RecordReader(io.BytesIO(items), parse.KEYED, Options(quiet=True), log, "items",
                                model=model).read_all())
     t0 = time.process_time()
@@ -552,7 +592,7 @@ def fm_fit_inprocess(sp, settings, seed, k=16):
                             table=sm.table).read_all()
         return embed(recs, sm.weights, sm.k)[0].astype(np.float64)
 
-    uq = vectors(sp.ufeat, "u")
+    uq = vectors(query_feat(sp), "u")
     uq[:, k] = 1.0
     scores = np.full((sp.n_users, sp.n_items), -np.inf)
     scores[np.ix_(sorted(sp.ufeat), sorted(sp.ifeat))] = uq @ vectors(sp.ifeat, "i").T
@@ -565,6 +605,8 @@ def bench_tune(a):
     val = ml_split().validation()
     with open(a.grid or TUNE_GRID) as f:
         grid = [json.loads(line) for line in f if line.strip()]
+    for loss in ("bpr", "warp"):   # load the kernels first, so that no row's CPU seconds hold their compilation
+        fm_fit_inprocess(val, {"loss": loss, "epochs": 1}, a.seed)
     say("| settings (defaults otherwise) | HR@10 | HR@50 | HR@100 | CPU s |")
     say("|---|---|---|---|---|")
     for settings in grid:
@@ -610,8 +652,9 @@ def bench_speed(a):
     check = min(a.check, a.queries)
     ok = 0
     for c0 in range(0, check, 25):
-        bi, _ = brute_force(x, q[c0:c0 + 25], topn)
-        ok += int((bi == idx[c0:c0 + 25]).all(axis=1).sum())
+        c1 = min(c0 + 25, check)
+        bi, _ = brute_force(x, q[c0:c1], topn)
+        ok += int((bi == idx[c0:c1]).all(axis=1).sum())
     say("%-34s %s" % ("exact (numba), queries/s", "  ".join("%.0f" % r for r in rates)))
     say("%-34s %d of %d identical to numpy float64 brute force (fallbacks %d)" % (
         "exact top-100 lists", ok, check, s.fallbacks))
@@ -638,6 +681,7 @@ def bench_speed(a):
 
 
 def main():
+    global HISTORY
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", choices=["ml", "speed", "tune", "all"], default="all")
     p.add_argument("--install", action="store_true", help="install the peers (bench/requirements-recall.txt) first")
@@ -645,6 +689,9 @@ def main():
     p.add_argument("--threads", type=int, default=THREADS, help="threads of every method (and of BLAS)")
     p.add_argument("--cores", type=int, default=2, help="search threads in (b)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--history", type=int, default=HISTORY, metavar="N",
+                   help="(a), (c): each user's last N clicks before a click as its user features hist=ITEM "
+                   "(at query time: the last N training clicks); 0: profile only (default %(default)s)")
     p.add_argument("--grid", metavar="FILE", help="(c): settings to compare, one JSON object a line "
                    "(default: bench/recall_tune_grid.jsonl)")
     g = p.add_argument_group("(b)")
@@ -652,6 +699,7 @@ def main():
     g.add_argument("--queries", type=int, default=4000)
     g.add_argument("--check", type=int, default=200, help="queries checked against brute force")
     a = p.parse_args()
+    HISTORY = a.history
     if a.install:
         install_peers()
     if a.part in ("ml", "all"):

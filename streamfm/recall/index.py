@@ -45,8 +45,19 @@ FILE_KIND = container.Kind(MAGIC, FORMAT_NAME, FORMAT_VERSION, reserve=1 << 12, 
                            error=IndexError_, hint=" (make one with fm_recall index)")
 
 
-def _crc32(w, dtype=None, rows=1 << 16):
-    """crc32 of the bytes of ``w`` (as ``dtype``), converted a chunk of rows at a time."""
+def array_crc32(w, dtype=None, rows=1 << 16):
+    """crc32 of the bytes of ``w`` (as ``dtype``), converted a chunk of rows at a time.
+
+    The crc of the whole C-ordered array, as ``zlib.crc32`` of its bytes,
+    without a contiguous (or converted) copy of all of it:
+
+    >>> import zlib
+    >>> w = np.arange(12.0).reshape(4, 3)
+    >>> array_crc32(w, rows=3) == zlib.crc32(w.tobytes())
+    True
+    >>> array_crc32(w, np.float32) == zlib.crc32(w.astype(np.float32).tobytes())
+    True
+    """
     crc = 0
     for r0 in range(0, w.shape[0], rows):
         part = w[r0:r0 + rows]
@@ -62,8 +73,8 @@ def model_fingerprint(weights):
     float32 serving copy of a float64 model (``fm_dump strip --float``) has.
     """
     w = np.asarray(weights)
-    out = {"crc32": _crc32(w), "n_rows": int(w.shape[0]), "k": int(w.shape[1]) - 1, "dtype": str(w.dtype)}
-    out["crc32_f32"] = out["crc32"] if w.dtype == np.float32 else _crc32(w, np.float32)
+    out = {"crc32": array_crc32(w), "n_rows": int(w.shape[0]), "k": int(w.shape[1]) - 1, "dtype": str(w.dtype)}
+    out["crc32_f32"] = out["crc32"] if w.dtype == np.float32 else array_crc32(w, np.float32)
     return out
 
 

@@ -24,14 +24,13 @@ import logging
 import os
 import threading
 import time
-import zlib
 
 import numpy as np
 
 from ..errors import ModelFormatError, StreamFMError
 from ..fm import probabilities
 from ..predict import ServingModel
-from ..recall.index import Searcher, fingerprint_matches, model_fingerprint, read_index
+from ..recall.index import Searcher, array_crc32, fingerprint_matches, model_fingerprint, read_index
 from ..recall.query import MODES
 from ..recall.split import SplitSearcher
 
@@ -142,7 +141,7 @@ def load_index(path, kind):
         raise ModelFormatError("%s holds no %s: an empty index" % (path, kind))
     if not _all_finite(index.vectors):
         raise ModelFormatError("%s: a vector holds NaN or infinity" % path)
-    crc = zlib.crc32(np.ascontiguousarray(index.vectors).reshape(-1).view(np.uint8))
+    crc = array_crc32(index.vectors)
     built = (index.model_info or {}).get("crc32")
     extra = {"records": index.n, "k": index.k, "model_version": None if built is None else "%08x" % built}
     return Loaded(path, ident, index, "%08x" % crc, time.time(), extra)

@@ -80,6 +80,25 @@ def _home_row(slots, h, mask, bits):
     return -1
 
 
+@njit(inline="always")
+def _find(slots, bits, arena, name_off, h, src_arena, a, b):
+    """(slot, row): the indexed row named src_arena[a:b] (hash h) and its slot, or
+    (the empty slot that ends h's probe, -1) when no indexed row has that name."""
+    mask = slots.shape[0] - 1
+    rowmask = (np.int64(1) << bits) - 1
+    tag = _tag(h, bits)
+    i = home_slot(h, mask)
+    while True:
+        s = slots[i]
+        if s == EMPTY:
+            return i, np.int64(-1)
+        if s & ~rowmask == tag:
+            o = s & rowmask
+            if same_bytes(arena, name_off[o], name_off[o + 1], src_arena, a, b):
+                return i, o
+        i = (i + 1) & mask
+
+
 @njit(cache=True, nogil=True)
 def _hash_names(arena, name_off, r0, r1, lo, out):
     """out[r - lo] = the unkeyed init hash of row r's name, for r0 <= r < r1."""
@@ -92,23 +111,14 @@ def _index_rows(slots, bits, arena, name_off, hashes, r0, r1):
     """Put rows r0..r1-1 (their hashes: ``hashes[r - r0]``) in the index; returns a row
     whose name an indexed row holds (-1: none)."""
     mask = slots.shape[0] - 1
-    rowmask = (np.int64(1) << bits) - 1
     for r in range(r0, r1):
         if r + _AHEAD < r1:
             prefetch1(slots, home_slot(hashes[r + _AHEAD - r0], mask))
         h = hashes[r - r0]
-        tag = _tag(h, bits)
-        i = home_slot(h, mask)
-        while True:
-            s = slots[i]
-            if s == EMPTY:
-                slots[i] = tag | r
-                break
-            if s & ~rowmask == tag:
-                o = s & rowmask
-                if same_bytes(arena, name_off[o], name_off[o + 1], arena, name_off[r], name_off[r + 1]):
-                    return r
-            i = (i + 1) & mask
+        i, o = _find(slots, bits, arena, name_off, h, arena, name_off[r], name_off[r + 1])
+        if o >= 0:
+            return r
+        slots[i] = _tag(h, bits) | r
     return -1
 
 
@@ -117,7 +127,6 @@ def _probe(slots, bits, arena, name_off, src_arena, src_off, hashes, lo, r0, r1,
     """rows[r] = the index's row named as source row r, or -1, for r0 <= r < r1
     (``hashes[r - lo]``: the names' hashes). Reads only: ranges run in parallel."""
     mask = slots.shape[0] - 1
-    rowmask = (np.int64(1) << bits) - 1
     half = _AHEAD // 2
     for r in range(r0, r1):
         # three stages in flight: the slot of a row _AHEAD on, the name offsets of a
@@ -132,23 +141,8 @@ def _probe(slots, bits, arena, name_off, src_arena, src_off, hashes, lo, r0, r1,
             o = _home_row(slots, hashes[r + half // 2 - lo], mask, bits)
             if o >= 0:
                 prefetch1(arena, name_off[o])
-        h = hashes[r - lo]
-        tag = _tag(h, bits)
-        a = src_off[r]
-        b = src_off[r + 1]
-        i = home_slot(h, mask)
-        found = -1
-        while True:
-            s = slots[i]
-            if s == EMPTY:
-                break
-            if s & ~rowmask == tag:
-                o = s & rowmask
-                if same_bytes(arena, name_off[o], name_off[o + 1], src_arena, a, b):
-                    found = o
-                    break
-            i = (i + 1) & mask
-        rows[r] = found
+        _, o = _find(slots, bits, arena, name_off, hashes[r - lo], src_arena, src_off[r], src_off[r + 1])
+        rows[r] = o
     return 0
 
 
@@ -158,32 +152,23 @@ def _add_new(slots, bits, arena, name_off, meta, src_arena, src_off, hashes, lo,
     setting their ``rows``; the caller reserved room. Returns the first of them
     whose name an earlier one holds (a name held twice), or -1."""
     mask = slots.shape[0] - 1
-    rowmask = (np.int64(1) << bits) - 1
     for j in range(new.shape[0]):
         if j + _AHEAD < new.shape[0]:
             prefetch1(slots, home_slot(hashes[new[j + _AHEAD] - lo], mask))
         r = new[j]
         h = hashes[r - lo]
-        tag = _tag(h, bits)
         a = src_off[r]
         b = src_off[r + 1]
-        i = home_slot(h, mask)
-        while True:
-            s = slots[i]
-            if s == EMPTY:
-                break
+        i, o = _find(slots, bits, arena, name_off, h, src_arena, a, b)
+        if o >= 0:
             # the probe found no such name among the rows indexed before: a match is one of these
-            if s & ~rowmask == tag:
-                o = s & rowmask
-                if same_bytes(arena, name_off[o], name_off[o + 1], src_arena, a, b):
-                    return r
-            i = (i + 1) & mask
+            return r
         found = meta[0]
         pos = meta[1]
         for t in range(b - a):
             arena[pos + t] = src_arena[a + t]
         name_off[found + 1] = pos + b - a
-        slots[i] = tag | found
+        slots[i] = _tag(h, bits) | found
         meta[0] = found + 1
         meta[1] = pos + b - a
         rows[r] = found

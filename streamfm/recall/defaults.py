@@ -14,8 +14,8 @@ TRAIN = {
     "pop_suppress": 0.0,
     "margin": 1.0,           # of hinge and warp
     "max_sampled": 32,       # warp: draws per click at most
-    "epochs": 6,             # passes over the click log (with history features as good as 15, at 40% of the
-                             # cost; a profile-only click log wants about 15: README, "Recall defaults")
+    "epochs": 6,             # passes over the click log (with history features as good as 15, at about half
+                             # the cost; a profile-only click log wants about 15: README, "Recall defaults")
     "refresh": 2048,         # candidates' scores: each catalog embedding recomputed every N clicks
     "seen_capacity": 1 << 20,  # one-pass streams: own clicks remembered (distinct (user, item) pairs)
 }
